@@ -17,8 +17,12 @@ demo: install
 	$(VENV)/bin/specd demo
 
 ## Run the whole test suite.
-test: install
+test: install testbins
 	$(VENV)/bin/python -m pytest
+
+## Build (or reuse from ~/.cache/specd/testbins) etcd, kube-*, kwok, helm for the tests/k8s suite.
+testbins:
+	bash hack/testbins/build.sh >/dev/null
 
 clean:
 	rm -rf $(VENV) build *.egg-info

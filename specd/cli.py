@@ -17,6 +17,8 @@ from specd.errors import SpecdError
 COMMAND_MODULES = [
     "specd.demo.cli",
     "specd.worker.cli",
+    "specd.operator.cli",
+    "specd.devcluster.cli",
 ]
 
 

@@ -1,0 +1,63 @@
+"""Fixtures for tests against a real Kubernetes control plane (specd.devcluster).
+
+`dev_cluster` (session scope) starts etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok (two fake GPU nodes) once per test session and stops them at its end.
+
+The binaries are built (or found in the cache) right after collection, and only when a collected
+test uses `dev_cluster`: a cold build takes many minutes and must not count against a test's
+timeout. Where they cannot be built (no Go toolchain, no module proxy) the tests skip with the
+reason; with SPECD_REQUIRE_DEV_CLUSTER=1 (CI) they fail instead, so CI cannot silently skip.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from specd.devcluster import binaries
+from specd.devcluster.cluster import DevCluster, start
+
+# Outcome of the build step: {"bin_dir": Path} or {"unavailable": reason}.
+_BINARIES: dict[str, object] = {}
+
+
+def _uses_dev_cluster(session: pytest.Session) -> bool:
+    return any("dev_cluster" in getattr(item, "fixturenames", ()) for item in session.items)
+
+
+def _prepare_binaries(config: pytest.Config) -> None:
+    capture = config.pluginmanager.getplugin("capturemanager")
+    try:
+        # Show build progress on the terminal even while pytest captures output.
+        with capture.global_and_fixture_disabled():
+            _BINARIES["bin_dir"] = binaries.ensure(build=True)
+    except binaries.BinariesUnavailable as exc:
+        _BINARIES["unavailable"] = str(exc)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _uses_dev_cluster(session) and not _BINARIES:
+        _prepare_binaries(session.config)
+
+
+@pytest.fixture(scope="session")
+def dev_cluster(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    if not _BINARIES:  # e.g. collected through a plugin that skipped the hook above
+        _prepare_binaries(request.config)
+    if "unavailable" in _BINARIES:
+        reason = f"dev cluster unavailable: {_BINARIES['unavailable']}"
+        if os.environ.get("SPECD_REQUIRE_DEV_CLUSTER") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    bin_dir = _BINARIES["bin_dir"]
+    assert isinstance(bin_dir, Path)
+    cluster = start(tmp_path_factory.mktemp("dev-cluster"), bin_dir,
+                    log=lambda msg: print(f"dev-cluster: {msg}", file=sys.stderr),
+                    die_with_parent=True)
+    yield cluster
+    cluster.stop()
