@@ -1,0 +1,88 @@
+"""`specd operator`: run the Kopf operator (current kubeconfig, or in-cluster credentials)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+from typing import Any
+
+DEFAULT_IMAGE = "ghcr.io/specd/specd:0.1.0"
+
+
+def register(subparsers: Any, bench_subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "operator", help="run the Kubernetes operator of SpecDecodingService resources",
+        description="Reconcile SpecDecodingService resources into target, draft and router "
+                    "workloads. Uses in-cluster credentials in a pod, else the kubeconfig.")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or "
+                                             "~/.kube/config; ignored in a pod unless given)")
+    parser.add_argument("--context", help="kubeconfig context")
+    parser.add_argument("-n", "--namespace", action="append", dest="namespaces", default=[],
+                        help="watch this namespace (repeatable; default: all namespaces)")
+    parser.add_argument("--image", default=os.environ.get("SPECD_WORKER_IMAGE", DEFAULT_IMAGE),
+                        help="worker/router image when a resource sets none (default: "
+                             "$SPECD_WORKER_IMAGE or %(default)s)")
+    parser.add_argument("--image-pull-policy", default="IfNotPresent",
+                        choices=["Always", "IfNotPresent", "Never"])
+    parser.add_argument("--resync-seconds", type=float, default=60.0,
+                        help="full reconciliation of every resource this often (default 60)")
+    parser.add_argument("--liveness", metavar="URL",
+                        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(func=run)
+
+
+class Resync:
+    """Every `interval` seconds, a full pass of every resource in the watched namespaces.
+
+    Watches can miss events (operator down, expired watch); this bounds how long drift lasts.
+    """
+
+    def __init__(self, reconciler: Any, namespaces: list[str], interval: float) -> None:
+        self.reconciler = reconciler
+        self.namespaces = namespaces or [None]
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="specd-resync", daemon=True)
+
+    def _loop(self) -> None:
+        from specd.operator import crd
+        from specd.operator.kube import KubeError
+
+        log = logging.getLogger(__name__)
+        while not self.stopped.wait(self.interval):
+            try:
+                for namespace in self.namespaces:
+                    for item in self.reconciler.kube.list(crd.KIND, namespace):
+                        meta = item["metadata"]
+                        self.reconciler.run(meta["namespace"], meta["name"], full=True)
+            except KubeError as exc:
+                log.warning("periodic resync failed (next try in %ss): %s", self.interval, exc)
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from specd.errors import SpecdError
+    from specd.operator.builders import OperatorConfig
+    from specd.operator.handlers import build_registry
+    from specd.operator.kube import Kube
+    from specd.operator.reconcile import Reconciler
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.resync_seconds <= 0:
+        raise SpecdError("--resync-seconds must be positive")
+    kube = Kube.connect(args.kubeconfig, args.context)
+    reconciler = Reconciler(kube, OperatorConfig(args.image, args.image_pull_policy))
+    resync = Resync(reconciler, args.namespaces, args.resync_seconds)
+    resync.thread.start()
+    try:
+        kopf.run(registry=build_registry(kube), memo=kopf.Memo(reconciler=reconciler),
+                 standalone=True, clusterwide=not args.namespaces, namespaces=args.namespaces,
+                 liveness_endpoint=args.liveness)
+    finally:
+        resync.stopped.set()
+    return 0

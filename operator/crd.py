@@ -1,0 +1,367 @@
+"""The SpecDecodingService CustomResourceDefinition: the one source of truth for the schema.
+
+`manifests/crd.yaml` and `helm/specd/crds/specdecodingservices.specd.io.yaml` are generated from
+this module (`python -m specd.operator.crd --write`); a unit test checks they are up to date.
+`apply_defaults` mirrors the API server's structural defaulting so builders and tests read a
+fully defaulted spec without repeating the default values anywhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import pathlib
+import sys
+from typing import Any
+
+GROUP = "specd.io"
+VERSION = "v1alpha1"
+KIND = "SpecDecodingService"
+PLURAL = "specdecodingservices"
+SINGULAR = "specdecodingservice"
+SHORT_NAMES = ["sds"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+DRAFT_METHODS = ["model", "early-exit", "ngram", "none"]
+POLICIES = ["laps-sd", "fcfs", "las", "sjf"]
+SPECULATION_MODES = ["goodput", "fixed", "off"]
+TENSOR_PARALLEL_SIZES = [1, 2, 4, 8, 16, 32, 64]
+# pvc://<claim>/<path inside the claim>, or an absolute path already present in the container.
+MODEL_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^\s]+|/[^\s]*)$"
+
+
+def _int(default: int | None = None, minimum: int | None = None, maximum: int | None = None,
+         description: str = "") -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "description": description}
+    if default is not None:
+        schema["default"] = default
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def _enum(values: list[str], default: str, description: str) -> dict[str, Any]:
+    return {"type": "string", "enum": values, "default": default, "description": description}
+
+
+def _quantity_map(description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+        },
+    }
+
+
+def _resources(description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "requests": _quantity_map("Minimum compute resources (cpu, memory, ...)."),
+            "limits": _quantity_map("Maximum compute resources."),
+        },
+    }
+
+
+def _model(description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["uri"],
+        "properties": {
+            "uri": {
+                "type": "string",
+                "pattern": MODEL_URI_PATTERN,
+                "maxLength": 1024,
+                "description": "HF-format checkpoint: pvc://<claim>/<path> (the claim is mounted "
+                "read-only at /models) or an absolute path already present in the container.",
+            },
+        },
+    }
+
+
+def _placement() -> dict[str, Any]:
+    return {
+        "nodeSelector": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "Node labels the pods must match (for example a GPU type).",
+        },
+        "tolerations": {
+            "type": "array",
+            "description": "Tolerations of the pods (core/v1 Toleration objects).",
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
+    }
+
+
+def _spec_schema() -> dict[str, Any]:
+    target = {
+        "type": "object",
+        "description": "The pool of target (verifier) workers.",
+        "required": ["model"],
+        "properties": {
+            "model": _model("The target model."),
+            "tensorParallelSize": {
+                **_int(1, 1, 64, "GPUs per target pod; the tensor-parallel processes of one "
+                                 "replica run in one pod."),
+                "x-kubernetes-validations": [{
+                    "rule": f"self in {TENSOR_PARALLEL_SIZES}",
+                    "message": "tensorParallelSize must be a power of two (1, 2, 4, ..., 64)",
+                }],
+            },
+            "replicas": _int(1, 0, 1024, "Number of target pods (the scale subresource)."),
+            "resources": _resources("Resources of a target pod; nvidia.com/gpu is set to "
+                                    "tensorParallelSize by the operator."),
+            **_placement(),
+        },
+    }
+    draft = {
+        "type": "object",
+        "description": "How drafts are proposed.",
+        "default": {},
+        "properties": {
+            "method": _enum(DRAFT_METHODS, "ngram",
+                            "model: a separate draft pool; early-exit and ngram run inside the "
+                            "target worker; none: plain decoding."),
+            "model": _model("The draft model (required when method is 'model')."),
+            "replicas": _int(1, 0, 1024, "Number of draft pods (method 'model' only)."),
+            "gpus": _int(1, 0, 8, "GPUs per draft pod (method 'model' only)."),
+            "resources": _resources("Resources of a draft pod."),
+            **_placement(),
+        },
+        "x-kubernetes-validations": [{
+            "rule": "self.method != 'model' || has(self.model)",
+            "message": "draft.model is required when draft.method is 'model'",
+            "fieldPath": ".model",
+            "reason": "FieldValueRequired",
+        }],
+    }
+    speculation = {
+        "type": "object",
+        "default": {},
+        "description": "Speculation length control.",
+        "properties": {
+            "mode": _enum(SPECULATION_MODES, "goodput",
+                          "goodput: k chosen per batch to maximise goodput; fixed: always k; "
+                          "off: no speculation."),
+            "k": _int(4, 0, 32, "Speculation length (the starting point in goodput mode)."),
+            "maxK": _int(8, 1, 32, "Upper bound of k."),
+        },
+        "x-kubernetes-validations": [
+            {"rule": "self.k <= self.maxK", "message": "k must be less than or equal to maxK",
+             "fieldPath": ".k"},
+            {"rule": "self.mode != 'fixed' || self.k >= 1",
+             "message": "k must be at least 1 when mode is 'fixed'", "fieldPath": ".k"},
+        ],
+    }
+    scheduling = {
+        "type": "object",
+        "default": {},
+        "description": "Router scheduling.",
+        "properties": {
+            "policy": _enum(POLICIES, "laps-sd", "Request scheduling policy of the router."),
+            "maxBatchSize": _int(32, 1, 4096, "Most requests in one iteration batch."),
+            "speculation": speculation,
+        },
+    }
+    router = {
+        "type": "object",
+        "default": {},
+        "description": "The router (public gRPC endpoint and scheduler).",
+        "properties": {
+            "replicas": _int(1, 1, 64, "Number of router pods."),
+            "resources": _resources("Resources of a router pod."),
+            "service": {
+                "type": "object",
+                "default": {},
+                "properties": {
+                    "type": _enum(["ClusterIP", "NodePort", "LoadBalancer"], "ClusterIP",
+                                  "Type of the router Service."),
+                    "port": _int(50051, 1, 65535, "Port of the router Service."),
+                },
+            },
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["target"],
+        "properties": {
+            "image": {"type": "string", "maxLength": 512,
+                      "description": "Worker/router image; the operator's default when unset."},
+            "target": target,
+            "draft": draft,
+            "scheduling": scheduling,
+            "router": router,
+        },
+        "x-kubernetes-validations": [{
+            "rule": "self.draft.method != 'none' || self.scheduling.speculation.mode == 'off'",
+            "message": "scheduling.speculation.mode must be 'off' when draft.method is 'none'",
+            "fieldPath": ".scheduling.speculation.mode",
+        }],
+    }
+
+
+def _status_schema() -> dict[str, Any]:
+    role = {
+        "type": "object",
+        "properties": {
+            "replicas": {"type": "integer"},
+            "readyReplicas": {"type": "integer"},
+            "updatedReplicas": {"type": "integer"},
+        },
+    }
+    condition = {
+        "type": "object",
+        "required": ["type", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "observedGeneration": {"type": "integer"},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+        },
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "observedGeneration": {"type": "integer"},
+            "conditions": {
+                "type": "array",
+                "items": condition,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            "target": {**role, "properties": {**role["properties"],
+                                              "selector": {"type": "string"}}},
+            "draft": role,
+            "router": role,
+            "endpoint": {"type": "string"},
+            "acceptanceRate": {"type": "number"},
+            "goodput": {"type": "number"},
+            "currentK": {"type": "integer"},
+        },
+    }
+
+
+PRINTER_COLUMNS = [
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Target", "type": "integer", "jsonPath": ".spec.target.replicas",
+     "description": "Desired target replicas"},
+    {"name": "Available", "type": "integer", "jsonPath": ".status.target.readyReplicas",
+     "description": "Ready target replicas"},
+    {"name": "TP", "type": "integer", "jsonPath": ".spec.target.tensorParallelSize",
+     "priority": 1},
+    {"name": "Draft", "type": "string", "jsonPath": ".spec.draft.method"},
+    {"name": "K", "type": "integer", "jsonPath": ".status.currentK", "priority": 1},
+    {"name": "Acceptance", "type": "number", "jsonPath": ".status.acceptanceRate"},
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition object."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL,
+                      "singular": SINGULAR, "shortNames": SHORT_NAMES, "categories": ["specd"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "An LLM served with speculative decoding: target, draft and "
+                                   "router pools.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": _spec_schema(),
+                        "status": _status_schema(),
+                    },
+                    # Children are named <name>-<role>, <name>-router-config: Service names
+                    # must be DNS-1035 labels of at most 63 characters.
+                    "x-kubernetes-validations": [{
+                        "rule": "self.metadata.name.size() <= 40 && "
+                                "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                        "message": "metadata.name must be a DNS-1035 label of at most 40 "
+                                   "characters (lower case letters, digits, '-'; starting "
+                                   "with a letter)",
+                    }],
+                }},
+                "subresources": {
+                    "status": {},
+                    "scale": {
+                        "specReplicasPath": ".spec.target.replicas",
+                        "statusReplicasPath": ".status.target.replicas",
+                        "labelSelectorPath": ".status.target.selector",
+                    },
+                },
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+            }],
+        },
+    }
+
+
+def apply_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `spec` with the schema's defaults filled in, as the API server would."""
+    return _default(copy.deepcopy(spec), _spec_schema())
+
+
+def _default(value: Any, schema: dict[str, Any]) -> Any:
+    if not isinstance(value, dict) or schema.get("type") != "object":
+        return value
+    for key, sub in schema.get("properties", {}).items():
+        if key not in value and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+        if key in value:
+            value[key] = _default(value[key], sub)
+    return value
+
+
+def render() -> str:
+    """The CRD as a YAML document, with a header naming its source."""
+    import yaml
+
+    header = ("# Generated by `python -m specd.operator.crd --write` from operator/crd.py; "
+              "do not edit.\n")
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+OUTPUTS = [REPO / "manifests" / "crd.yaml",
+           REPO / "helm" / "specd" / "crds" / f"{CRD_NAME}.yaml"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="write the generated files")
+    args = parser.parse_args(argv)
+    text = render()
+    if not args.write:
+        sys.stdout.write(text)
+        return 0
+    for path in OUTPUTS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

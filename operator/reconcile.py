@@ -1,0 +1,122 @@
+"""One reconciliation pass of a SpecDecodingService, and the per-resource serialisation of passes.
+
+A full pass applies every child (server-side apply: creates what is missing, restores edited
+fields, rolls Deployments whose template changed), deletes children the spec no longer wants,
+then observes the Deployments and writes the status. A status pass only observes and writes.
+
+Many triggers (the resource's own events, its children's events, the periodic resync) can ask
+for a pass of the same resource at once: `Reconciler.run` keeps at most one pass running and one
+queued per resource, merging further requests into the queued one, which reads the latest state
+when it starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import threading
+from typing import Any, Callable
+
+from specd.operator import builders, crd, status
+from specd.operator import names as n
+from specd.operator.kube import Kube
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclasses.dataclass
+class _Request:
+    full: bool
+    notes: list[str]
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences", []))
+
+
+def controller_of(obj: dict[str, Any]) -> str | None:
+    """The name of the SpecDecodingService controlling `obj`, if any."""
+    for ref in obj.get("metadata", {}).get("ownerReferences", []):
+        if ref.get("kind") == crd.KIND and ref.get("controller"):
+            return ref.get("name")
+    return None
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, config: builders.OperatorConfig,
+                 clock: Callable[[], str] = utcnow) -> None:
+        self.kube = kube
+        self.config = config
+        self.clock = clock
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._queued: dict[tuple[str, str], _Request] = {}
+
+    def run(self, namespace: str, name: str, *, full: bool = True, note: str | None = None) -> None:
+        """Reconcile one resource now, or fold this request into the pass already queued."""
+        key = (namespace, name)
+        with self._guard:
+            queued = self._queued.get(key)
+            if queued is not None:
+                queued.full = queued.full or full
+                queued.notes += [note] if note else []
+                return
+            self._queued[key] = _Request(full, [note] if note else [])
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._guard:
+                request = self._queued.pop(key)
+            self._pass(namespace, name, request)
+
+    def _pass(self, namespace: str, name: str, request: _Request) -> None:
+        body = self.kube.get(crd.KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # gone or going: the garbage collector removes the children
+        meta = body["metadata"]
+        previous = body.get("status") or {}
+        generation = meta.get("generation", 0)
+        # A status pass on a spec the children do not reflect yet becomes a full pass.
+        full = request.full or previous.get("observedGeneration") != generation
+        spec = crd.apply_defaults(body["spec"])
+        if full:
+            self._apply(body)
+        deployments = {role: self.kube.get("Deployment", namespace, n.child_name(name, role))
+                       for role in (n.TARGET, n.DRAFT, n.ROUTER)
+                       if role != n.DRAFT or builders.has_draft_pool(spec)}
+        new, transitions = status.compute_status(
+            name=name, namespace=namespace, generation=generation, spec=spec,
+            deployments=deployments, previous=previous, now=self.clock())
+        if status.status_changed(previous, new):
+            self.kube.patch_status(crd.KIND, namespace, name, new)
+        for note in request.notes:
+            self.kube.post_event(body, "Normal", "ChildRestored", note)
+        if full and previous.get("observedGeneration") != generation:
+            self.kube.post_event(body, "Normal", "Reconciled",
+                                 f"children applied for generation {generation}")
+        for t in transitions:
+            self.kube.post_event(body, "Warning" if t.warning else "Normal",
+                                 f"{t.type}{t.status}", f"{t.reason}: {t.message}".rstrip(": "))
+
+    def _apply(self, body: dict[str, Any]) -> None:
+        children = builders.build_children(body, self.config)
+        for child in children:
+            self.kube.apply(child)
+        self._prune(body, {(c["kind"], c["metadata"]["name"]) for c in children})
+
+    def _prune(self, body: dict[str, Any], keep: set[tuple[str, str]]) -> None:
+        """Delete the children this resource owns that its spec no longer asks for."""
+        meta = body["metadata"]
+        selector = n.selector_string(n.instance_labels(meta["name"]))
+        for kind in builders.CHILD_KINDS:
+            for obj in self.kube.list(kind, meta["namespace"], selector):
+                child = obj["metadata"]["name"]
+                if (kind, child) not in keep and owned_by(obj, meta["uid"]):
+                    log.info("pruning %s %s/%s", kind, meta["namespace"], child)
+                    self.kube.delete(kind, meta["namespace"], child)
+                    self.kube.post_event(body, "Normal", "Pruned",
+                                         f"deleted {kind} {child}: no longer in the spec")

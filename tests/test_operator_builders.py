@@ -1,0 +1,219 @@
+"""The pure builders: every child of a SpecDecodingService from its spec."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import yaml
+
+from specd.errors import SpecdError
+from specd.operator import builders, names
+from specd.operator.model import parse_model_uri
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CONFIG = builders.OperatorConfig(image="registry.example/specd:test")
+
+
+def _body(spec: dict, name: str = "svc") -> dict:
+    return {"apiVersion": "specd.io/v1alpha1", "kind": "SpecDecodingService",
+            "metadata": {"name": name, "namespace": "ns", "uid": "uid-1", "generation": 1},
+            "spec": spec}
+
+
+def _by_kind_name(children: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(c["kind"], c["metadata"]["name"]): c for c in children}
+
+
+MODEL_DRAFT = {"target": {"model": {"uri": "pvc://models/llama-70b"}, "tensorParallelSize": 8,
+                          "replicas": 2, "resources": {"requests": {"memory": "400Gi"}}},
+               "draft": {"method": "model", "model": {"uri": "pvc://small/llama-1b"},
+                         "replicas": 4},
+               "scheduling": {"speculation": {"k": 3, "maxK": 6}}}
+
+
+def test_model_draft_service_has_every_child_with_owner_and_labels() -> None:
+    children = builders.build_children(_body(MODEL_DRAFT), CONFIG)
+    assert sorted(_by_kind_name(children)) == sorted([
+        ("ConfigMap", "svc-router-config"), ("ServiceAccount", "svc-router"),
+        ("Role", "svc-router"), ("RoleBinding", "svc-router"),
+        ("Service", "svc-target"), ("Service", "svc-draft"), ("Service", "svc-router"),
+        ("Deployment", "svc-target"), ("Deployment", "svc-draft"), ("Deployment", "svc-router"),
+        ("PodDisruptionBudget", "svc-target"), ("PodDisruptionBudget", "svc-draft"),
+        ("PodDisruptionBudget", "svc-router")])
+    for child in children:
+        meta = child["metadata"]
+        assert meta["namespace"] == "ns"
+        assert meta["ownerReferences"] == [{
+            "apiVersion": "specd.io/v1alpha1", "kind": "SpecDecodingService", "name": "svc",
+            "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}]
+        assert meta["labels"][names.LABEL_INSTANCE] == "svc"
+        assert meta["labels"][names.LABEL_MANAGED_BY] == "specd-operator"
+        assert child["kind"] in builders.CHILD_KINDS
+
+
+def test_target_pod_runs_all_tensor_parallel_ranks_with_tp_gpus() -> None:
+    target = _by_kind_name(builders.build_children(_body(MODEL_DRAFT), CONFIG))[
+        ("Deployment", "svc-target")]
+    assert target["spec"]["replicas"] == 2
+    pod = target["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["specd", "worker", "--role", "target", "--model",
+                                    "/models/llama-70b", "--port", "50061",
+                                    "--tensor-parallel-size", "8"]
+    assert container["image"] == "registry.example/specd:test"
+    assert container["resources"] == {"requests": {"memory": "400Gi"},
+                                      "limits": {"nvidia.com/gpu": 8}}
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "models",
+                                                        "readOnly": True}} in pod["volumes"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in container[
+        "volumeMounts"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert container["readinessProbe"]["grpc"] == {"port": 50061}
+    assert target["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_selectors_match_pod_labels_for_every_workload() -> None:
+    children = _by_kind_name(builders.build_children(_body(MODEL_DRAFT), CONFIG))
+    for role in ("target", "draft", "router"):
+        deployment = children[("Deployment", f"svc-{role}")]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= pod_labels.items()
+        assert children[("Service", f"svc-{role}")]["spec"]["selector"] == selector
+        assert children[("PodDisruptionBudget", f"svc-{role}")]["spec"]["selector"][
+            "matchLabels"] == selector
+        # a role's selector must not match another role's pods
+        others = [children[("Deployment", f"svc-{o}")]["spec"]["template"]["metadata"]["labels"]
+                  for o in ("target", "draft", "router") if o != role]
+        assert all(not selector.items() <= other.items() for other in others)
+
+
+def test_draft_pool_pod() -> None:
+    draft = _by_kind_name(builders.build_children(_body(MODEL_DRAFT), CONFIG))[
+        ("Deployment", "svc-draft")]
+    assert draft["spec"]["replicas"] == 4
+    (container,) = draft["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["specd", "worker", "--role", "draft", "--model",
+                                    "/models/llama-1b", "--port", "50062"]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+
+
+@pytest.mark.parametrize("method", ["early-exit", "ngram"])
+def test_in_target_drafting_has_no_draft_pool(method: str) -> None:
+    spec = {"target": {"model": {"uri": "/opt/model"}, "tensorParallelSize": 2},
+            "draft": {"method": method}}
+    children = _by_kind_name(builders.build_children(_body(spec), CONFIG))
+    assert not [key for key in children if key[1] == "svc-draft"]
+    (container,) = children[("Deployment", "svc-target")]["spec"]["template"]["spec"][
+        "containers"]
+    assert container["command"][-2:] == ["--draft-method", method]
+    assert "--model" in container["command"] and "/opt/model" in container["command"]
+    assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    config = yaml.safe_load(children[("ConfigMap", "svc-router-config")]["data"]["router.yaml"])
+    assert config["discovery"]["draftService"] is None
+
+
+def test_plain_decoding_passes_no_draft_method() -> None:
+    spec = {"target": {"model": {"uri": "/m"}}, "draft": {"method": "none"},
+            "scheduling": {"speculation": {"mode": "off"}}}
+    target = _by_kind_name(builders.build_children(_body(spec), CONFIG))[
+        ("Deployment", "svc-target")]
+    assert "--draft-method" not in target["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_router_config_is_the_contract_with_specd_router() -> None:
+    children = _by_kind_name(builders.build_children(_body(MODEL_DRAFT), CONFIG))
+    config = yaml.safe_load(children[("ConfigMap", "svc-router-config")]["data"]["router.yaml"])
+    assert config == {
+        "policy": "laps-sd",
+        "speculation": {"mode": "goodput", "k": 3, "maxK": 6},
+        "maxBatchSize": 32,
+        "discovery": {"namespace": "ns", "targetService": "svc-target",
+                      "draftService": "svc-draft", "targetPort": 50061, "draftPort": 50062}}
+    router = children[("Deployment", "svc-router")]
+    pod = router["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"] == ["specd", "router", "--config",
+                                               "/etc/specd/router.yaml", "--port", "50051"]
+    assert pod["serviceAccountName"] == "svc-router"
+    assert pod["volumes"] == [{"name": "config", "configMap": {"name": "svc-router-config"}}]
+
+
+def test_router_rolls_when_its_configuration_changes() -> None:
+    def config_hash(k: int) -> str:
+        spec = {**MODEL_DRAFT, "scheduling": {"speculation": {"k": k, "maxK": 6}}}
+        router = _by_kind_name(builders.build_children(_body(spec), CONFIG))[
+            ("Deployment", "svc-router")]
+        return router["spec"]["template"]["metadata"]["annotations"]["specd.io/config-hash"]
+
+    assert config_hash(3) == config_hash(3)
+    assert config_hash(3) != config_hash(5)
+
+
+def test_router_discovery_role_grants_only_endpointslice_reads() -> None:
+    children = _by_kind_name(builders.build_children(_body(MODEL_DRAFT), CONFIG))
+    assert children[("Role", "svc-router")]["rules"] == [{
+        "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+        "verbs": ["get", "list", "watch"]}]
+    binding = children[("RoleBinding", "svc-router")]
+    assert binding["roleRef"]["name"] == "svc-router"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "svc-router",
+                                    "namespace": "ns"}]
+
+
+def test_worker_services_are_headless_and_router_service_follows_spec() -> None:
+    spec = {**MODEL_DRAFT, "router": {"service": {"type": "NodePort", "port": 443}}}
+    children = _by_kind_name(builders.build_children(_body(spec), CONFIG))
+    assert children[("Service", "svc-target")]["spec"]["clusterIP"] == "None"
+    assert children[("Service", "svc-draft")]["spec"]["ports"][0]["port"] == 50062
+    router = children[("Service", "svc-router")]["spec"]
+    assert router["type"] == "NodePort" and router["ports"][0]["port"] == 443
+    assert router["ports"][0]["targetPort"] == "grpc"
+
+
+def test_user_gpu_resources_are_overridden_by_tensor_parallel_size() -> None:
+    spec = {"target": {"model": {"uri": "/m"}, "tensorParallelSize": 4,
+                       "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "1Gi"},
+                                     "requests": {"nvidia.com/gpu": 1}}}}
+    target = _by_kind_name(builders.build_children(_body(spec), CONFIG))[
+        ("Deployment", "svc-target")]
+    resources = target["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"limits": {"nvidia.com/gpu": 4, "memory": "1Gi"}}
+
+
+def test_spec_image_overrides_operator_default() -> None:
+    spec = {"image": "mine/specd:1", "target": {"model": {"uri": "/m"}}}
+    for child in builders.build_children(_body(spec), CONFIG):
+        if child["kind"] == "Deployment":
+            assert child["spec"]["template"]["spec"]["containers"][0]["image"] == "mine/specd:1"
+
+
+def test_builders_are_deterministic() -> None:
+    assert builders.build_children(_body(MODEL_DRAFT), CONFIG) == builders.build_children(
+        _body(MODEL_DRAFT), CONFIG)
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "manifests" / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_examples_build(example: pathlib.Path) -> None:
+    body = yaml.safe_load(example.read_text())
+    body["metadata"].update(namespace="ns", uid="u")
+    children = builders.build_children(body, CONFIG)
+    assert any(c["kind"] == "Deployment" for c in children)
+
+
+@pytest.mark.parametrize("uri,path,claim", [
+    ("pvc://models/llama/70b", "/models/llama/70b", "models"),
+    ("pvc://m/x/", "/models/x", "m"),
+    ("/data/llama", "/data/llama", None),
+])
+def test_model_uris(uri: str, path: str, claim: str | None) -> None:
+    source = parse_model_uri(uri)
+    assert (source.path, source.claim) == (path, claim)
+    assert bool(source.volumes()) == (claim is not None)
+
+
+@pytest.mark.parametrize("uri", ["pvc://models", "pvc:///x", "s3://bucket/x", "relative/path"])
+def test_bad_model_uris_are_user_errors(uri: str) -> None:
+    with pytest.raises(SpecdError, match="model uri"):
+        parse_model_uri(uri)

@@ -1,0 +1,110 @@
+"""Status computation from observed Deployments: conditions, counts, transitions."""
+
+from __future__ import annotations
+
+from specd.operator import crd, status
+
+SPEC = crd.apply_defaults({"target": {"model": {"uri": "/m"}, "replicas": 2},
+                           "draft": {"method": "model", "model": {"uri": "/d"}}})
+
+
+def deployment(replicas: int, ready: int, updated: int | None = None, generation: int = 1,
+               observed: int = 1, conditions: list | None = None) -> dict:
+    return {"metadata": {"generation": generation}, "spec": {"replicas": replicas},
+            "status": {"observedGeneration": observed, "replicas": replicas,
+                       "readyReplicas": ready,
+                       "updatedReplicas": replicas if updated is None else updated,
+                       "conditions": conditions or []}}
+
+
+def compute(deployments: dict, previous: dict | None = None, now: str = "T1"):
+    return status.compute_status(name="svc", namespace="ns", generation=3, spec=SPEC,
+                                 deployments=deployments, previous=previous or {}, now=now)
+
+
+def conditions(st: dict) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
+
+
+def test_all_pools_ready() -> None:
+    st, transitions = compute({"target": deployment(2, 2), "draft": deployment(1, 1),
+                               "router": deployment(1, 1)})
+    assert conditions(st) == {"Ready": ("True", "Serving"),
+                              "Progressing": ("False", "RolloutComplete"),
+                              "Degraded": ("False", "AsExpected")}
+    assert st["observedGeneration"] == 3
+    assert all(c["observedGeneration"] == 3 and c["lastTransitionTime"] == "T1"
+               for c in st["conditions"])
+    assert st["target"] == {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2,
+                            "selector": "app.kubernetes.io/component=target,"
+                                        "app.kubernetes.io/instance=svc,"
+                                        "app.kubernetes.io/name=specd"}
+    assert st["endpoint"] == "svc-router.ns.svc:50051"
+    assert [t.type for t in transitions] == ["Ready"]  # a first False is no news
+
+
+def test_missing_children_are_progressing_not_ready() -> None:
+    st, _ = compute({"target": None, "draft": None, "router": None})
+    assert conditions(st)["Ready"] == ("False", "TargetUnavailable")
+    assert conditions(st)["Progressing"][0] == "True"
+    assert st["target"]["readyReplicas"] == 0
+
+
+def test_rollout_in_progress() -> None:
+    st, _ = compute({"target": deployment(2, 2, updated=1), "draft": deployment(1, 1),
+                     "router": deployment(1, 1, generation=2, observed=1)})
+    assert conditions(st)["Progressing"] == ("True", "RollingOut")
+    message = next(c["message"] for c in st["conditions"] if c["type"] == "Progressing")
+    assert message == "rolling out: router, target"
+    assert conditions(st)["Ready"][0] == "True"
+
+
+def test_draft_pool_down_is_degraded_but_serving() -> None:
+    st, transitions = compute({"target": deployment(2, 2), "draft": deployment(1, 0),
+                               "router": deployment(1, 1)})
+    assert conditions(st)["Ready"] == ("True", "Serving")
+    assert conditions(st)["Degraded"] == ("True", "DraftUnavailable")
+    assert any(t.type == "Degraded" and t.warning for t in transitions)
+
+
+def test_failed_rollout_is_degraded() -> None:
+    failed = deployment(2, 1, conditions=[{"type": "Progressing", "status": "False",
+                                           "reason": "ProgressDeadlineExceeded"}])
+    st, _ = compute({"target": failed, "draft": deployment(1, 1), "router": deployment(1, 1)})
+    assert conditions(st)["Degraded"] == ("True", "RolloutFailed")
+
+
+def test_scaled_to_zero() -> None:
+    spec = crd.apply_defaults({"target": {"model": {"uri": "/m"}, "replicas": 0}})
+    st, _ = status.compute_status(name="svc", namespace="ns", generation=1, spec=spec,
+                                  deployments={"target": deployment(0, 0),
+                                               "router": deployment(1, 1)},
+                                  previous={}, now="T")
+    assert conditions(st)["Ready"] == ("False", "ScaledToZero")
+    assert st["draft"] is None  # no draft pool: removed from the status by the merge patch
+
+
+def test_transition_times_and_events_only_on_change() -> None:
+    healthy = {"target": deployment(2, 2), "draft": deployment(1, 1), "router": deployment(1, 1)}
+    first, _ = compute(healthy, now="T1")
+    again, transitions = compute(healthy, previous=first, now="T2")
+    assert transitions == []
+    assert [c["lastTransitionTime"] for c in again["conditions"]] == ["T1"] * 3
+    assert not status.status_changed(first, again)
+
+    broken = {**healthy, "target": deployment(2, 0)}
+    after, transitions = compute(broken, previous=first, now="T3")
+    assert status.status_changed(first, after)
+    ready = next(c for c in after["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["lastTransitionTime"]) == ("False", "T3")
+    assert [(t.type, t.status, t.warning) for t in transitions] == [
+        ("Ready", "False", True), ("Degraded", "True", True)]
+
+
+def test_live_figures_written_by_others_do_not_count_as_changes() -> None:
+    healthy = {"target": deployment(2, 2), "draft": deployment(1, 1), "router": deployment(1, 1)}
+    first, _ = compute(healthy)
+    previous = {**first, "acceptanceRate": 0.7, "currentK": 4}
+    again, _ = compute(healthy, previous=previous)
+    assert not status.status_changed(previous, again)
+    assert "acceptanceRate" not in again
