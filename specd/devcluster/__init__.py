@@ -47,17 +47,13 @@ def status(directory: Path | None = None) -> "DevCluster | None":
 
 
 def down(directory: Path | None = None) -> bool:
-    """Stop the cluster in `directory` and remove its data. False if there was none."""
-    import shutil
-
+    """Stop the cluster in `directory` and remove its data. False if there was none (a
+    directory without the cluster's state file is left alone: it is not ours)."""
     from specd.devcluster.cluster import DevCluster
 
-    target = directory or default_directory()
-    found = DevCluster.load(target)
+    found = DevCluster.load(directory or default_directory())
     if found is None:
-        existed = target.exists()
-        shutil.rmtree(target, ignore_errors=True)
-        return existed
+        return False
     found.stop()
     return True
 

@@ -98,10 +98,12 @@ class DevCluster:
             return None
         except (OSError, ValueError) as exc:
             raise SpecdError(f"unreadable dev-cluster state {directory / STATE_FILE}: {exc}") from exc
-        return cls(directory=directory, bin_dir=Path(state["bin_dir"]),
-                   kubeconfig=Path(state["kubeconfig"]),
+        # A state written before the first process started has only "processes".
+        return cls(directory=directory, bin_dir=Path(state.get("bin_dir", "")),
+                   kubeconfig=Path(state.get("kubeconfig", directory / ADMIN_KUBECONFIG)),
                    processes=[processes.ProcessRecord.from_json(p) for p in state["processes"]],
-                   kubectl_path=Path(state["kubectl"]), ports=state.get("ports", {}))
+                   kubectl_path=Path(state.get("kubectl", "kubectl")),
+                   ports=state.get("ports", {}))
 
     def stop(self, remove_data: bool = True) -> list[str]:
         """Stop every process (reverse start order) and delete the directory.
@@ -126,15 +128,17 @@ def start(directory: Path, bin_dir: Path, nodes: int = 2, gpus_per_node: int = 8
                              "(run `specd dev-cluster down` first)")
         existing.stop()  # stale leftovers of a crashed run
     elif directory.exists() and any(directory.iterdir()):
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o700)
-
+        # Never delete a directory we did not create: it may be the user's.
+        raise SpecdError(f"{directory} is not empty and holds no dev cluster; "
+                         "choose another directory")
     missing = binaries.missing(bin_dir)
     if missing:
         raise binaries.BinariesUnavailable(f"{bin_dir} lacks {', '.join(missing)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
 
     deadline = time.monotonic() + timeout_s
+    (directory / STATE_FILE).write_text(json.dumps({"processes": []}))  # mark it ours at once
     log("generating certificates")
     lay = components.Layout(directory=directory, bin_dir=bin_dir,
                             ports=components.Ports.from_list(free_ports(6)),
@@ -150,7 +154,8 @@ def start(directory: Path, bin_dir: Path, nodes: int = 2, gpus_per_node: int = 8
 
     cluster = DevCluster(directory=directory, bin_dir=bin_dir, kubeconfig=admin, processes=[],
                          kubectl_path=binaries.kubectl(),
-                         ports={k: v for k, v in vars(lay.ports).items()})
+                         ports=dict(vars(lay.ports)))
+    cluster.save()
     try:
         _start_all(cluster, lay, nodes, gpus_per_node, deadline, log, die_with_parent)
     except BaseException:

@@ -1,0 +1,1 @@
+"""specd.client: the Python client SDK."""

@@ -1,0 +1,1 @@
+"""specd.demo: training of the tiny demo target and draft models."""

@@ -1,0 +1,1 @@
+"""specd.worker: the model runtime (checkpoints, KV cache, batched forward, speculation, tensor parallelism) and the worker gRPC servers."""

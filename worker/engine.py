@@ -1,0 +1,182 @@
+"""The local speculative decoding engine: continuous batching of requests over one target and
+an optional draft model, with a speculation length per request.
+
+This is what `specd generate` and `specd bench decode` drive in-process; the serving plane runs
+the same proposer and verifier behind gRPC with the router choosing k each step.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from specd.errors import SpecdError
+from specd.worker.runner import ForwardItem, ModelRunner
+from specd.worker.sampling import SamplingParams
+from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
+
+MAX_K = 16
+
+
+@dataclass
+class GenerationRequest:
+    prompt: list[int]
+    max_new_tokens: int = 64
+    params: SamplingParams = field(default_factory=SamplingParams)
+    k: int = 4  # speculation length; 0 = plain decoding
+    stop_at_eos: bool = True
+    request_id: str = ""
+
+
+@dataclass
+class RequestStats:
+    steps: int = 0  # target passes
+    proposed: int = 0  # draft tokens proposed
+    accepted: int = 0  # draft tokens accepted
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+
+@dataclass
+class _Active:
+    request: GenerationRequest
+    committed: list[int]
+    generator: torch.Generator
+    generated: list[int] = field(default_factory=list)
+    stats: RequestStats = field(default_factory=RequestStats)
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    request_id: str
+    new_tokens: list[int]
+    finished: bool
+    stats: RequestStats
+
+
+class SpeculativeEngine:
+    def __init__(self, target: ModelRunner, draft: ModelRunner | None = None) -> None:
+        if draft is not None and draft.config.vocab_size != target.config.vocab_size:
+            raise SpecdError(
+                f"draft vocabulary ({draft.config.vocab_size}) differs from the target's ({target.config.vocab_size})"
+            )
+        self.target = target
+        self.draft = draft
+        self.verifier = Verifier(target)
+        self.proposer = DraftProposer(draft) if draft is not None else None
+        self.eos_token_id = target.config.eos_token_id
+        self._active: dict[str, _Active] = {}
+        self._ids = itertools.count()
+
+    def validate(self, request: GenerationRequest) -> None:
+        if not request.prompt:
+            raise SpecdError("prompt is empty")
+        if request.max_new_tokens < 1:
+            raise SpecdError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+        if not 0 <= request.k <= MAX_K:
+            raise SpecdError(f"k must be between 0 and {MAX_K}, got {request.k}")
+        if request.k > 0 and self.draft is None:
+            raise SpecdError("speculation (k > 0) needs a draft model; use k = 0 for plain decoding")
+        limit = self.target.max_context
+        if len(request.prompt) + request.max_new_tokens > limit:
+            raise SpecdError(
+                f"prompt ({len(request.prompt)} tokens) + max_new_tokens ({request.max_new_tokens}) "
+                f"exceeds the model's context of {limit} tokens"
+            )
+
+    def add(self, request: GenerationRequest) -> str:
+        self.validate(request)
+        request_id = request.request_id or f"req-{next(self._ids)}"
+        if request_id in self._active:
+            raise SpecdError(f"request id {request_id!r} is already active")
+        self._active[request_id] = _Active(request, list(request.prompt), request.params.generator())
+        return request_id
+
+    def prefill(self) -> None:
+        """Fill the target's and draft's caches with every new prompt but its last token."""
+        for runner in filter(None, (self.target, self.draft)):
+            items = []
+            for rid, state in self._active.items():
+                if runner.cached_tokens(rid) or len(state.committed) < 2:
+                    continue
+                items.append(ForwardItem(rid, runner.sync(rid, state.committed), num_logits=0))
+            if items:
+                runner.forward(items)
+
+    def step(self) -> list[StepOutput]:
+        """One iteration over every active request: draft k tokens, verify, commit."""
+        states = list(self._active.items())
+        if not states:
+            return []
+        ks = {rid: self._step_k(state) for rid, state in states}
+        proposals = {}
+        if self.proposer is not None:
+            drafts = [DraftRequest(rid, s.committed, ks[rid], s.request.params, s.generator) for rid, s in states]
+            proposals = {d.request_id: p for d, p in zip(drafts, self.proposer.propose(drafts))}
+        verify = []
+        for rid, s in states:
+            proposal = proposals.get(rid)
+            tokens = proposal.tokens if proposal else []
+            verify.append(VerifyRequest(rid, s.committed, tokens, proposal.probs if proposal else None,
+                                        s.request.params, s.generator))
+        outputs = []
+        for (rid, state), result in zip(states, self.verifier.verify(verify)):
+            state.stats.steps += 1
+            state.stats.proposed += ks[rid]
+            state.stats.accepted += result.accepted
+            outputs.append(self._commit(rid, state, result.tokens))
+        return outputs
+
+    def _step_k(self, state: _Active) -> int:
+        # never draft past max_new_tokens: the bonus token makes k + 1
+        remaining = state.request.max_new_tokens - len(state.generated)
+        return max(0, min(state.request.k, remaining - 1))
+
+    def _commit(self, rid: str, state: _Active, tokens: list[int]) -> StepOutput:
+        room = state.request.max_new_tokens - len(state.generated)
+        tokens = tokens[:room]
+        if state.request.stop_at_eos and self.eos_token_id in tokens:
+            tokens = tokens[: tokens.index(self.eos_token_id)]
+            state.finished = True
+        state.committed.extend(tokens)
+        state.generated.extend(tokens)
+        if len(state.generated) >= state.request.max_new_tokens:
+            state.finished = True
+        if state.finished:
+            self.release(rid)
+        return StepOutput(rid, tokens, state.finished, state.stats)
+
+    def release(self, request_id: str) -> None:
+        self._active.pop(request_id, None)
+        self.target.release(request_id)
+        if self.draft is not None:
+            self.draft.release(request_id)
+
+    def run(self, requests: list[GenerationRequest]) -> Iterator[StepOutput]:
+        """Admit all requests, then step until every one has finished, yielding each step's output."""
+        ids = [self.add(r) for r in requests]
+        try:
+            self.prefill()
+            while self._active:
+                yield from self.step()
+        finally:
+            for rid in ids:
+                self.release(rid)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[tuple[list[int], RequestStats]]:
+        """Run to completion; returns (generated tokens, stats) in request order."""
+        ids = [r.request_id or f"gen-{next(self._ids)}" for r in requests]
+        requests = [GenerationRequest(r.prompt, r.max_new_tokens, r.params, r.k, r.stop_at_eos, rid)
+                    for r, rid in zip(requests, ids)]
+        generated: dict[str, list[int]] = {rid: [] for rid in ids}
+        stats: dict[str, RequestStats] = {}
+        for out in self.run(requests):
+            generated[out.request_id].extend(out.new_tokens)
+            stats[out.request_id] = out.stats
+        return [(generated[rid], stats[rid]) for rid in ids]

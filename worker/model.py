@@ -1,0 +1,154 @@
+"""A Llama-architecture causal LM that decodes many requests at once from per-request KV caches.
+
+Parameter names match Hugging Face's `LlamaForCausalLM`, so its safetensors checkpoints load
+unchanged. The forward pass is "packed": the new tokens of all requests are concatenated into
+one [T, hidden] matrix for the linear layers (one matmul per projection for the whole batch),
+and only attention runs per request, against that request's own cache. Requests of different
+lengths, and different numbers of new tokens (prefill, k+1 verification, single-step decoding),
+share one pass with no padding.
+
+Attention derives its head count from the projection's output width rather than the config,
+so the same code runs unchanged when DeepSpeed's tensor parallelism shards the projections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specd.worker.config import LlamaConfig
+from specd.worker.kv_cache import RequestKV
+
+
+@dataclass
+class PackedBatch:
+    """The new tokens of several requests, concatenated, with what attention needs to split them."""
+
+    tokens: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    caches: list[RequestKV]
+    starts: list[int]  # cache length of each request before this pass
+    counts: list[int]  # new tokens of each request
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding in Hugging Face's half-rotation layout."""
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        angles = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: [T, heads, head_dim]."""
+        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
+        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        d, hd = config.hidden_size, config.head_dim
+        self.head_dim = hd
+        self.q_proj = nn.Linear(d, config.num_attention_heads * hd, bias=False)
+        self.k_proj = nn.Linear(d, config.num_key_value_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d, config.num_key_value_heads * hd, bias=False)
+        self.o_proj = nn.Linear(config.num_attention_heads * hd, d, bias=False)
+
+    def forward(self, x: torch.Tensor, batch: PackedBatch, layer: int, rope: RotaryEmbedding) -> torch.Tensor:
+        T = x.shape[0]
+        q = rope(self.q_proj(x).view(T, -1, self.head_dim), batch.positions)
+        k = rope(self.k_proj(x).view(T, -1, self.head_dim), batch.positions)
+        v = self.v_proj(x).view(T, -1, self.head_dim)
+        gqa = q.shape[1] != k.shape[1]
+        outputs = []
+        offset = 0
+        for cache, start, n in zip(batch.caches, batch.starts, batch.counts):
+            q_i = q[offset : offset + n].transpose(0, 1)  # [heads, n, hd]
+            keys, values = cache.write(layer, start, k[offset : offset + n].transpose(0, 1), v[offset : offset + n].transpose(0, 1))
+            mask = None
+            if n > 1:  # token j of this pass sits at position start + j and sees keys 0..start+j
+                mask = torch.arange(start + n) <= (start + torch.arange(n)).unsqueeze(1)
+            out = F.scaled_dot_product_attention(q_i, keys, values, attn_mask=mask, enable_gqa=gqa)
+            outputs.append(out.transpose(0, 1).reshape(n, -1))
+            offset += n
+        return self.o_proj(torch.cat(outputs) if len(outputs) > 1 else outputs[0])
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(d, f, bias=False)
+        self.up_proj = nn.Linear(d, f, bias=False)
+        self.down_proj = nn.Linear(f, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, batch: PackedBatch, layer: int, rope: RotaryEmbedding) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), batch, layer, rope)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def hidden_states(self, batch: PackedBatch, first_layer: int = 0, last_layer: int | None = None,
+                      hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Run layers [first_layer, last_layer) and return the hidden states [T, hidden].
+
+        With first_layer > 0, `hidden` holds the states entering that layer (early-exit methods).
+        """
+        x = self.model.embed_tokens(batch.tokens) if hidden is None else hidden
+        last = len(self.model.layers) if last_layer is None else last_layer
+        for index in range(first_layer, last):
+            x = self.model.layers[index](x, batch, index, self.model.rotary)
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.model.norm(hidden)).float()
