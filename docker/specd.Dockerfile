@@ -1,0 +1,24 @@
+# syntax=docker/dockerfile:1
+# The worker and router image: `specd worker ...` (target and draft pods) and `specd router ...`.
+# Build from the repository root:
+#   docker build -f docker/specd.Dockerfile -t ghcr.io/specd/specd:0.1.0 .
+# PyPI's Linux torch wheel carries its CUDA runtime; the node provides the driver (through the
+# NVIDIA container toolkit / device plugin that also advertises nvidia.com/gpu).
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1
+# Same pins as hack/install.sh: torch first, DeepSpeed built against it without prebuilt ops.
+RUN pip install --upgrade pip setuptools wheel \
+ && pip install "torch==2.10.0" numpy \
+ && DS_BUILD_OPS=0 pip install --no-build-isolation "deepspeed==0.19.8"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY specd specd
+COPY operator operator
+COPY router router
+COPY worker worker
+COPY client client
+COPY proto proto
+RUN pip install . && rm -rf /src
+WORKDIR /
+USER 65532:65532
+ENTRYPOINT ["specd"]

@@ -1,0 +1,425 @@
+"""The operator end to end on a real control plane (kube-apiserver, controllers, scheduler, kwok).
+
+The chart is installed with helm; the operator runs as a subprocess (`specd operator`) with a
+token of the chart's ServiceAccount, so it has exactly the chart's permissions. Every example is
+applied and followed to Ready with its pods Running on kwok's fake GPU nodes; then spec changes,
+drift, invalid resources, an operator restart and deletion.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import yaml
+
+from specd.devcluster import kwok
+from specd.devcluster.cluster import DevCluster
+from specd.operator import builders, names
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "manifests" / "examples"
+RELEASE, OPERATOR_NS, NS = "specd", "specd-e2e-system", "specd-e2e"
+OPERATOR_SA = f"{RELEASE}-operator"
+# Extra fake nodes big enough for the 70B example (8 GPUs, 2Ti memory, the GPU product label).
+GPU_NODES = [f"specd-e2e-h100-{i}" for i in range(3)]
+GPU_PRODUCT = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+CLAIMS = ["specd-models", "llama-models"]  # the PVCs the examples' model URIs name
+KINDS = "deployments,services,configmaps,serviceaccounts,roles,rolebindings,poddisruptionbudgets"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 90) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def get(cluster: DevCluster, *args: str) -> dict | None:
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def sds(cluster: DevCluster, name: str) -> dict | None:
+    return get(cluster, "sds", name, "-n", NS)
+
+
+def condition(body: dict, type_: str) -> dict:
+    return next((c for c in body.get("status", {}).get("conditions", [])
+                 if c["type"] == type_), {})
+
+
+def settled(cluster: DevCluster, name: str) -> dict | None:
+    """The resource once Ready, fully rolled out, for its latest generation."""
+    body = sds(cluster, name)
+    if not body:
+        return None
+    status = body.get("status", {})
+    ok = (status.get("observedGeneration") == body["metadata"]["generation"]
+          and condition(body, "Ready").get("status") == "True"
+          and condition(body, "Progressing").get("status") == "False"
+          and condition(body, "Degraded").get("status") == "False")
+    return body if ok else None
+
+
+def children(cluster: DevCluster, name: str) -> list[dict]:
+    listing = get(cluster, KINDS, "-n", NS, "-l", f"{names.LABEL_INSTANCE}={name}")
+    return listing["items"] if listing else []
+
+
+def child_keys(cluster: DevCluster, name: str) -> set[tuple[str, str]]:
+    return {(c["kind"], c["metadata"]["name"]) for c in children(cluster, name)}
+
+
+def expected_children(body: dict) -> set[tuple[str, str]]:
+    return {(c["kind"], c["metadata"]["name"])
+            for c in builders.build_children(body, builders.OperatorConfig())}
+
+
+def pods(cluster: DevCluster, name: str, role: str | None = None) -> list[dict]:
+    selector = f"{names.LABEL_INSTANCE}={name}" + (f",{names.LABEL_COMPONENT}={role}"
+                                                   if role else "")
+    return get(cluster, "pods", "-n", NS, "-l", selector)["items"]
+
+
+def running(cluster: DevCluster, name: str, role: str, count: int) -> bool:
+    found = [p for p in pods(cluster, name, role) if not p["metadata"].get("deletionTimestamp")]
+    return len(found) == count and all(p["status"].get("phase") == "Running" for p in found)
+
+
+def example(name: str) -> str:
+    return (EXAMPLES / f"{name}.yaml").read_text()
+
+
+class Operator:
+    """`specd operator` in a subprocess, logging to a file."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig, self.log = kubeconfig, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "specd.cli", "operator", "--kubeconfig",
+                 str(self.kubeconfig), "--resync-seconds", "15", "--image", "specd:e2e"],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text().splitlines()[-40:])
+
+
+def service_account_kubeconfig(cluster: DevCluster, path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token)."""
+    token = cluster.kubectl("create", "token", OPERATOR_SA, "-n", OPERATOR_NS,
+                            "--duration=2h").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    server = admin["clusters"][0]["cluster"]
+    ca = server.get("certificate-authority-data") or base64.b64encode(
+        Path(server["certificate-authority"]).read_bytes()).decode()
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "dev", "cluster": {"server": server["server"],
+                                                 "certificate-authority-data": ca}}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "dev", "user": "operator"}}],
+    }))
+    path.chmod(0o600)
+    return path
+
+
+def models_volumes() -> list[dict]:
+    """Pre-bound PV/PVC pairs, so pods mounting pvc://<claim>/... can be scheduled."""
+    objects = []
+    for claim in CLAIMS:
+        objects.append({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": f"{NS}-{claim}"},
+            "spec": {"capacity": {"storage": "1Ti"}, "accessModes": ["ReadOnlyMany"],
+                     "storageClassName": "", "hostPath": {"path": f"/srv/{claim}"},
+                     "claimRef": {"namespace": NS, "name": claim}}})
+        objects.append({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": NS},
+            "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                     "volumeName": f"{NS}-{claim}",
+                     "resources": {"requests": {"storage": "1Ti"}}}})
+    return objects
+
+
+@pytest.fixture(scope="module")
+def cluster(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[DevCluster]:
+    """The chart installed, fake H100 nodes, the test namespace with its model volumes."""
+    helm = [str(dev_cluster.helm), "--kubeconfig", str(dev_cluster.kubeconfig)]
+    subprocess.run(helm + ["install", RELEASE, str(REPO / "helm" / "specd"), "--namespace",
+                           OPERATOR_NS, "--create-namespace", "--wait", "--timeout", "120s"],
+                   check=True, capture_output=True, text=True, env=dev_cluster.env)
+    nodes = [kwok.node_manifest(name, 8, cpu="128", memory="2Ti") for name in GPU_NODES]
+    for node in nodes:
+        node["metadata"]["labels"].update(GPU_PRODUCT)
+    dev_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
+    dev_cluster.kubectl("create", "namespace", NS)
+    wait_for("the namespace's default ServiceAccount", lambda: dev_cluster.kubectl(
+        "get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0)
+    dev_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(models_volumes()))
+    wait_for("model volumes bound", lambda: all(
+        (get(dev_cluster, "pvc", claim, "-n", NS) or {}).get("status", {}).get("phase")
+        == "Bound" for claim in CLAIMS))
+    yield dev_cluster
+    dev_cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+    dev_cluster.kubectl("delete", "pv", *[f"{NS}-{c}" for c in CLAIMS], "--wait=false",
+                        check=False)
+    subprocess.run(helm + ["uninstall", RELEASE, "--namespace", OPERATOR_NS],
+                   capture_output=True, env=dev_cluster.env)
+    dev_cluster.kubectl("delete", "crd", "specdecodingservices.specd.io", check=False)
+    dev_cluster.kubectl("delete", "node", *GPU_NODES, check=False)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Operator]:
+    directory = tmp_path_factory.mktemp("operator")
+    kubeconfig = service_account_kubeconfig(cluster, directory / "kubeconfig")
+    proc = Operator(kubeconfig, directory / "operator.log")
+    proc.start()
+    yield proc
+    proc.stop()
+    print(f"operator log tail:\n{proc.tail()}")
+
+
+def test_chart_installed_the_operator_with_least_privilege(cluster: DevCluster) -> None:
+    crd = get(cluster, "crd", "specdecodingservices.specd.io")
+    assert crd and crd["spec"]["names"]["shortNames"] == ["sds"]
+    assert get(cluster, "deployment", OPERATOR_SA, "-n", OPERATOR_NS)
+    user = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
+
+    def can(*args: str) -> bool:
+        result = cluster.kubectl("auth", "can-i", *args, as_user=user, check=False)
+        return result.stdout.strip() == "yes"
+
+    assert can("patch", "deployments.apps", "-n", NS)
+    assert can("patch", "specdecodingservices.specd.io", "--subresource=status", "-n", NS)
+    assert can("create", "roles.rbac.authorization.k8s.io", "-n", NS)
+    assert not can("create", "pods", "-n", NS)
+    assert not can("get", "secrets", "-n", NS)
+    assert not can("delete", "specdecodingservices.specd.io", "-n", NS)
+    assert not can("update", "deployments.apps", "-n", NS)
+    assert not can("create", "clusterroles.rbac.authorization.k8s.io")
+
+
+@pytest.mark.parametrize("name,file", [("demo", "demo"), ("llama-70b", "llama-70b"),
+                                       ("self-spec", "self-speculative")])
+def test_example_becomes_ready_with_all_children(cluster: DevCluster, operator: Operator,
+                                                 name: str, file: str) -> None:
+    cluster.kubectl("apply", "-n", NS, "-f", "-", input=example(file))
+    body = wait_for(f"{name} Ready\n{operator.tail()}", lambda: settled(cluster, name), 120)
+    spec = body["spec"]
+    assert child_keys(cluster, name) == expected_children(body)
+    for child in children(cluster, name):
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+            "SpecDecodingService", name, body["metadata"]["uid"], True)
+        managers = {m["manager"] for m in child["metadata"]["managedFields"]}
+        assert "specd-operator" in managers, child["metadata"]["name"]
+    fake_nodes = {n["metadata"]["name"] for n in get(cluster, "nodes")["items"]
+                  if n["metadata"].get("annotations", {}).get(kwok.NODE_ANNOTATION)}
+    expected = {"target": spec["target"]["replicas"], "router": spec["router"]["replicas"]}
+    if spec["draft"]["method"] == "model":
+        expected["draft"] = spec["draft"]["replicas"]
+    for role, count in expected.items():
+        wait_for(f"{count} {role} pods Running", lambda: running(cluster, name, role, count))
+        for pod in pods(cluster, name, role):
+            assert pod["spec"]["nodeName"] in fake_nodes
+    status = body["status"]
+    assert status["target"]["readyReplicas"] == spec["target"]["replicas"]
+    assert status["endpoint"] == f"{name}-router.{NS}.svc:{spec['router']['service']['port']}"
+    target_pod = pods(cluster, name, "target")[0]
+    gpus = target_pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    assert int(gpus) == spec["target"]["tensorParallelSize"]
+
+
+def test_kubectl_get_sds_shows_the_useful_columns(cluster: DevCluster, operator: Operator
+                                                  ) -> None:
+    wait_for("demo Ready", lambda: settled(cluster, "demo"))
+    lines = cluster.kubectl("get", "sds", "-n", NS).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "READY", "TARGET", "AVAILABLE", "DRAFT", "ACCEPTANCE",
+                                "AGE"]
+    demo = next(line.split() for line in lines if line.startswith("demo "))
+    assert demo[1:5] == ["True", "1", "1", "model"]
+    wide = cluster.kubectl("get", "sds", "demo", "-n", NS, "-o", "wide").stdout.splitlines()
+    assert {"TP", "K", "ENDPOINT"} <= set(wide[0].split())
+
+
+def test_scale_subresource_and_k_change_are_rolled_out(cluster: DevCluster,
+                                                       operator: Operator) -> None:
+    before = get(cluster, "deployment", "demo-router", "-n", NS)
+    old_hash = before["spec"]["template"]["metadata"]["annotations"]["specd.io/config-hash"]
+    old_router_pods = {p["metadata"]["name"] for p in pods(cluster, "demo", "router")}
+    cluster.kubectl("scale", "sds", "demo", "-n", NS, "--replicas=2")
+    cluster.kubectl("patch", "sds", "demo", "-n", NS, "--type=merge", "-p", json.dumps(
+        {"spec": {"scheduling": {"speculation": {"k": 2, "maxK": 4}},
+                  "draft": {"replicas": 2}}}))
+    body = wait_for(f"demo settled\n{operator.tail()}", lambda: (
+        (b := settled(cluster, "demo")) and b["status"]["target"]["readyReplicas"] == 2
+        and b["status"]["draft"]["readyReplicas"] == 2 and b), 120)
+    assert get(cluster, "deployment", "demo-target", "-n", NS)["spec"]["replicas"] == 2
+    config = yaml.safe_load(get(cluster, "configmap", "demo-router-config", "-n", NS)[
+        "data"]["router.yaml"])
+    assert config["speculation"] == {"mode": "goodput", "k": 2, "maxK": 4}
+    router = get(cluster, "deployment", "demo-router", "-n", NS)
+    assert router["spec"]["template"]["metadata"]["annotations"][
+        "specd.io/config-hash"] != old_hash
+    wait_for("router pods replaced", lambda: running(cluster, "demo", "router", 1) and not (
+        {p["metadata"]["name"] for p in pods(cluster, "demo", "router")} & old_router_pods))
+    scale = json.loads(cluster.kubectl("get", "--raw", f"/apis/specd.io/v1alpha1/namespaces/"
+                                       f"{NS}/specdecodingservices/demo/scale").stdout)
+    assert scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
+    assert "app.kubernetes.io/component=target" in scale["status"]["selector"]
+    assert body["status"]["observedGeneration"] == body["metadata"]["generation"]
+
+
+DELETED = [("deployment", "demo-target"), ("configmap", "demo-router-config"),
+           ("service", "demo-draft"), ("rolebinding", "demo-router"),
+           ("poddisruptionbudget", "demo-router")]
+
+
+def test_deleted_children_are_restored(cluster: DevCluster, operator: Operator) -> None:
+    old = {(kind, name): get(cluster, kind, name, "-n", NS)["metadata"]["uid"]
+           for kind, name in DELETED}
+    for kind, name in DELETED:
+        cluster.kubectl("delete", kind, name, "-n", NS, "--wait=false")
+    for (kind, name), uid in old.items():
+        wait_for(f"{kind} {name} restored", lambda: (
+            (obj := get(cluster, kind, name, "-n", NS)) is not None
+            and obj["metadata"]["uid"] != uid and not obj["metadata"].get("deletionTimestamp")),
+            60)
+    wait_for("demo settled again", lambda: settled(cluster, "demo"), 120)
+    events = get(cluster, "events", "-n", NS, "--field-selector",
+                 "involvedObject.kind=SpecDecodingService,involvedObject.name=demo")["items"]
+    assert any(e["reason"] == "ChildRestored" for e in events)
+
+
+def test_edited_children_are_reverted(cluster: DevCluster, operator: Operator) -> None:
+    cluster.kubectl("scale", "deployment", "demo-target", "-n", NS, "--replicas=5")
+    cluster.kubectl("patch", "configmap", "demo-router-config", "-n", NS, "--type=merge",
+                    "-p", json.dumps({"data": {"router.yaml": "policy: fcfs\n"}}))
+    wait_for("target replicas reverted", lambda: get(
+        cluster, "deployment", "demo-target", "-n", NS)["spec"]["replicas"] == 2, 60)
+    wait_for("router config reverted", lambda: yaml.safe_load(get(
+        cluster, "configmap", "demo-router-config", "-n", NS)["data"]["router.yaml"]).get(
+        "policy") == "laps-sd", 60)
+
+
+def test_draft_method_change_prunes_the_draft_pool(cluster: DevCluster, operator: Operator
+                                                   ) -> None:
+    cluster.kubectl("patch", "sds", "demo", "-n", NS, "--type=merge", "-p",
+                    json.dumps({"spec": {"draft": {"method": "ngram"}}}))
+    wait_for("draft pool pruned", lambda: not {key for key in child_keys(cluster, "demo")
+                                               if key[1] == "demo-draft"}, 60)
+    body = wait_for("demo settled", lambda: settled(cluster, "demo"), 120)
+    assert child_keys(cluster, "demo") == expected_children(body)
+    assert "draft" not in body["status"]
+    command = get(cluster, "deployment", "demo-target", "-n", NS)["spec"]["template"]["spec"][
+        "containers"][0]["command"]
+    assert command[-2:] == ["--draft-method", "ngram"]
+    config = yaml.safe_load(get(cluster, "configmap", "demo-router-config", "-n", NS)[
+        "data"]["router.yaml"])
+    assert config["discovery"]["draftService"] is None
+
+
+def _invalid(name: str, spec: dict) -> str:
+    return yaml.safe_dump({"apiVersion": "specd.io/v1alpha1", "kind": "SpecDecodingService",
+                           "metadata": {"name": name}, "spec": spec})
+
+
+TARGET = {"model": {"uri": "/models/m"}}
+INVALID = [
+    ("k-above-max-k", {"target": TARGET, "scheduling": {"speculation": {"k": 9, "maxK": 8}}},
+     "spec.scheduling.speculation.k"),
+    ("tp-not-power-of-two", {"target": {**TARGET, "tensorParallelSize": 6}},
+     "spec.target.tensorParallelSize"),
+    ("draft-model-missing", {"target": TARGET, "draft": {"method": "model"}},
+     "spec.draft.model"),
+    ("no-drafts-but-speculation", {"target": TARGET, "draft": {"method": "none"}},
+     "spec.scheduling.speculation.mode"),
+    ("fixed-with-k-zero", {"target": TARGET, "scheduling": {"speculation": {
+        "mode": "fixed", "k": 0}}}, "spec.scheduling.speculation.k"),
+    ("no-target", {"draft": {"method": "ngram"}}, "spec.target"),
+    ("bad-model-uri", {"target": {"model": {"uri": "s3://bucket/llama"}}},
+     "spec.target.model.uri"),
+    ("unknown-policy", {"target": TARGET, "scheduling": {"policy": "random"}},
+     "spec.scheduling.policy"),
+    ("negative-replicas", {"target": {**TARGET, "replicas": -1}}, "spec.target.replicas"),
+    ("unknown-draft-method", {"target": TARGET, "draft": {"method": "medusa"}},
+     "spec.draft.method"),
+    ("a-name-that-is-far-too-long-for-its-children-names", {"target": TARGET},
+     "metadata.name"),
+]
+
+
+@pytest.mark.parametrize("name,spec,field", INVALID, ids=[i[0][:24] for i in INVALID])
+def test_invalid_resources_are_refused_naming_the_field(cluster: DevCluster, name: str,
+                                                        spec: dict, field: str) -> None:
+    result = cluster.kubectl("create", "-n", NS, "-f", "-", input=_invalid(name, spec),
+                             check=False)
+    assert result.returncode != 0, f"{name} was accepted"
+    assert "is invalid" in result.stderr and field in result.stderr, result.stderr
+    assert sds(cluster, name) is None
+
+
+def test_operator_restart_keeps_children_and_status(cluster: DevCluster, operator: Operator
+                                                    ) -> None:
+    names_ = ["demo", "llama-70b", "self-spec"]
+    bodies = {n: wait_for(f"{n} settled", lambda n=n: settled(cluster, n), 120) for n in names_}
+
+    def identities(name: str) -> dict:
+        """uid and generation of every child: a rollout or a recreation would change them."""
+        return {(c["kind"], c["metadata"]["name"]): (c["metadata"]["uid"],
+                                                     c["metadata"].get("generation"))
+                for c in children(cluster, name)}
+
+    before = {n: identities(n) for n in names_}
+    operator.stop()
+    operator.start()
+    time.sleep(8)  # the resumed operator reconciles every resource on start
+    for n in names_:
+        body = wait_for(f"{n} settled after restart\n{operator.tail()}",
+                        lambda n=n: settled(cluster, n), 60)
+        assert identities(n) == before[n]
+        assert body["status"]["conditions"] == bodies[n]["status"]["conditions"]
+        assert body["status"]["observedGeneration"] == bodies[n]["status"]["observedGeneration"]
+    assert operator.proc is not None and operator.proc.poll() is None
+
+
+def test_deleting_the_resource_garbage_collects_every_child(cluster: DevCluster,
+                                                            operator: Operator) -> None:
+    assert child_keys(cluster, "llama-70b")
+    cluster.kubectl("delete", "sds", "llama-70b", "-n", NS, "--wait=true", "--timeout=60s")
+    wait_for("llama-70b children garbage-collected",
+             lambda: not child_keys(cluster, "llama-70b") and not pods(cluster, "llama-70b"), 90)
+    time.sleep(3)  # the operator must not recreate anything of a deleted resource
+    assert not child_keys(cluster, "llama-70b")
+    assert settled(cluster, "demo")
