@@ -27,7 +27,7 @@ def helm() -> pathlib.Path:
 
 def _template(helm: pathlib.Path, *args: str) -> list[dict]:
     out = subprocess.run([str(helm), "template", "specd", str(CHART), "--namespace",
-                          "specd-system", "--include-crds", *args],
+                          "specd-system", "--kube-version", "v1.33.0", "--include-crds", *args],
                          check=True, capture_output=True, text=True).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
@@ -78,8 +78,9 @@ def test_watched_namespaces_bind_the_role_per_namespace(helm: pathlib.Path) -> N
 
 
 def test_values_schema_refuses_bad_values(helm: pathlib.Path) -> None:
-    result = subprocess.run([str(helm), "template", "specd", str(CHART), "--set",
-                             "resyncSeconds=1"], capture_output=True, text=True)
+    result = subprocess.run([str(helm), "template", "specd", str(CHART), "--kube-version",
+                             "v1.33.0", "--set", "resyncSeconds=1"], capture_output=True,
+                            text=True)
     assert result.returncode != 0 and "resyncSeconds" in result.stderr
 
 
