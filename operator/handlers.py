@@ -83,8 +83,7 @@ def on_child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
     if type == "DELETED":
         _run(memo.reconciler, namespace, owner, full=True,
              note=f"{kind} {meta['name']} was deleted; recreated it")
-    elif kind == "Deployment" and body.get("status", {}).get("observedGeneration") == meta.get(
-            "generation"):
+    elif kind == "Deployment" and not memo.reconciler.spec_drifted(body):
         _run(memo.reconciler, namespace, owner, full=False)  # only its status moved
     else:
         _run(memo.reconciler, namespace, owner, full=True)  # created or edited: re-assert
@@ -94,7 +93,11 @@ def build_registry(kube: Kube) -> kopf.OperatorRegistry:
     """A registry with every specd handler (no module-level decorators: tests stay isolated)."""
     registry = kopf.OperatorRegistry()
     kopf.on.startup(registry=registry)(configure)
-    kopf.on.login(registry=registry)(lambda **_: login(kube))
+
+    def connection(**_: Any) -> kopf.ConnectionInfo:
+        return login(kube)
+
+    kopf.on.login(registry=registry)(connection)
     for reason, decorator in (("create", kopf.on.create), ("update", kopf.on.update),
                               ("resume", kopf.on.resume)):
         decorator(*SDS, id=reason, registry=registry, backoff=5)(on_service)

@@ -16,6 +16,8 @@ import time
 import urllib.parse
 from typing import Any, Callable, TypeVar
 
+from kubernetes.client.exceptions import ApiException
+
 from specd.errors import SpecdError
 from specd.operator import crd
 from specd.operator.names import FIELD_MANAGER
@@ -113,9 +115,11 @@ class Kube:
                                            auth_settings=["BearerToken"])
         try:
             response = self.api.call_api(*request, _request_timeout=timeout)
+        except ApiException as exc:  # the client's own wrapping of TLS errors (status 0)
+            raise KubeError(exc.status or 0, str(exc.reason), f"{method} {url_path}: "
+                            f"{exc.body or exc.reason}") from exc
         except Exception as exc:  # urllib3 connection errors: no response at all
-            if type(exc).__module__.startswith(("urllib3", "ssl", "socket")) or isinstance(
-                    exc, OSError):
+            if isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3"):
                 raise KubeError(0, "ConnectionError", f"{method} {url_path}: {exc}") from exc
             raise
         if not 200 <= response.status <= 299:

@@ -56,6 +56,13 @@ class Reconciler:
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._queued: dict[tuple[str, str], _Request] = {}
+        # metadata.generation of each Deployment as specd last applied it: a Deployment event
+        # with another generation means someone else changed its spec.
+        self._applied: dict[tuple[str, str], int] = {}
+
+    def spec_drifted(self, deployment: dict[str, Any]) -> bool:
+        meta = deployment["metadata"]
+        return self._applied.get((meta["namespace"], meta["name"])) != meta.get("generation")
 
     def run(self, namespace: str, name: str, *, full: bool = True, note: str | None = None) -> None:
         """Reconcile one resource now, or fold this request into the pass already queued."""
@@ -105,7 +112,10 @@ class Reconciler:
     def _apply(self, body: dict[str, Any]) -> None:
         children = builders.build_children(body, self.config)
         for child in children:
-            self.kube.apply(child)
+            applied = self.kube.apply(child)
+            if child["kind"] == "Deployment":
+                meta = applied["metadata"]
+                self._applied[(meta["namespace"], meta["name"])] = meta.get("generation")
         self._prune(body, {(c["kind"], c["metadata"]["name"]) for c in children})
 
     def _prune(self, body: dict[str, Any], keep: set[tuple[str, str]]) -> None:

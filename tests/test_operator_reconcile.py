@@ -1,0 +1,78 @@
+"""Serialisation of reconciliation passes: one running, one queued, later requests merged."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from specd.operator.builders import OperatorConfig
+from specd.operator.reconcile import Reconciler, _Request, controller_of, owned_by
+
+
+class RecordingReconciler(Reconciler):
+    """The real `run`; the pass itself records its request and can be held open."""
+
+    def __init__(self) -> None:
+        super().__init__(kube=None, config=OperatorConfig())  # type: ignore[arg-type]
+        self.passes: list[tuple[str, str, _Request]] = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def _pass(self, namespace: str, name: str, request: _Request) -> None:
+        self.passes.append((namespace, name, request))
+        self.entered.set()
+        self.release.wait(10)
+
+
+def _in_thread(fn, *args, **kwargs) -> threading.Thread:
+    thread = threading.Thread(target=fn, args=args, kwargs=kwargs)
+    thread.start()
+    return thread
+
+
+def test_requests_during_a_pass_merge_into_one_queued_pass() -> None:
+    r = RecordingReconciler()
+    first = _in_thread(r.run, "ns", "a", full=False)
+    assert r.entered.wait(5)
+    queued = _in_thread(r.run, "ns", "a", full=False, note="one")
+    time.sleep(0.2)  # `queued` now waits for the running pass
+    started = time.monotonic()
+    r.run("ns", "a", full=True, note="two")  # merged: returns at once
+    r.run("ns", "a", full=False)
+    assert time.monotonic() - started < 1
+    r.release.set()
+    for thread in (first, queued):
+        thread.join(5)
+    assert [(p[1], p[2].full, p[2].notes) for p in r.passes] == [
+        ("a", False, []), ("a", True, ["one", "two"])]
+
+
+def test_different_resources_do_not_wait_for_each_other() -> None:
+    r = RecordingReconciler()
+    first = _in_thread(r.run, "ns", "a")
+    assert r.entered.wait(5)
+    second = _in_thread(r.run, "ns", "b")
+    time.sleep(0.3)
+    assert [p[1] for p in r.passes] == ["a", "b"]  # b ran while a was still open
+    r.release.set()
+    first.join(5)
+    second.join(5)
+
+
+def test_spec_drift_is_a_generation_other_than_the_applied_one() -> None:
+    r = RecordingReconciler()
+    deployment = {"metadata": {"namespace": "ns", "name": "a-target", "generation": 3}}
+    assert r.spec_drifted(deployment)  # never applied by this process: re-assert
+    r._applied[("ns", "a-target")] = 3
+    assert not r.spec_drifted(deployment)
+    deployment["metadata"]["generation"] = 4
+    assert r.spec_drifted(deployment)
+
+
+def test_ownership_helpers() -> None:
+    child = {"metadata": {"ownerReferences": [
+        {"kind": "ReplicaSet", "name": "x", "uid": "1", "controller": False},
+        {"kind": "SpecDecodingService", "name": "svc", "uid": "2", "controller": True}]}}
+    assert controller_of(child) == "svc"
+    assert owned_by(child, "2") and not owned_by(child, "3")
+    assert controller_of({"metadata": {}}) is None
