@@ -151,4 +151,5 @@ class LlamaForCausalLM(nn.Module):
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.model.norm(hidden)).float()
+        """[T, hidden] -> [T, vocab]. The head sees a batch dimension: DeepSpeed's sharded head needs one."""
+        return self.lm_head(self.model.norm(hidden).unsqueeze(0)).squeeze(0).float()

@@ -76,6 +76,9 @@ class ModelRunner:
         self.replicate(("release", request_id))
         return self.kv.release(request_id)
 
+    def close(self) -> None:
+        """Stop tensor-parallel followers, if any (replaced by `tensor_parallel.load_runner`)."""
+
     # -- queries -----------------------------------------------------------------------------------
 
     def cached_tokens(self, request_id: str) -> list[int]:

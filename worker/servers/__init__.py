@@ -1,0 +1,1 @@
+"""gRPC servers of the two worker roles (draft and target) around the model runtime."""

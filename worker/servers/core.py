@@ -1,0 +1,184 @@
+"""The model-side half of a worker: request mirrors, batched calls into the runner, step costs.
+
+Everything here is synchronous and runs on the worker's single model thread (the runner is not
+thread-safe); `service.py` puts gRPC in front of it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from specd.errors import SpecdError
+from specd.proto.v1 import common_pb2, worker_pb2
+from specd.worker.runner import ForwardItem, ModelRunner
+from specd.worker.sampling import SamplingParams
+from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
+
+COST_WINDOW = 256  # forward passes kept for the step-cost fit
+
+
+class StaleRequest(SpecdError):
+    """The router assumed a prefix of a request that this worker does not hold."""
+
+
+@dataclass
+class Mirror:
+    """What a worker knows of one request: its committed tokens and its sampling state."""
+
+    committed: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+
+
+def sampling_params(msg: common_pb2.SamplingParams) -> SamplingParams:
+    return SamplingParams(temperature=msg.temperature, top_k=msg.top_k, top_p=msg.top_p or 1.0,
+                          seed=msg.seed if msg.HasField("seed") else None)
+
+
+def probs_to_bytes(probs: torch.Tensor | None) -> bytes:
+    return b"" if probs is None else probs.to(torch.float32).contiguous().numpy().tobytes()
+
+
+def probs_from_bytes(data: bytes, k: int, vocab: int) -> torch.Tensor | None:
+    if not data:
+        return None
+    if len(data) != 4 * k * vocab:
+        raise SpecdError(f"draft_probs holds {len(data)} bytes; [k={k}, vocab={vocab}] float32 needs {4 * k * vocab}")
+    return torch.frombuffer(bytearray(data), dtype=torch.float32).view(k, vocab)
+
+
+class CostMeter:
+    """Least-squares fit of forward-pass time against tokens fed, over the last passes."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)
+        self.calls = 0
+
+    def add(self, tokens_per_pass: float, seconds_per_pass: float, passes: int) -> None:
+        self.calls += 1
+        for _ in range(passes):
+            self.samples.append((tokens_per_pass, seconds_per_pass))
+
+    def fit(self) -> tuple[float, float, float]:
+        """(base seconds, seconds per token, mean pass seconds); zeros before the first pass."""
+        n = len(self.samples)
+        if not n:
+            return 0.0, 0.0, 0.0
+        mx = sum(x for x, _ in self.samples) / n
+        my = sum(y for _, y in self.samples) / n
+        var = sum((x - mx) ** 2 for x, _ in self.samples)
+        slope = sum((x - mx) * (y - my) for x, y in self.samples) / var if var > 0 else 0.0
+        slope = max(slope, 0.0)
+        return max(my - slope * mx, 0.0), slope, my
+
+
+class WorkerCore:
+    def __init__(self, role: str, runner: ModelRunner, model_dir: str | Path, tensor_parallel_size: int = 1) -> None:
+        self.role = role
+        self.runner = runner
+        self.model_dir = str(model_dir)
+        self.tensor_parallel_size = tensor_parallel_size
+        self.mirrors: dict[str, Mirror] = {}
+        self.costs = CostMeter()
+        self.proposer = DraftProposer(runner)
+        self.verifier = Verifier(runner)
+        tokenizer = Path(model_dir) / "tokenizer.json"
+        self.tokenizer_json = tokenizer.read_text() if tokenizer.is_file() else ""
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def apply(self, delta: worker_pb2.CommittedDelta) -> Mirror:
+        """Extend (or create) the mirror of a request with the tokens the router sent."""
+        mirror = self.mirrors.get(delta.request_id)
+        known = len(mirror.committed) if mirror else 0
+        if delta.start > known:
+            raise StaleRequest(f"request {delta.request_id!r}: {self.role} worker holds {known} committed tokens, "
+                               f"the router sent tokens from position {delta.start}")
+        if mirror is None:
+            params = sampling_params(delta.sampling)
+            mirror = self.mirrors[delta.request_id] = Mirror([], params, params.generator())
+        del mirror.committed[delta.start:]
+        mirror.committed.extend(delta.tokens)
+        if not mirror.committed:
+            raise SpecdError(f"request {delta.request_id!r}: no committed tokens")
+        return mirror
+
+    def release(self, request_ids: list[str]) -> int:
+        released = 0
+        for rid in request_ids:
+            self.mirrors.pop(rid, None)
+            released += self.runner.release(rid)
+        return released
+
+    # -- model calls ---------------------------------------------------------------------------
+
+    def prefill(self, deltas: list[worker_pb2.CommittedDelta]) -> worker_pb2.StepCost:
+        """Cache every committed token but the last (its logits are what the next step needs)."""
+        items = []
+        for delta in deltas:
+            mirror = self.apply(delta)
+            pending = self.runner.sync(delta.request_id, mirror.committed)[:-1]
+            if pending:
+                items.append(ForwardItem(delta.request_id, pending, num_logits=0))
+        return self._timed(lambda: self.runner.forward(items) if items else None, len(items))[1]
+
+    def propose(self, items: list[worker_pb2.ProposeItem]) -> tuple[list[worker_pb2.Proposal], worker_pb2.StepCost]:
+        requests = []
+        for item in items:
+            mirror = self.apply(item.delta)
+            requests.append(DraftRequest(item.delta.request_id, mirror.committed, item.k, mirror.params, mirror.generator))
+        # the first pass feeds what each cache misses, every later pass one token per request
+        fed = sum(len(self.runner.sync(r.request_id, r.committed)) + r.k - 1 for r in requests if r.k)
+        proposals, cost = self._timed(lambda: self.proposer.propose(requests), len(items),
+                                      passes=max((r.k for r in requests), default=0), tokens=fed)
+        return [worker_pb2.Proposal(tokens=p.tokens, probs=probs_to_bytes(p.probs)) for p in proposals], cost
+
+    def verify(self, items: list[worker_pb2.VerifyItem]) -> tuple[list[worker_pb2.Verdict], worker_pb2.StepCost]:
+        vocab = self.runner.config.vocab_size
+        requests = []
+        for item in items:
+            mirror = self.apply(item.delta)
+            drafts = list(item.draft_tokens)
+            probs = probs_from_bytes(item.draft_probs, len(drafts), vocab)
+            if drafts and probs is None and not mirror.params.greedy:
+                raise SpecdError(f"request {item.delta.request_id!r}: sampled verification needs draft_probs")
+            requests.append(VerifyRequest(item.delta.request_id, mirror.committed, drafts, probs,
+                                          mirror.params, mirror.generator))
+        results, cost = self._timed(lambda: self.verifier.verify(requests), len(items))
+        return [worker_pb2.Verdict(accepted=r.accepted, tokens=r.tokens) for r in results], cost
+
+    def _timed(self, call, batch_size: int, passes: int = 1, tokens: int | None = None):
+        """Run `call` and record its per-pass cost; `tokens` defaults to what the last pass was fed."""
+        started = time.perf_counter()
+        result = call()
+        seconds = time.perf_counter() - started
+        if tokens is None:
+            tokens = self.runner.forward_tokens if batch_size else 0
+        if passes and batch_size:
+            self.costs.add(tokens / passes, seconds / passes, passes)
+        return result, worker_pb2.StepCost(compute_seconds=seconds, forward_passes=passes, tokens=tokens,
+                                           batch_size=batch_size)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def info(self) -> worker_pb2.ModelInfo:
+        cfg = self.runner.config
+        info = worker_pb2.ModelInfo(role=self.role, model=self.model_dir, vocab_size=cfg.vocab_size,
+                                    max_context=self.runner.max_context, tokenizer_json=self.tokenizer_json,
+                                    tensor_parallel_size=self.tensor_parallel_size)
+        if cfg.eos_token_id is not None:
+            info.eos_token_id = cfg.eos_token_id
+        return info
+
+    def stats(self) -> worker_pb2.WorkerStats:
+        base, per_token, mean = self.costs.fit()
+        return worker_pb2.WorkerStats(role=self.role, active_requests=len(self.mirrors),
+                                      kv_used_tokens=self.runner.kv.used_tokens(),
+                                      kv_budget_tokens=self.runner.kv.budget_tokens, calls=self.costs.calls,
+                                      pass_base_seconds=base, pass_per_token_seconds=per_token,
+                                      mean_pass_seconds=mean)

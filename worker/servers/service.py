@@ -1,0 +1,115 @@
+"""gRPC servicers of the draft and target workers, and `serve_worker` that runs one of them.
+
+All model work goes through one thread (the runner is not thread-safe), so calls are executed
+in arrival order while the event loop keeps answering health checks and releases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import grpc
+
+from specd.errors import SpecdError
+from specd.proto import server as grpc_server
+from specd.proto.v1 import worker_pb2, worker_pb2_grpc
+from specd.worker.kv_cache import KVBudgetExceeded
+from specd.worker.runner import ContextTooLong
+from specd.worker.servers.core import StaleRequest, WorkerCore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ROLES = ("draft", "target")
+SERVICE_NAMES = {"draft": "specd.v1.DraftWorker", "target": "specd.v1.TargetWorker"}
+
+_STATUS = [  # most specific first
+    (StaleRequest, grpc.StatusCode.FAILED_PRECONDITION),
+    (KVBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ContextTooLong, grpc.StatusCode.OUT_OF_RANGE),
+    (SpecdError, grpc.StatusCode.INVALID_ARGUMENT),
+]
+
+
+class _Base:
+    def __init__(self, core: WorkerCore) -> None:
+        self.core = core
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"specd-{core.role}")
+        self.in_flight = 0
+
+    async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[[], T]) -> T:
+        self.in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn)
+        except SpecdError as exc:
+            code = next(code for kind, code in _STATUS if isinstance(exc, kind))
+            await context.abort(code, str(exc))
+        finally:
+            self.in_flight -= 1
+
+    async def Info(self, request, context):
+        return self.core.info()
+
+    async def Prefill(self, request, context):
+        return worker_pb2.PrefillResponse(cost=await self._run(context, lambda: self.core.prefill(list(request.items))))
+
+    async def Release(self, request, context):
+        released = await self._run(context, lambda: self.core.release(list(request.request_ids)))
+        return worker_pb2.ReleaseResponse(released=released)
+
+    async def Stats(self, request, context):
+        return await self._run(context, self.core.stats)
+
+    async def idle(self) -> None:
+        while self.in_flight:
+            await asyncio.sleep(0.05)
+
+
+class DraftServicer(_Base, worker_pb2_grpc.DraftWorkerServicer):
+    async def Propose(self, request, context):
+        proposals, cost = await self._run(context, lambda: self.core.propose(list(request.items)))
+        return worker_pb2.ProposeResponse(proposals=proposals, cost=cost)
+
+
+class TargetServicer(_Base, worker_pb2_grpc.TargetWorkerServicer):
+    async def Verify(self, request, context):
+        verdicts, cost = await self._run(context, lambda: self.core.verify(list(request.items)))
+        return worker_pb2.VerifyResponse(verdicts=verdicts, cost=cost)
+
+
+def load_core(role: str, model_dir: str, tensor_parallel_size: int = 1, kv_budget_mib: float = 512) -> WorkerCore:
+    from specd.worker.tensor_parallel import load_runner
+
+    if role not in ROLES:
+        raise SpecdError(f"unknown worker role {role!r} (choose from {', '.join(ROLES)})")
+    if role == "draft" and tensor_parallel_size != 1:
+        raise SpecdError("a draft worker runs on one process (--tensor-parallel-size 1)")
+    runner = load_runner(model_dir, tensor_parallel_size, kv_budget_mib)
+    return WorkerCore(role, runner, model_dir, tensor_parallel_size)
+
+
+async def serve_worker(core: WorkerCore, host: str = "127.0.0.1", port: int = 0, grace_s: float = 30.0,
+                       on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve `core` until SIGTERM/SIGINT; `on_ready(port)` runs once the port accepts calls."""
+    servicer = (DraftServicer if core.role == "draft" else TargetServicer)(core)
+    server = grpc_server.new_server()
+    add = (worker_pb2_grpc.add_DraftWorkerServicer_to_server if core.role == "draft"
+           else worker_pb2_grpc.add_TargetWorkerServicer_to_server)
+    add(servicer, server)
+    name = SERVICE_NAMES[core.role]
+    health = grpc_server.add_standard_services(server, [name])
+    bound = grpc_server.bind(server, host, port)
+    await server.start()
+    await grpc_server.mark_serving(health, [name])
+    log.info("%s worker serving %s on %s:%d", core.role, core.model_dir, host, bound)
+    if on_ready:
+        on_ready(bound)
+    try:
+        await grpc_server.serve_until_signal(server, health, grace_s, drain=servicer.idle)
+    finally:
+        close = getattr(core.runner, "close", None)
+        if close:
+            close()

@@ -1,0 +1,112 @@
+"""Tensor parallelism: one model sharded over N processes with DeepSpeed's `init_inference`.
+
+Rank 0 is the calling process and drives: every state-changing runner call (forward,
+truncate, release) is broadcast to the followers before rank 0 runs it, so all ranks execute
+the same batches in the same order and their KV caches (each holding its own heads) stay in
+step. The all-reduces inside DeepSpeed's row-parallel layers make every rank's output equal.
+
+On this project's CPU machines the process group uses gloo; on GPUs, NCCL.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+from specd.errors import SpecdError
+from specd.worker.checkpoint import load_model
+from specd.worker.model import LlamaDecoderLayer
+from specd.worker.runner import DEFAULT_KV_BUDGET_MIB, ModelRunner
+
+_CLOSE = ("close",)
+# The row-parallel projections of a decoder layer: their outputs are partial sums that
+# DeepSpeed all-reduces. Every other Linear of the layer is split column-wise.
+_ROW_PARALLEL = ("self_attn.o_proj", "mlp.down_proj")
+
+
+def load_runner(model_dir: str | Path, tensor_parallel_size: int = 1,
+                kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB) -> ModelRunner:
+    """A runner for the model, sharded over `tensor_parallel_size` processes (this one is rank 0)."""
+    if tensor_parallel_size < 1 or tensor_parallel_size & (tensor_parallel_size - 1):
+        raise SpecdError(f"tensor_parallel_size must be a power of two, got {tensor_parallel_size}")
+    if tensor_parallel_size == 1:
+        return ModelRunner.from_dir(model_dir, kv_budget_mib)
+    _check_divisible(model_dir, tensor_parallel_size)
+    import torch.multiprocessing as mp
+
+    address = ("127.0.0.1", _free_port())
+    context = mp.get_context("spawn")
+    followers = [
+        context.Process(target=_follow, args=(str(model_dir), rank, tensor_parallel_size, address, kv_budget_mib),
+                        daemon=True, name=f"specd-tp-rank{rank}")
+        for rank in range(1, tensor_parallel_size)
+    ]
+    for process in followers:
+        process.start()
+    runner = _build(str(model_dir), 0, tensor_parallel_size, address, kv_budget_mib)
+
+    def replicate(op: tuple) -> None:
+        torch.distributed.broadcast_object_list([op], src=0)
+
+    def close() -> None:
+        replicate(_CLOSE)
+        for process in followers:
+            process.join(timeout=30)
+        torch.distributed.destroy_process_group()
+
+    runner.replicate = replicate
+    runner.close = close
+    return runner
+
+
+def _build(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_budget_mib: float) -> ModelRunner:
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    os.environ.update(MASTER_ADDR=address[0], MASTER_PORT=str(address[1]), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_SIZE=str(world))
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
+                               verbose=False)
+    model = load_model(model_dir)
+    engine = deepspeed.init_inference(
+        model,
+        tensor_parallel={"tp_size": world},
+        dtype=torch.float32,
+        replace_with_kernel_inject=False,
+        injection_policy={LlamaDecoderLayer: _ROW_PARALLEL},
+    )
+    # the budget is per process: each rank holds 1/world of the KV heads
+    return ModelRunner(engine.module, kv_budget_mib / world)
+
+
+def _follow(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_budget_mib: float) -> None:
+    torch.set_num_threads(1)
+    runner = _build(model_dir, rank, world, address, kv_budget_mib)
+    while True:
+        box: list[tuple | None] = [None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if box[0] == _CLOSE:
+            break
+        runner.apply(box[0])
+    torch.distributed.destroy_process_group()
+
+
+def _check_divisible(model_dir: str | Path, world: int) -> None:
+    from specd.worker.checkpoint import check_model_dir
+    from specd.worker.config import LlamaConfig
+
+    config = LlamaConfig.from_file(check_model_dir(model_dir) / "config.json")
+    if config.num_key_value_heads % world or config.num_attention_heads % world:
+        raise SpecdError(
+            f"tensor_parallel_size {world} must divide the attention heads ({config.num_attention_heads}) "
+            f"and key/value heads ({config.num_key_value_heads})"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
