@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "specd.worker.cli",
     "specd.operator.cli",
     "specd.devcluster.cli",
+    "specd.router.cli",
 ]
 
 

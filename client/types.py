@@ -1,0 +1,86 @@
+"""What the SDK returns: plain dataclasses, not protobuf messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from specd.proto.v1 import common_pb2, serving_pb2
+
+FINISH_REASONS = {serving_pb2.FINISH_REASON_LENGTH: "length", serving_pb2.FINISH_REASON_EOS: "eos"}
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    generated_tokens: int
+    draft_tokens_proposed: int
+    draft_tokens_accepted: int
+    iterations: int
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.draft_tokens_accepted / self.draft_tokens_proposed if self.draft_tokens_proposed else 0.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    queue_seconds: float
+    ttft_seconds: float
+    total_seconds: float
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One streamed message: a text delta; the last one has finish_reason, usage and timing."""
+
+    text: str
+    tokens: list[int]
+    finish_reason: str | None = None  # "length" | "eos" on the last chunk
+    usage: Usage | None = None
+    timing: Timing | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    text: str
+    tokens: list[int]
+    finish_reason: str | None
+    usage: Usage
+    timing: Timing
+
+
+def request_message(prompt: str | list[int], max_new_tokens: int, temperature: float, top_p: float, top_k: int,
+                    seed: int | None, speculation: bool, max_k: int, ignore_eos: bool,
+                    request_id: str) -> serving_pb2.GenerateRequest:
+    sampling = common_pb2.SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
+    if seed is not None:
+        sampling.seed = seed
+    msg = serving_pb2.GenerateRequest(max_new_tokens=max_new_tokens, sampling=sampling, ignore_eos=ignore_eos,
+                                      request_id=request_id,
+                                      speculation=serving_pb2.SpeculationControl(disabled=not speculation, max_k=max_k))
+    if isinstance(prompt, str):
+        msg.prompt = prompt
+    else:
+        msg.prompt_tokens.extend(prompt)
+    return msg
+
+
+def _usage(msg: serving_pb2.Usage) -> Usage:
+    return Usage(msg.prompt_tokens, msg.generated_tokens, msg.draft_tokens_proposed, msg.draft_tokens_accepted,
+                 msg.iterations)
+
+
+def _timing(msg: serving_pb2.Timing) -> Timing:
+    return Timing(msg.queue_seconds, msg.ttft_seconds, msg.total_seconds)
+
+
+def chunk(msg: serving_pb2.GenerateResponse) -> Chunk:
+    if msg.finish_reason:
+        return Chunk(msg.text, list(msg.tokens), FINISH_REASONS.get(msg.finish_reason), _usage(msg.usage),
+                     _timing(msg.timing))
+    return Chunk(msg.text, list(msg.tokens))
+
+
+def result(msg: serving_pb2.GenerateResult) -> Result:
+    return Result(msg.text, list(msg.tokens), FINISH_REASONS.get(msg.finish_reason), _usage(msg.usage),
+                  _timing(msg.timing))

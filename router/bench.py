@@ -1,0 +1,286 @@
+"""`specd bench serve`: the serving benchmark on a local stack (see docs/serving.md).
+
+Workers start once; each (rate, policy, speculation) run gets a fresh router process and the
+same workload: the same prompts, output lengths and Poisson arrival pattern (scaled by the
+rate), so runs differ only in what is being compared. Outputs ignore the end-of-text token so
+that every run generates exactly the same number of tokens.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import random
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from specd.demo import corpus
+from specd.router.local import LocalStack
+
+STABLE_FACTOR = 3.0  # a run is stable when its mean latency is <= 3x that of the lowest rate
+
+
+@dataclass(frozen=True)
+class Settings:
+    rates: list[float]
+    requests: int = 24
+    policies: list[str] = field(default_factory=lambda: ["fcfs", "laps-sd"])
+    speculations: list[str] = field(default_factory=lambda: ["off", "fixed:2", "fixed:4", "goodput"])
+    compare_speculation: str = "goodput"
+    max_batch_size: int = 4
+    long_fraction: float = 0.25
+    short_tokens: tuple[int, int] = (8, 24)
+    long_tokens: tuple[int, int] = (96, 160)
+    targets: int = 1
+    drafts: int = 1
+    seed: int = 0
+    log_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str  # "code" | "prose"
+    prompt: str
+    max_new_tokens: int
+    gap: float  # unit-rate exponential inter-arrival gap (divided by the rate)
+
+
+@dataclass
+class Outcome:
+    sent: float
+    end: float
+    ttft: float
+    tokens: int
+    proposed: int
+    accepted: int
+    iterations: int
+
+
+# -- workload ------------------------------------------------------------------------------------
+
+def prose_prompts(count: int, chars: int = 160) -> list[str]:
+    """English docstrings of held-out standard-library modules and functions."""
+    out = []
+    for path in corpus.source_files(held_out=True):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= chars and doc[0].isalpha():
+                    out.append(doc[:chars])
+                    if len(out) == count:
+                        return out
+    return out
+
+
+def workload(s: Settings) -> list[Item]:
+    rng = random.Random(s.seed)
+    prompts = {"code": corpus.held_out_prompts(s.requests), "prose": prose_prompts(s.requests)}
+    items = []
+    for i in range(s.requests):
+        kind = "code" if rng.random() < 0.5 else "prose"
+        low, high = s.long_tokens if rng.random() < s.long_fraction else s.short_tokens
+        pool = prompts[kind]
+        items.append(Item(kind, pool[i % len(pool)], rng.randint(low, high), rng.expovariate(1.0)))
+    return items
+
+
+# -- one run -------------------------------------------------------------------------------------
+
+async def drive(address: str, items: list[Item], rate: float) -> list[Outcome]:
+    from specd.client import AsyncClient
+
+    loop = asyncio.get_running_loop()
+    async with AsyncClient(address) as client:
+        start = loop.time()
+        arrivals, t = [], 0.0
+        for item in items:
+            t += item.gap / rate
+            arrivals.append(t)
+
+        async def one(item: Item, arrival: float) -> Outcome:
+            await asyncio.sleep(max(0.0, start + arrival - loop.time()))
+            sent = loop.time()
+            first, tokens, final = None, 0, None
+            async for chunk in client.stream(item.prompt, item.max_new_tokens, ignore_eos=True):
+                if chunk.tokens and first is None:
+                    first = loop.time()
+                tokens += len(chunk.tokens)
+                final = chunk
+            u = final.usage
+            return Outcome(sent - start, loop.time() - start, (first or loop.time()) - sent, tokens,
+                           u.draft_tokens_proposed, u.draft_tokens_accepted, u.iterations)
+
+        return await asyncio.gather(*(one(item, a) for item, a in zip(items, arrivals)))
+
+
+def busy_seconds(outcomes: list[Outcome]) -> float:
+    """Length of the union of the requests' [sent, end] intervals: time with work in the system."""
+    total, cover_end = 0.0, float("-inf")
+    for o in sorted(outcomes, key=lambda o: o.sent):
+        if o.end > cover_end:
+            total += o.end - max(o.sent, cover_end)
+            cover_end = o.end
+    return total
+
+
+def summarize(policy: str, speculation: str, rate: float, outcomes: list[Outcome]) -> dict:
+    latencies = sorted(o.end - o.sent for o in outcomes)
+    tokens = sum(o.tokens for o in outcomes)
+    makespan = max(o.end for o in outcomes) - min(o.sent for o in outcomes)
+    iterations = sum(o.iterations for o in outcomes)
+    proposed = sum(o.proposed for o in outcomes)
+    return {
+        "policy": policy, "speculation": speculation, "rate": rate,
+        "mean_latency_s": round(statistics.fmean(latencies), 4),
+        "p50_latency_s": round(_quantile(latencies, 0.50), 4),
+        "p99_latency_s": round(_quantile(latencies, 0.99), 4),
+        "mean_ttft_s": round(statistics.fmean(o.ttft for o in outcomes), 4),
+        "tokens_per_s": round(tokens / makespan, 2),
+        "goodput_tokens_per_s": round(tokens / busy_seconds(outcomes), 2),
+        "mean_k": round(proposed / iterations, 3) if iterations else 0.0,
+        "acceptance_rate": round(sum(o.accepted for o in outcomes) / proposed, 3) if proposed else 0.0,
+        "tokens_per_iteration": round(tokens / iterations, 3) if iterations else 0.0,
+        "requests": len(outcomes),
+        "generated_tokens": tokens,
+    }
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    index = q * (len(sorted_values) - 1)
+    low = int(index)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (index - low)
+
+
+# -- gRPC overhead -------------------------------------------------------------------------------
+
+def grpc_overhead(target_address: str, prompt_tokens: list[int], calls: int = 30) -> dict:
+    """Round trip of a one-request Verify (k = 0) against the target's own compute time for it."""
+    import grpc
+
+    from specd.proto.v1 import worker_pb2, worker_pb2_grpc
+
+    rid = "bench-overhead"
+    with grpc.insecure_channel(target_address) as channel:
+        stub = worker_pb2_grpc.TargetWorkerStub(channel)
+        committed = list(prompt_tokens)
+        stub.Prefill(worker_pb2.PrefillRequest(items=[worker_pb2.CommittedDelta(request_id=rid, tokens=committed)]))
+        trips, computes = [], []
+        for _ in range(calls):
+            delta = worker_pb2.CommittedDelta(request_id=rid, start=0, tokens=committed)
+            started = time.perf_counter()
+            reply = stub.Verify(worker_pb2.VerifyRequest(items=[worker_pb2.VerifyItem(delta=delta)]))
+            trips.append(time.perf_counter() - started)
+            computes.append(reply.cost.compute_seconds)  # each call re-does the same one-token step
+        stub.Release(worker_pb2.ReleaseRequest(request_ids=[rid]))
+    trip, compute = statistics.median(trips), statistics.median(computes)
+    return {"target_step_s": round(compute, 5), "round_trip_s": round(trip, 5),
+            "overhead_per_call_s": round(trip - compute, 5),
+            "overhead_per_iteration_s": round(2 * (trip - compute), 5),  # propose + verify
+            "overhead_vs_target_step": round(2 * (trip - compute) / compute, 3)}
+
+
+# -- the whole benchmark -------------------------------------------------------------------------
+
+def _configs(s: Settings) -> list[tuple[str, str]]:
+    pairs = [(p, s.compare_speculation) for p in s.policies]
+    pairs += [("laps-sd", spec) for spec in s.speculations]
+    return list(dict.fromkeys(pairs))
+
+
+def goals(results: list[dict], s: Settings) -> dict:
+    def find(policy: str, spec: str, rate: float) -> dict | None:
+        return next((r for r in results if (r["policy"], r["speculation"], r["rate"]) == (policy, spec, rate)), None)
+
+    rates = sorted(s.rates)
+    out: dict = {}
+    fcfs = [find("fcfs", s.compare_speculation, rate) for rate in rates]
+    if all(fcfs) and find("laps-sd", s.compare_speculation, rates[0]):
+        base = fcfs[0]["mean_latency_s"]
+        stable = [r for r in fcfs if r["mean_latency_s"] <= STABLE_FACTOR * base]
+        top = stable[-1]
+        laps = find("laps-sd", s.compare_speculation, top["rate"])
+        ratio = laps["mean_latency_s"] / top["mean_latency_s"]
+        out["laps_sd_vs_fcfs"] = {"speculation": s.compare_speculation, "rate": top["rate"],
+                                  "fcfs_stable_rates": [r["rate"] for r in stable],
+                                  "ratio": round(ratio, 3), "goal": 0.75, "met": ratio <= 0.75}
+    per_rate = []
+    for rate in rates:
+        good = find("laps-sd", "goodput", rate)
+        fixed = [r for r in results if r["policy"] == "laps-sd" and r["speculation"].startswith("fixed:")
+                 and r["rate"] == rate]
+        off = find("laps-sd", "off", rate)
+        if not good:
+            continue
+        row = {"rate": rate, "goodput_latency_s": good["mean_latency_s"]}
+        if fixed:
+            best = min(fixed, key=lambda r: r["mean_latency_s"])
+            row.update(best_fixed=best["speculation"], vs_best_fixed=round(good["mean_latency_s"] / best["mean_latency_s"], 3))
+            row["met_vs_fixed"] = row["vs_best_fixed"] <= 1.05
+        if off:
+            row["vs_off"] = round(good["mean_latency_s"] / off["mean_latency_s"], 3)
+            row["met_vs_off"] = row["vs_off"] <= 1.0
+        per_rate.append(row)
+    out["goodput_speculation"] = per_rate
+    return out
+
+
+def run(s: Settings, target_dir: Path, draft_dir: Path) -> dict:
+    from specd.worker.tokenizer import Tokenizer
+
+    items = workload(s)
+    stack = LocalStack()
+    if s.log_dir:
+        s.log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results = []
+    try:
+        for _ in range(s.targets):
+            stack.start_worker("target", target_dir, log_dir=s.log_dir)
+        for _ in range(s.drafts):
+            stack.start_worker("draft", draft_dir, log_dir=s.log_dir)
+        for worker in stack.workers:
+            stack.wait_serving(worker, 300)
+        overhead = grpc_overhead(stack.addresses("target")[0], Tokenizer(target_dir).encode(items[0].prompt))
+        _progress(f"gRPC overhead: {overhead}")
+        for rate in s.rates:
+            for policy, spec in _configs(s):
+                router = stack.start_router(policy, spec, s.max_batch_size, log_dir=s.log_dir)
+                stack.wait_serving(router, 120)
+                asyncio.run(drive(router.address, items[:2], rate=100.0))  # warm-up: first-call costs
+                outcomes = asyncio.run(drive(router.address, items, rate))
+                stack.stop_router()
+                results.append(summarize(policy, spec, rate, outcomes))
+                r = results[-1]
+                _progress(f"rate {rate:g}/s {policy:8s} {spec:9s} mean {r['mean_latency_s']:.3f}s "
+                          f"p99 {r['p99_latency_s']:.3f}s ttft {r['mean_ttft_s']:.3f}s mean_k {r['mean_k']:.2f} "
+                          f"acc {r['acceptance_rate']:.2f} {r['tokens_per_s']:.1f} tok/s")
+    finally:
+        stack.stop()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
+    return {"results": results, "goals": goals(results, s), "grpc_overhead": overhead, "settings": settings,
+            "models": {"target": str(target_dir), "draft": str(draft_dir)},
+            "wall_seconds": round(time.monotonic() - started, 1)}
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{'rate':>5} {'policy':8} {'speculation':11} {'mean':>7} {'p50':>7} {'p99':>7} {'ttft':>7} "
+             f"{'tok/s':>7} {'goodput':>8} {'mean_k':>6}"]
+    for r in report["results"]:
+        lines.append(f"{r['rate']:>5g} {r['policy']:8} {r['speculation']:11} {r['mean_latency_s']:7.3f} "
+                     f"{r['p50_latency_s']:7.3f} {r['p99_latency_s']:7.3f} {r['mean_ttft_s']:7.3f} "
+                     f"{r['tokens_per_s']:7.1f} {r['goodput_tokens_per_s']:8.1f} {r['mean_k']:6.2f}")
+    lines.append(f"goals: {report['goals']}")
+    lines.append(f"gRPC overhead: {report['grpc_overhead']}")
+    return "\n".join(lines)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

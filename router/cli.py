@@ -1,0 +1,288 @@
+"""Serving-plane commands: `specd worker`, `specd router`, `specd up`, `specd bench serve`, and
+`generate_remote` (what `specd generate --address` runs). Heavy imports stay inside handlers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from specd.errors import SpecdError
+
+POLICIES = ("laps-sd", "fcfs", "las", "sjf")
+DRAFT_METHODS = ("model", "early-exit", "ngram")
+
+
+def register(subparsers, bench_subparsers) -> None:
+    _register_worker(subparsers)
+    _register_router(subparsers)
+    _register_up(subparsers)
+    _register_bench(bench_subparsers)
+
+
+def _speculation(value: str) -> str:
+    mode, _, k = value.partition(":")
+    if value in ("off", "goodput") or (mode == "fixed" and k.isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: use off, goodput or fixed:K (e.g. fixed:4)")
+
+
+def add_scheduling_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--policy/--speculation/--max-batch-size; without defaults they only override a config file."""
+    parser.add_argument("--policy", choices=POLICIES, default="laps-sd" if defaults else None,
+                        help="scheduling policy" + (" (default: laps-sd)" if defaults else ""))
+    parser.add_argument("--speculation", type=_speculation, default="goodput" if defaults else None,
+                        help="speculation length control: off, fixed:K or goodput" + (" (default: goodput)" if defaults else ""))
+    parser.add_argument("--max-batch-size", type=int, default=8 if defaults else None,
+                        help="requests per iteration batch" + (" (default: 8)" if defaults else ""))
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+# -- specd worker --------------------------------------------------------------------------------
+
+def _register_worker(subparsers) -> None:
+    p = subparsers.add_parser("worker", help="run a draft or target worker (gRPC)",
+                              description="Serve one model as a draft or target worker over gRPC "
+                                          "(specd.v1.DraftWorker / specd.v1.TargetWorker, with health and reflection).")
+    p.add_argument("--role", choices=("target", "draft"), required=True)
+    p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer.json)")
+    p.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="target only: processes the model is sharded over")
+    p.add_argument("--draft-method", choices=DRAFT_METHODS, default="model",
+                   help="how drafts are made: a separate draft model (the only method implemented so far)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (default 1: more threads thrash on a shared CPU)")
+    p.add_argument("--kv-budget-mib", type=float, default=512, help="KV cache memory budget (default: 512)")
+    p.add_argument("--grace", type=float, default=30, help="seconds to finish running calls after SIGTERM")
+    p.set_defaults(func=_worker)
+
+
+def _worker(args) -> int:
+    import asyncio
+
+    import torch
+
+    from specd.worker.servers.service import load_core, serve_worker
+
+    if args.draft_method != "model":
+        raise SpecdError(f"--draft-method {args.draft_method} is not implemented yet; use --draft-method model")
+    if args.threads < 1:
+        raise SpecdError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    _logging()
+    core = load_core(args.role, args.model, args.tensor_parallel_size, args.kv_budget_mib)
+    asyncio.run(serve_worker(core, args.host, args.port, args.grace))
+    return 0
+
+
+# -- specd router --------------------------------------------------------------------------------
+
+def _register_router(subparsers) -> None:
+    p = subparsers.add_parser("router", help="run the router (public gRPC API, LAPS-SD, goodput speculation)",
+                              description="Serve specd.v1.Specd: schedule requests over draft and target workers. "
+                                          "Workers come from --target/--draft, or from Kubernetes EndpointSlices "
+                                          "when the config has a discovery block.")
+    p.add_argument("--config", help="router YAML (policy, speculation, maxBatchSize, discovery, ...)")
+    p.add_argument("--port", type=int, default=50051, help="port to listen on (default: 50051)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    p.add_argument("--target", action="append", default=[], metavar="HOST:PORT", help="a target worker (repeatable)")
+    p.add_argument("--draft", action="append", default=[], metavar="HOST:PORT", help="a draft worker (repeatable)")
+    add_scheduling_flags(p, defaults=False)
+    p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for a target worker")
+    p.add_argument("--grace", type=float, default=30, help="seconds to finish admitted requests after SIGTERM")
+    p.set_defaults(func=_router)
+
+
+def router_config(args):
+    from dataclasses import replace
+
+    from specd.router.config import RouterConfig, load_config
+
+    config = load_config(args.config) if args.config else RouterConfig()
+    if args.policy:
+        config = replace(config, policy=args.policy)
+    if args.speculation:
+        config = config.with_speculation(args.speculation)
+    if args.max_batch_size:
+        config = replace(config, max_batch_size=args.max_batch_size)
+    return config
+
+
+def _discovery(args, config):
+    from specd.router.discovery import StaticDiscovery
+
+    if args.target:
+        return StaticDiscovery(args.target, args.draft)
+    if args.draft:
+        raise SpecdError("--draft needs at least one --target")
+    d = config.discovery
+    if d is None or not d.target_service:
+        raise SpecdError("no workers: pass --target HOST:PORT (and --draft), or a config with a discovery block")
+    from specd.router.k8s_discovery import EndpointSliceWatcher
+
+    services, ports = {"target": d.target_service}, {"target": d.target_port}
+    if d.draft_service:
+        services["draft"], ports["draft"] = d.draft_service, d.draft_port
+    return EndpointSliceWatcher(d.namespace, services, ports)
+
+
+def _router(args) -> int:
+    import asyncio
+
+    from specd.router.service import serve_router
+
+    config = router_config(args)
+    discovery = _discovery(args, config)
+    _logging()
+    asyncio.run(serve_router(config, discovery, args.host, args.port, args.ready_timeout, args.grace))
+    return 0
+
+
+# -- specd up ------------------------------------------------------------------------------------
+
+def _register_up(subparsers) -> None:
+    p = subparsers.add_parser("up", help="run router + draft + target workers locally on loopback",
+                              description="Start target and draft workers and a router as processes on 127.0.0.1 "
+                                          "with the demo models (or --target-model/--draft-model), print the "
+                                          "router's address, and stop everything on Ctrl-C or SIGTERM.")
+    p.add_argument("--targets", type=int, default=1, help="target worker replicas (default: 1)")
+    p.add_argument("--drafts", type=int, default=1, help="draft worker replicas (default: 1; 0: no speculation)")
+    add_scheduling_flags(p, defaults=True)
+    p.add_argument("--port", type=int, default=50051, help="router port (default: 50051; 0: any free port)")
+    p.add_argument("--target-model", help="target model directory (default: the demo target)")
+    p.add_argument("--draft-model", help="draft model directory (default: the demo draft)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker process (default: 1)")
+    p.set_defaults(func=_up)
+
+
+def _up(args) -> int:
+    import signal
+    import threading
+
+    from specd.router.local import LocalStack, free_port
+
+    if args.targets < 1 or args.drafts < 0:
+        raise SpecdError("--targets must be >= 1 and --drafts >= 0")
+    target_dir, draft_dir = _model_dirs(args.target_model, args.draft_model)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = LocalStack()
+    try:
+        for _ in range(args.targets):
+            stack.start_worker("target", target_dir, args.threads)
+        for _ in range(args.drafts):
+            stack.start_worker("draft", draft_dir, args.threads)
+        for worker in stack.workers:
+            stack.wait_serving(worker, 300)
+            print(f"{worker.name} worker on {worker.address}", file=sys.stderr)
+        router = stack.start_router(args.policy, args.speculation, args.max_batch_size, args.port or free_port())
+        stack.wait_serving(router, 120)
+        print(router.address, flush=True)
+        print(f"specd is serving on {router.address} (policy {args.policy}, speculation {args.speculation}); "
+              f"try: specd generate --address {router.address} --prompt 'def '; Ctrl-C stops", file=sys.stderr)
+        while not stop.wait(0.5):
+            dead = [p.name for p in [router, *stack.workers] if not p.alive()]
+            if dead:
+                raise SpecdError(f"{', '.join(dead)} exited; stopping")
+    finally:
+        print("stopping (draining the router, then the workers)", file=sys.stderr)
+        stack.stop()
+    return 0
+
+
+def _model_dirs(target: str | None, draft: str | None):
+    if target and draft:
+        return target, draft
+    from specd.demo.paths import demo_model_dirs
+
+    demo_target, demo_draft = demo_model_dirs()
+    return target or demo_target, draft or demo_draft
+
+
+# -- specd bench serve ---------------------------------------------------------------------------
+
+def _register_bench(bench_subparsers) -> None:
+    p = bench_subparsers.add_parser(
+        "serve", help="serving benchmark: Poisson arrivals over policies and speculation modes",
+        description="Start workers on loopback, then for every rate and every (policy, speculation) pair start a "
+                    "router and send the same mixed workload (Python code and English prose prompts, short and "
+                    "long outputs) with Poisson arrivals. Prints latency, TTFT, throughput and goodput per run, "
+                    "the goals (laps-sd vs fcfs, goodput vs fixed:K and off) and the gRPC overhead per iteration.")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
+    p.add_argument("--rates", default="1.5,3,4.5", help="arrival rates in requests/s, comma-separated (default: 1.5,3,4.5)")
+    p.add_argument("--requests", type=int, default=24, help="requests per run (default: 24)")
+    p.add_argument("--policies", default="fcfs,laps-sd", help="policies compared under --compare-speculation "
+                   "(default: fcfs,laps-sd)")
+    p.add_argument("--speculations", default="off,fixed:2,fixed:4,goodput",
+                   help="speculation modes compared under laps-sd (default: off,fixed:2,fixed:4,goodput)")
+    p.add_argument("--compare-speculation", default="goodput", help="speculation mode of the policy comparison")
+    p.add_argument("--max-batch-size", type=int, default=4, help="router batch size (default: 4)")
+    p.add_argument("--long-fraction", type=float, default=0.25, help="share of long requests (default: 0.25)")
+    p.add_argument("--targets", type=int, default=1, help="target worker replicas (default: 1)")
+    p.add_argument("--drafts", type=int, default=1, help="draft worker replicas (default: 1)")
+    p.add_argument("--target-model", help="target model directory (default: the demo target)")
+    p.add_argument("--draft-model", help="draft model directory (default: the demo draft)")
+    p.add_argument("--seed", type=int, default=0, help="workload and arrival seed (default: 0)")
+    p.add_argument("--log-dir", help="write worker and router logs here")
+    p.set_defaults(func=_bench_serve)
+
+
+def _bench_serve(args) -> int:
+    import json
+    from pathlib import Path
+
+    from specd.router import bench
+
+    target_dir, draft_dir = _model_dirs(args.target_model, args.draft_model)
+    settings = bench.Settings(
+        rates=[float(r) for r in args.rates.split(",")], requests=args.requests,
+        policies=args.policies.split(","), speculations=[_speculation(s) for s in args.speculations.split(",")],
+        compare_speculation=_speculation(args.compare_speculation), max_batch_size=args.max_batch_size,
+        long_fraction=args.long_fraction, targets=args.targets, drafts=args.drafts, seed=args.seed,
+        log_dir=Path(args.log_dir) if args.log_dir else None)
+    report = bench.run(settings, target_dir, draft_dir)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(bench.format_report(report))
+    return 0
+
+
+# -- specd generate --address --------------------------------------------------------------------
+
+def generate_remote(args) -> int:
+    """`specd generate --address HOST:PORT --prompt ...`: stream a generation from a router via the SDK.
+
+    Reads args.address, args.prompt and, when present, args.max_tokens, args.temperature,
+    args.top_p, args.top_k, args.seed, args.timeout and args.k (the request's speculation cap;
+    0 turns speculation off for it).
+    """
+    from specd.client import Client, SpecdClientError
+
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731 - flags are the integrator's
+    k = get("k")
+    try:
+        with Client(args.address) as client:
+            final = None
+            for chunk in client.stream(args.prompt, max_new_tokens=get("max_tokens", 64) or 64,
+                                       temperature=get("temperature", 0.0) or 0.0, top_p=get("top_p", 1.0) or 1.0,
+                                       top_k=get("top_k", 0) or 0, seed=get("seed"),
+                                       speculation=k != 0, max_k=k or 0, timeout=get("timeout")):
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+                final = chunk
+    except SpecdClientError as exc:
+        raise SpecdError(str(exc)) from None
+    sys.stdout.write("\n")
+    if final is not None and final.usage is not None:
+        u = final.usage
+        rate = u.draft_tokens_accepted / u.draft_tokens_proposed if u.draft_tokens_proposed else 0.0
+        print(f"[{u.generated_tokens} tokens in {final.timing.total_seconds:.2f}s, {u.iterations} iterations, "
+              f"acceptance {rate:.0%}, ttft {final.timing.ttft_seconds * 1000:.0f} ms]", file=sys.stderr)
+    return 0

@@ -1,0 +1,116 @@
+"""Local mode: workers and a router as child processes on loopback (`specd up`, the benchmark, tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from specd.errors import SpecdError
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _specd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "specd.cli", *args]
+
+
+@dataclass
+class Process:
+    name: str
+    address: str
+    popen: subprocess.Popen
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class LocalStack:
+    workers: list[Process] = field(default_factory=list)
+    router: Process | None = None
+
+    def addresses(self, role: str) -> list[str]:
+        return [w.address for w in self.workers if w.name.startswith(role) and w.alive()]
+
+    def start_worker(self, role: str, model_dir: str | Path, threads: int = 1, log_dir: Path | None = None) -> Process:
+        port = free_port()
+        name = f"{role}-{sum(w.name.startswith(role) for w in self.workers)}"
+        popen = _spawn(_specd("worker", "--role", role, "--model", str(model_dir), "--host", HOST,
+                              "--port", str(port), "--threads", str(threads)), name, log_dir)
+        process = Process(name, f"{HOST}:{port}", popen)
+        self.workers.append(process)
+        return process
+
+    def start_router(self, policy: str, speculation: str, max_batch_size: int, port: int = 0,
+                     extra: list[str] = (), log_dir: Path | None = None) -> Process:
+        port = port or free_port()
+        args = ["router", "--host", HOST, "--port", str(port), "--policy", policy, "--speculation", speculation,
+                "--max-batch-size", str(max_batch_size), *extra]
+        for role in ("target", "draft"):
+            for address in self.addresses(role):
+                args += [f"--{role}", address]
+        self.router = Process("router", f"{HOST}:{port}", _spawn(_specd(*args), "router", log_dir))
+        return self.router
+
+    def wait_serving(self, process: Process, timeout_s: float) -> None:
+        """Block until `process` answers grpc.health.v1 with SERVING."""
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(process.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if not process.alive():
+                    raise SpecdError(f"{process.name} exited with status {process.popen.returncode}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SpecdError(f"{process.name} at {process.address} did not start within {timeout_s:.0f}s")
+                time.sleep(0.2)
+
+    def stop_router(self, grace_s: float = 30.0) -> None:
+        if self.router:
+            _terminate([self.router], grace_s)
+            self.router = None
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM the router first (it drains), then the workers; SIGKILL what outlives the grace."""
+        self.stop_router(grace_s)
+        _terminate(self.workers, grace_s)
+        self.workers.clear()
+
+
+def _spawn(command: list[str], name: str, log_dir: Path | None) -> subprocess.Popen:
+    output = open(log_dir / f"{name}.log", "ab") if log_dir else subprocess.DEVNULL
+    # own process group: a terminal's Ctrl-C reaches `specd up`, which then stops children in order
+    return subprocess.Popen(command, stdout=output, stderr=output if log_dir else None, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _terminate(processes: list[Process], grace_s: float) -> None:
+    for process in processes:
+        if process.alive():
+            process.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.popen.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.popen.kill()
+            process.popen.wait()

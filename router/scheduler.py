@@ -1,0 +1,391 @@
+"""The iteration pipeline: admission, batching, draft -> verify, commit, failover.
+
+Each live target replica runs `pipeline_depth` lanes. A lane repeatedly takes the best batch
+(policy order) among the requests pinned to its replica that no other lane holds, and runs one
+iteration: prefill what the workers miss, choose k, Propose on the draft replicas, Verify on the
+target, commit the tokens and stream them out. With two lanes, one lane's drafting overlaps the
+other's verification.
+
+Failure handling: a worker call that fails marks the replica down (it is probed until it serves
+again). A request whose target replica is gone is pinned to another one and prefilled there
+from its committed tokens, so its stream goes on without losing or repeating tokens; with no
+target replica left it fails with UNAVAILABLE. Without a live draft replica, k = 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from specd.proto.v1 import serving_pb2, worker_pb2
+from specd.router.config import RouterConfig
+from specd.router.policies import make_policy
+from specd.router.replicas import Replica, ReplicaPool
+from specd.router.request import Request
+from specd.router.speculation import CostModel, SpeculationControl
+
+log = logging.getLogger(__name__)
+WORKER_TIMEOUT_S = 60.0
+# worker answers that mean "this call was wrong", not "this worker is broken"
+_REQUEST_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
+                   grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class RequestFailed(Exception):
+    """Ends a request's stream with a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Signal:
+    """Wakes every waiting lane; no lost wake-ups since asyncio never interleaves sync code."""
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future] = []
+
+    async def wait(self) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        await future
+
+    def fire(self) -> None:
+        for future in self._waiters:
+            if not future.done():
+                future.set_result(None)
+        self._waiters.clear()
+
+
+class LengthPredictor:
+    """Predicted output length = max_new_tokens * (running mean of generated / max_new_tokens)."""
+
+    def __init__(self) -> None:
+        self.ratio = 1.0
+        self.count = 0
+        self.abs_error = 0.0  # sum of |predicted - actual| / actual
+
+    def predict(self, max_new_tokens: int) -> float:
+        return max(1.0, self.ratio * max_new_tokens)
+
+    def observe(self, r: Request) -> None:
+        actual = max(r.generated, 1)
+        self.count += 1
+        self.abs_error += abs(r.predicted_length - actual) / actual
+        self.ratio += (actual / r.max_new_tokens - self.ratio) / min(self.count, 50)
+
+    @property
+    def mean_relative_error(self) -> float:
+        return self.abs_error / self.count if self.count else 0.0
+
+
+@dataclass
+class _Failure:
+    replica: Replica
+    error: grpc.aio.AioRpcError
+
+
+class Scheduler:
+    def __init__(self, config: RouterConfig, pool: ReplicaPool) -> None:
+        self.config = config
+        self.pool = pool
+        self.costs = CostModel()
+        self.speculation = SpeculationControl(config.speculation, config.k, config.max_k, self.costs)
+        self.policy = make_policy(config.policy, config.queues, lambda r: self.costs.single(r.last_k))
+        self.lengths = LengthPredictor()
+        self.requests: dict[str, Request] = {}  # admitted, not finished
+        self.accepting = True
+        self._signal = Signal()
+        self._lanes: dict[str, list[asyncio.Task]] = {}
+        self._background: set[asyncio.Task] = set()
+        self.iterations = 0
+
+    # -- admission, cancellation ---------------------------------------------------------------
+
+    def admit(self, r: Request) -> None:
+        if not self.accepting:
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "the router is shutting down")
+        if len(self.requests) >= self.config.max_queued_requests:
+            raise RequestFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"queue full: {len(self.requests)} requests admitted "
+                                f"(maxQueuedRequests={self.config.max_queued_requests})")
+        target = self.pool.place("target")
+        if target is None:
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "no target worker is available")
+        r.acceptance.prior = self.speculation.acceptance.value
+        self._pin(r, "target", target)
+        self.requests[r.id] = r
+        self._signal.fire()
+
+    def cancel(self, r: Request) -> None:
+        """The client went away: stop generating and free the request's KV caches."""
+        if r.done:
+            return
+        r.cancelled = True
+        if not r.in_flight:
+            self._retire(r)
+
+    async def drain(self) -> None:
+        """Stop admitting; return when every admitted request has finished."""
+        self.accepting = False
+        while self.requests:
+            await asyncio.sleep(0.05)
+
+    # -- the lanes -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow the replica pool: start lanes for live targets, re-pin requests of dead ones."""
+        while True:
+            self.pool.changed.clear()
+            self._repin()
+            for replica in self.pool.live("target"):
+                lanes = [t for t in self._lanes.get(replica.address, []) if not t.done()]
+                while len(lanes) < self.config.pipeline_depth:
+                    lanes.append(asyncio.ensure_future(self._lane(replica)))
+                self._lanes[replica.address] = lanes
+            self._signal.fire()
+            await self.pool.changed.wait()
+
+    async def stop(self) -> None:
+        tasks = [t for lanes in self._lanes.values() for t in lanes] + list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _lane(self, replica: Replica) -> None:
+        while replica.live:
+            batch = self._pick(replica)
+            if not batch:
+                await self._signal.wait()
+                continue
+            for r in batch:
+                r.in_flight = True
+            try:
+                await self._iterate(replica, batch)
+            except Exception as exc:  # a bug must not kill the lane: fail the batch, keep serving
+                log.exception("iteration failed")
+                for r in batch:
+                    self._fail(r, RequestFailed(grpc.StatusCode.INTERNAL, f"internal error: {exc}"))
+            finally:
+                for r in batch:
+                    r.in_flight = False
+                    if r.cancelled:
+                        self._retire(r)
+                self._repin()
+                self._signal.fire()
+
+    def _pick(self, replica: Replica) -> list[Request]:
+        waiting = [r for r in self.requests.values()
+                   if r.target == replica.address and not r.in_flight and not r.done]
+        return self.policy.order(waiting)[: self.config.max_batch_size]
+
+    # -- one iteration -------------------------------------------------------------------------
+
+    async def _iterate(self, target: Replica, batch: list[Request]) -> None:
+        now = time.monotonic()
+        for r in batch:
+            r.first_scheduled = r.first_scheduled or now
+        self._place_drafts(batch)
+        await self._prefill(target, batch)
+        if not target.live:
+            return
+        batch = [r for r in batch if not r.done]
+        drafts = {d.address for d in self.pool.live("draft")}
+        ks = self.speculation.choose(batch, [r.draft in drafts for r in batch])
+        proposals = await self._propose(batch, ks)
+        items = []
+        for r, k in zip(batch, ks):
+            tokens, probs = proposals.get(r.id, ([], b""))
+            items.append(worker_pb2.VerifyItem(delta=self._delta(r, target.address), draft_tokens=tokens,
+                                               draft_probs=probs))
+        started = time.perf_counter()
+        try:
+            reply = await target.stub.Verify(worker_pb2.VerifyRequest(items=items), timeout=WORKER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            self._call_failed(target, batch, exc)
+            return
+        self.costs.observe_target(reply.cost.tokens, reply.cost.compute_seconds, time.perf_counter() - started)
+        self.iterations += 1
+        done = time.monotonic()
+        for r, item, verdict in zip(batch, items, reply.verdicts):
+            self._commit(r, len(item.draft_tokens), verdict, done)
+
+    def _commit(self, r: Request, k: int, verdict: worker_pb2.Verdict, now: float) -> None:
+        r.iterations += 1
+        r.proposed += k
+        r.accepted += verdict.accepted
+        r.last_k = k
+        self.speculation.observe(r, k, verdict.accepted)
+        r.acceptance_history.append(r.acceptance.value)
+        if r.done:  # cancelled or failed while in flight
+            return
+        tokens = list(verdict.tokens)[: r.remaining]
+        reason = serving_pb2.FINISH_REASON_UNSPECIFIED
+        if r.stop_token is not None and r.stop_token in tokens:
+            tokens = tokens[: tokens.index(r.stop_token)]
+            reason = serving_pb2.FINISH_REASON_EOS
+        r.committed.extend(tokens)
+        if tokens:
+            r.first_token = r.first_token or now
+            r.events.put_nowait(tokens)
+        if not reason and r.remaining <= 0:
+            reason = serving_pb2.FINISH_REASON_LENGTH
+        if reason:
+            r.finish_reason = reason
+            r.finished_at = now
+            self.lengths.observe(r)
+            r.events.put_nowait(None)
+            self._retire(r)
+
+    def _delta(self, r: Request, address: str) -> worker_pb2.CommittedDelta:
+        start = r.sent.get(address, 0)
+        r.sent[address] = len(r.committed)
+        return worker_pb2.CommittedDelta(request_id=r.id, start=start, tokens=r.committed[start:], sampling=r.sampling)
+
+    async def _prefill(self, target: Replica, batch: list[Request]) -> None:
+        """Prefill requests new to their target or draft replica (admission, or after a failover)."""
+        calls = []
+        fresh = [r for r in batch if not r.sent.get(target.address)]
+        if fresh:
+            calls.append((target, fresh))
+        for draft, members in self._by_draft(batch).items():
+            fresh = [r for r in members if not r.sent.get(draft.address)]
+            if fresh:
+                calls.append((draft, fresh))
+        results = await asyncio.gather(*(self._prefill_one(replica, members) for replica, members in calls))
+        for failure in filter(None, results):
+            self._call_failed(failure.replica, [r for replica, m in calls if replica is failure.replica for r in m],
+                              failure.error)
+
+    async def _prefill_one(self, replica: Replica, members: list[Request]) -> _Failure | None:
+        request = worker_pb2.PrefillRequest(items=[self._delta(r, replica.address) for r in members])
+        try:
+            await replica.stub.Prefill(request, timeout=WORKER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return _Failure(replica, exc)
+        return None
+
+    async def _propose(self, batch: list[Request], ks: list[int]) -> dict[str, tuple[list[int], bytes]]:
+        """Draft on every draft replica of the batch at once; a failed replica's requests get k = 0."""
+        k_of = {r.id: k for r, k in zip(batch, ks)}
+        groups = {d: [r for r in members if k_of[r.id] > 0] for d, members in self._by_draft(batch).items()}
+        groups = {d: members for d, members in groups.items() if members}
+        results = await asyncio.gather(*(self._propose_one(d, members, k_of) for d, members in groups.items()))
+        proposals: dict[str, tuple[list[int], bytes]] = {}
+        for (draft, members), result in zip(groups.items(), results):
+            if isinstance(result, _Failure):
+                self._call_failed(draft, members, result.error)
+                continue
+            for r, proposal in zip(members, result):
+                proposals[r.id] = (list(proposal.tokens), proposal.probs)
+        return proposals
+
+    async def _propose_one(self, draft: Replica, members: list[Request], k_of: dict[str, int]):
+        items = [worker_pb2.ProposeItem(delta=self._delta(r, draft.address), k=k_of[r.id]) for r in members]
+        started = time.perf_counter()
+        try:
+            reply = await draft.stub.Propose(worker_pb2.ProposeRequest(items=items), timeout=WORKER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return _Failure(draft, exc)
+        cost = reply.cost
+        if cost.forward_passes:
+            self.costs.observe_draft(cost.tokens / cost.forward_passes, cost.forward_passes, cost.compute_seconds,
+                                     time.perf_counter() - started)
+        return list(reply.proposals)
+
+    # -- placement and failures ----------------------------------------------------------------
+
+    def _by_draft(self, batch: list[Request]) -> dict[Replica, list[Request]]:
+        groups: dict[Replica, list[Request]] = {}
+        for r in batch:
+            replica = self.pool.replicas.get(r.draft or "")
+            if replica is not None and replica.live:
+                groups.setdefault(replica, []).append(r)
+        return groups
+
+    def _place_drafts(self, batch: list[Request]) -> None:
+        for r in batch:
+            replica = self.pool.replicas.get(r.draft or "")
+            if r.max_k and self.config.speculation != "off" and (replica is None or not replica.live):
+                self._unpin(r, "draft")
+                draft = self._compatible_draft()
+                if draft is not None:
+                    self._pin(r, "draft", draft)
+
+    def _compatible_draft(self) -> Replica | None:
+        targets = [t.info.vocab_size for t in self.pool.live("target") if t.info]
+        draft = self.pool.place("draft")
+        if draft is None or not targets or not draft.info or draft.info.vocab_size != targets[0]:
+            return None
+        return draft
+
+    def _pin(self, r: Request, role: str, replica: Replica) -> None:
+        setattr(r, role, replica.address)
+        r.sent.pop(replica.address, None)
+        replica.pinned.add(r.id)
+
+    def _unpin(self, r: Request, role: str) -> None:
+        address = getattr(r, role)
+        if address:
+            replica = self.pool.replicas.get(address)
+            if replica is not None:
+                replica.pinned.discard(r.id)
+            r.sent.pop(address, None)
+        setattr(r, role, None)
+
+    def _call_failed(self, replica: Replica, members: list[Request], exc: grpc.aio.AioRpcError) -> None:
+        for r in members:
+            r.sent.pop(replica.address, None)  # its state there is unknown: send everything next time
+        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            return  # the worker lost track of a request; re-sent from 0 next iteration
+        if exc.code() in _REQUEST_ERRORS:
+            for r in members:
+                self._fail(r, RequestFailed(exc.code(), f"{replica.role} worker: {exc.details()}"))
+            return
+        self.pool.mark_down(replica, f"{exc.code().name}: {exc.details()}")
+
+    def _repin(self) -> None:
+        """Move requests off target replicas that are gone; fail them if none is left."""
+        for r in list(self.requests.values()):
+            replica = self.pool.replicas.get(r.target or "")
+            if r.in_flight or r.done or (replica is not None and replica.live):
+                continue
+            self._unpin(r, "target")
+            target = self.pool.place("target")
+            if target is None:
+                self._fail(r, RequestFailed(grpc.StatusCode.UNAVAILABLE,
+                                            "the request's target worker failed and no other target worker is left"))
+            else:
+                log.info("request %s moves to target %s (prefilled again)", r.id, target.address)
+                self._pin(r, "target", target)
+
+    def _fail(self, r: Request, error: RequestFailed) -> None:
+        if r.done:
+            return
+        r.finished_at = time.monotonic()
+        r.events.put_nowait(error)
+        self._retire(r)
+
+    def _retire(self, r: Request) -> None:
+        """Forget a finished or cancelled request and free its KV caches on its workers."""
+        if self.requests.pop(r.id, None) is None:
+            return
+        for role in ("target", "draft"):
+            replica = self.pool.replicas.get(getattr(r, role) or "")
+            self._unpin(r, role)
+            if replica is not None and replica.live:
+                task = asyncio.ensure_future(self._release(replica, r.id))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        self._signal.fire()
+
+    @staticmethod
+    async def _release(replica: Replica, request_id: str) -> None:
+        try:
+            await replica.stub.Release(worker_pb2.ReleaseRequest(request_ids=[request_id]), timeout=10)
+        except grpc.aio.AioRpcError:
+            replica.orphans.add(request_id)  # released when it answers again

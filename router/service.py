@@ -1,0 +1,196 @@
+"""The public gRPC service of the router (specd.v1.Specd) and `serve_router` that runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+
+import grpc
+
+from specd.errors import SpecdError
+from specd.proto import server as grpc_server
+from specd.proto.v1 import serving_pb2, serving_pb2_grpc, worker_pb2
+from specd.router.config import MAX_K_LIMIT, RouterConfig
+from specd.router.discovery import Discovery
+from specd.router.replicas import ReplicaPool
+from specd.router.request import Request
+from specd.router.scheduler import RequestFailed, Scheduler
+from specd.worker.tokenizer import StreamDecoder
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "specd.v1.Specd"
+
+
+class RemoteTokenizer:
+    """The target model's tokenizer, received from a target worker (the router has no model files)."""
+
+    def __init__(self, info: worker_pb2.ModelInfo) -> None:
+        from tokenizers import Tokenizer
+
+        if not info.tokenizer_json:
+            raise SpecdError(f"target worker's model {info.model} has no tokenizer.json")
+        self._tok = Tokenizer.from_str(info.tokenizer_json)
+        self.vocab_size = info.vocab_size
+        self.max_context = info.max_context
+        self.eos_token_id = info.eos_token_id if info.HasField("eos_token_id") else None
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+
+def invalid(field: str, problem: str) -> RequestFailed:
+    return RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")
+
+
+class RequestBuilder:
+    """Validates a GenerateRequest (errors name the field) and turns it into a scheduler Request."""
+
+    def __init__(self, config: RouterConfig, tokenizer: RemoteTokenizer, scheduler: Scheduler) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self._ids = itertools.count()
+        self._prefix = f"{os.getpid():x}"
+
+    def build(self, msg: serving_pb2.GenerateRequest) -> Request:
+        tok = self.tokenizer
+        if msg.prompt and msg.prompt_tokens:
+            raise invalid("prompt", "set either prompt or prompt_tokens, not both")
+        prompt = list(msg.prompt_tokens) if msg.prompt_tokens else tok.encode(msg.prompt)
+        if not prompt:
+            raise invalid("prompt", "empty (set prompt or prompt_tokens)")
+        for i, token in enumerate(prompt):
+            if token >= tok.vocab_size:
+                raise invalid(f"prompt_tokens[{i}]", f"token id {token} is outside the vocabulary [0, {tok.vocab_size})")
+        if msg.max_new_tokens < 1:
+            raise invalid("max_new_tokens", "must be at least 1")
+        if len(prompt) + msg.max_new_tokens > tok.max_context:
+            raise invalid("max_new_tokens", f"prompt ({len(prompt)} tokens) + max_new_tokens ({msg.max_new_tokens}) "
+                                            f"exceeds the model's context of {tok.max_context} tokens")
+        s = msg.sampling
+        if not (s.temperature >= 0 and math.isfinite(s.temperature)):
+            raise invalid("sampling.temperature", f"must be a finite number >= 0, got {s.temperature}")
+        if not 0 <= s.top_p <= 1:
+            raise invalid("sampling.top_p", f"must be in (0, 1] (0 means 1), got {s.top_p}")
+        if msg.speculation.max_k > MAX_K_LIMIT:
+            raise invalid("speculation.max_k", f"must be at most {MAX_K_LIMIT}, got {msg.speculation.max_k}")
+        if len(msg.request_id) > 128:
+            raise invalid("request_id", "longer than 128 characters")
+        limit = self.config.k if self.config.speculation == "fixed" else self.config.max_k
+        max_k = 0 if msg.speculation.disabled else min(msg.speculation.max_k or limit, limit)
+        rid = f"{self._prefix}-{next(self._ids)}" + (f"-{msg.request_id}" if msg.request_id else "")
+        return Request(id=rid, prompt=prompt, max_new_tokens=msg.max_new_tokens, sampling=s, max_k=max_k,
+                       stop_token=None if msg.ignore_eos else tok.eos_token_id,
+                       predicted_length=self.scheduler.lengths.predict(msg.max_new_tokens))
+
+
+def _usage(r: Request) -> serving_pb2.Usage:
+    return serving_pb2.Usage(prompt_tokens=len(r.prompt), generated_tokens=r.generated,
+                             draft_tokens_proposed=r.proposed, draft_tokens_accepted=r.accepted,
+                             iterations=r.iterations)
+
+
+def _timing(r: Request) -> serving_pb2.Timing:
+    def since(t: float | None) -> float:
+        return (t - r.arrival) if t is not None else 0.0
+
+    return serving_pb2.Timing(queue_seconds=since(r.first_scheduled), ttft_seconds=since(r.first_token),
+                              total_seconds=since(r.finished_at))
+
+
+class SpecdServicer(serving_pb2_grpc.SpecdServicer):
+    def __init__(self, builder: RequestBuilder, scheduler: Scheduler) -> None:
+        self.builder = builder
+        self.scheduler = scheduler
+
+    async def _start(self, msg: serving_pb2.GenerateRequest, context) -> Request:
+        try:
+            r = self.builder.build(msg)
+            self.scheduler.admit(r)
+        except RequestFailed as exc:
+            await context.abort(exc.code, str(exc))
+        return r
+
+    async def _events(self, r: Request, context):
+        """Lists of new tokens until the end; a failure aborts the call with its status."""
+        try:
+            while (event := await r.events.get()) is not None:
+                if isinstance(event, RequestFailed):
+                    await context.abort(event.code, str(event))
+                yield event
+        finally:
+            self.scheduler.cancel(r)  # no-op when finished; frees the KV caches when the client left
+
+    async def Generate(self, request, context):
+        r = await self._start(request, context)
+        decoder = StreamDecoder(self.builder.tokenizer)
+        async for tokens in self._events(r, context):
+            yield serving_pb2.GenerateResponse(text=decoder.push(tokens), tokens=tokens, request_id=request.request_id)
+        yield serving_pb2.GenerateResponse(finish_reason=r.finish_reason, usage=_usage(r), timing=_timing(r),
+                                           request_id=request.request_id)
+
+    async def GenerateUnary(self, request, context):
+        r = await self._start(request, context)
+        tokens = [t async for chunk in self._events(r, context) for t in chunk]
+        return serving_pb2.GenerateResult(text=self.builder.tokenizer.decode(tokens), tokens=tokens,
+                                          finish_reason=r.finish_reason, usage=_usage(r), timing=_timing(r),
+                                          request_id=request.request_id)
+
+
+async def wait_for_target(pool: ReplicaPool, timeout_s: float) -> worker_pb2.ModelInfo:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live = [r for r in pool.live("target") if r.info]
+        if live:
+            return live[0].info
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            known = sorted(r.address for r in pool.replicas.values() if r.role == "target")
+            raise SpecdError(f"no target worker answered within {timeout_s:.0f}s (known: {known or 'none'})")
+        pool.changed.clear()
+        try:
+            await asyncio.wait_for(pool.changed.wait(), min(remaining, 1.0))
+        except asyncio.TimeoutError:
+            pass
+
+
+async def serve_router(config: RouterConfig, discovery: Discovery, host: str = "0.0.0.0", port: int = 50051,
+                       ready_timeout_s: float = 300.0, grace_s: float = 30.0,
+                       on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve the public API until SIGTERM/SIGINT, then drain: finish admitted requests, stop."""
+    loop = asyncio.get_running_loop()
+    pool = ReplicaPool()
+    discovery.subscribe(lambda endpoints: loop.call_soon_threadsafe(pool.set_endpoints, endpoints))
+    discovery.start()
+    pool.set_endpoints(discovery.current())
+    scheduler = Scheduler(config, pool)
+    runner = asyncio.ensure_future(scheduler.run())
+    server = grpc_server.new_server()
+    try:
+        info = await wait_for_target(pool, ready_timeout_s)
+        builder = RequestBuilder(config, RemoteTokenizer(info), scheduler)
+        serving_pb2_grpc.add_SpecdServicer_to_server(SpecdServicer(builder, scheduler), server)
+        health = grpc_server.add_standard_services(server, [SERVICE_NAME])
+        bound = grpc_server.bind(server, host, port)
+        await server.start()
+        await grpc_server.mark_serving(health, [SERVICE_NAME])
+        log.info("router serving on %s:%d (policy %s, speculation %s, model %s)", host, bound, config.policy,
+                 config.speculation_label, info.model)
+        if on_ready:
+            on_ready(bound)
+        await grpc_server.serve_until_signal(server, health, grace_s, drain=scheduler.drain)
+        log.info("length predictor: %d requests, mean relative error %.1f%%", scheduler.lengths.count,
+                 100 * scheduler.lengths.mean_relative_error)
+    finally:
+        runner.cancel()
+        await scheduler.stop()
+        discovery.stop()
+        await pool.close()

@@ -1,0 +1,125 @@
+"""Speculation control: how many tokens each request drafts in the next iteration.
+
+- off: k = 0.
+- fixed:K: k = K (capped by the request's own limit and its remaining tokens).
+- goodput (SmartSpec, Liu et al. 2024): each iteration evaluates k = 0..maxK for the whole batch
+  and takes the k that maximises goodput(k) = sum_i E[tokens_i(k)] / T(k), where
+  E[tokens_i(k)] = (1 - a_i^(k+1)) / (1 - a_i) and a_i is the request's acceptance estimate
+  (the global one until the request has its own). T(k) comes from `CostModel`, fitted online
+  to the step times the workers measure. k = 0 wins whenever speculation does not pay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from specd.router.request import Acceptance, Request
+
+
+@dataclass
+class LinearFit:
+    """seconds = base + per_token * tokens, least squares with exponential forgetting."""
+
+    base: float
+    per_token: float
+    decay: float = 0.98
+    _n: float = 0.0
+    _sx: float = 0.0
+    _sy: float = 0.0
+    _sxx: float = 0.0
+    _sxy: float = 0.0
+
+    def add(self, tokens: float, seconds: float) -> None:
+        d = self.decay
+        self._n = d * self._n + 1
+        self._sx = d * self._sx + tokens
+        self._sy = d * self._sy + seconds
+        self._sxx = d * self._sxx + tokens * tokens
+        self._sxy = d * self._sxy + tokens * seconds
+        mx, my = self._sx / self._n, self._sy / self._n
+        var = self._sxx / self._n - mx * mx
+        if var > 1e-9 * max(1.0, mx * mx):
+            self.per_token = max((self._sxy / self._n - mx * my) / var, 0.0)
+        elif mx > 0 and self.base + self.per_token * mx > 0:
+            # one size seen so far: scale the current line to pass through it
+            scale = my / (self.base + self.per_token * mx)
+            self.base, self.per_token = self.base * scale, self.per_token * scale
+            return
+        self.base = max(my - self.per_token * mx, 0.0)
+
+    def __call__(self, tokens: float) -> float:
+        return self.base + self.per_token * tokens
+
+
+@dataclass
+class CostModel:
+    """Time of one iteration, from the workers' measured pass times plus the measured RPC overhead."""
+
+    target_pass: LinearFit = field(default_factory=lambda: LinearFit(0.005, 0.0005))
+    draft_pass: LinearFit = field(default_factory=lambda: LinearFit(0.001, 0.0002))
+    target_overhead: float = 0.001  # round trip minus the worker's compute time (EMA)
+    draft_overhead: float = 0.001
+
+    def observe_target(self, tokens: int, compute_s: float, round_trip_s: float) -> None:
+        self.target_pass.add(tokens, compute_s)
+        self.target_overhead = 0.9 * self.target_overhead + 0.1 * max(round_trip_s - compute_s, 0.0)
+
+    def observe_draft(self, tokens_per_pass: float, passes: int, compute_s: float, round_trip_s: float) -> None:
+        if passes:
+            self.draft_pass.add(tokens_per_pass, compute_s / passes)
+        self.draft_overhead = 0.9 * self.draft_overhead + 0.1 * max(round_trip_s - compute_s, 0.0)
+
+    def iteration(self, ks: list[int]) -> float:
+        """Seconds of one iteration in which request i drafts ks[i] tokens."""
+        passes = max(ks, default=0)
+        seconds = self.target_pass(sum(k + 1 for k in ks)) + self.target_overhead
+        if passes:
+            # pass j feeds every request still drafting at step j
+            fed = sum(sum(1 for k in ks if k > j) for j in range(passes))
+            seconds += passes * self.draft_pass(fed / passes) + self.draft_overhead
+        return seconds
+
+    def single(self, k: int) -> tuple[float, float]:
+        """(draft pass, target pass) seconds for a request alone (LAPS-SD's T_draft, T_target)."""
+        return self.draft_pass(1), self.target_pass(k + 1) + self.target_overhead
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens one iteration yields with k drafts at acceptance alpha (bonus/correction included)."""
+    if k <= 0:
+        return 1.0
+    if alpha >= 1.0:
+        return k + 1.0
+    return (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+class SpeculationControl:
+    def __init__(self, mode: str, k: int, max_k: int, costs: CostModel) -> None:
+        self.mode = mode
+        self.k = k
+        self.max_k = max_k
+        self.costs = costs
+        self.acceptance = Acceptance()  # global estimate (SmartSpec's reference starts at 0.7)
+
+    def alpha(self, r: Request) -> float:
+        return r.acceptance.value if r.proposed else self.acceptance.value
+
+    def choose(self, batch: list[Request], drafting: list[bool]) -> list[int]:
+        """k for each request of the batch; 0 for those without a live draft replica."""
+        caps = [max(0, min(r.max_k, r.remaining - 1)) if ok else 0 for r, ok in zip(batch, drafting)]
+        if self.mode == "off" or not any(caps):
+            return [0] * len(batch)
+        if self.mode == "fixed":
+            return [min(self.k, cap) for cap in caps]
+        alphas = [self.alpha(r) for r in batch]
+        best_k, best = 0, 0.0
+        for k in range(self.max_k + 1):
+            ks = [min(k, cap) for cap in caps]
+            goodput = sum(expected_tokens(a, kk) for a, kk in zip(alphas, ks)) / self.costs.iteration(ks)
+            if goodput > best:
+                best_k, best = k, goodput
+        return [min(best_k, cap) for cap in caps]
+
+    def observe(self, r: Request, k: int, accepted: int) -> None:
+        r.acceptance.observe(accepted, k)
+        self.acceptance.observe(accepted, k)

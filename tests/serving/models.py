@@ -1,0 +1,33 @@
+"""Tiny random-weight Llama models with a real BPE tokenizer, for serving tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from specd.demo import corpus
+from specd.demo.train import EOS, train_tokenizer
+from specd.worker.checkpoint import save_model
+from specd.worker.config import LlamaConfig
+from specd.worker.model import LlamaForCausalLM
+
+VOCAB = 512
+
+
+def build_model(path: Path, hidden: int, layers: int, seed: int, tokenizer_json: str) -> Path:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, eos_token_id=0)
+    save_model(LlamaForCausalLM(config), path)
+    (path / "tokenizer.json").write_text(tokenizer_json)
+    return path
+
+
+def build_models(root: Path) -> tuple[Path, Path]:
+    """(target, draft) directories under root; the draft is smaller and independently initialised."""
+    tokenizer = train_tokenizer(corpus.read_texts(held_out=False, max_chars=200_000), VOCAB)
+    assert tokenizer.token_to_id(EOS) == 0
+    text = tokenizer.to_str()
+    return (build_model(root / "target", 64, 2, seed=1, tokenizer_json=text),
+            build_model(root / "draft", 32, 1, seed=2, tokenizer_json=text))
