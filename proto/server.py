@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,19 +45,40 @@ def bind(server: grpc.aio.Server, host: str, port: int) -> int:
     return bound
 
 
-async def serve_until_signal(server: grpc.aio.Server, servicer: health.aio.HealthServicer, grace_s: float,
-                             drain: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain: report NOT_SERVING, finish what runs, stop."""
+@dataclass
+class RunningServer:
+    """A started server; `stop` drains it: NOT_SERVING, then `drain()`, then the gRPC grace period."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    drain: Callable[[], Awaitable[None]] | None = None
+
+    async def stop(self, grace_s: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.drain is not None:
+            try:
+                await asyncio.wait_for(self.drain(), grace_s)
+            except asyncio.TimeoutError:
+                log.warning("drain did not finish within %.0fs", grace_s)
+        await self.server.stop(grace_s)
+
+
+async def start(server: grpc.aio.Server, service_names: list[str], host: str, port: int,
+                drain: Callable[[], Awaitable[None]] | None = None) -> RunningServer:
+    """Add health and reflection, listen, start, and report SERVING."""
+    servicer = add_standard_services(server, service_names)
+    bound = bind(server, host, port)
+    await server.start()
+    await mark_serving(servicer, service_names)
+    return RunningServer(server, servicer, bound, drain)
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGTERM or SIGINT (main thread only)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("draining (grace %.0fs)", grace_s)
-    await servicer.enter_graceful_shutdown()
-    if drain is not None:
-        try:
-            await asyncio.wait_for(drain(), grace_s)
-        except asyncio.TimeoutError:
-            log.warning("drain did not finish within %.0fs", grace_s)
-    await server.stop(grace_s)
+    log.info("signal received: draining")

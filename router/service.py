@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
@@ -162,35 +162,61 @@ async def wait_for_target(pool: ReplicaPool, timeout_s: float) -> worker_pb2.Mod
             pass
 
 
-async def serve_router(config: RouterConfig, discovery: Discovery, host: str = "0.0.0.0", port: int = 50051,
-                       ready_timeout_s: float = 300.0, grace_s: float = 30.0,
-                       on_ready: Callable[[int], None] | None = None) -> None:
-    """Serve the public API until SIGTERM/SIGINT, then drain: finish admitted requests, stop."""
+@dataclass
+class RunningRouter:
+    running: grpc_server.RunningServer
+    scheduler: Scheduler
+    pool: ReplicaPool
+    discovery: Discovery
+    _loop_task: asyncio.Task
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Drain (finish admitted requests, admit none), then shut everything down."""
+        try:
+            await self.running.stop(grace_s)
+            log.info("length predictor: %d requests, mean relative error %.1f%%", self.scheduler.lengths.count,
+                     100 * self.scheduler.lengths.mean_relative_error)
+        finally:
+            self._loop_task.cancel()
+            await self.scheduler.stop()
+            self.discovery.stop()
+            await self.pool.close()
+
+
+async def start_router(config: RouterConfig, discovery: Discovery, host: str = "127.0.0.1", port: int = 0,
+                       ready_timeout_s: float = 300.0) -> RunningRouter:
+    """Follow `discovery`, wait for a target worker (its tokenizer), then serve the public API."""
     loop = asyncio.get_running_loop()
     pool = ReplicaPool()
     discovery.subscribe(lambda endpoints: loop.call_soon_threadsafe(pool.set_endpoints, endpoints))
     discovery.start()
     pool.set_endpoints(discovery.current())
     scheduler = Scheduler(config, pool)
-    runner = asyncio.ensure_future(scheduler.run())
-    server = grpc_server.new_server()
+    task = asyncio.ensure_future(scheduler.run())
     try:
         info = await wait_for_target(pool, ready_timeout_s)
         builder = RequestBuilder(config, RemoteTokenizer(info), scheduler)
+        server = grpc_server.new_server()
         serving_pb2_grpc.add_SpecdServicer_to_server(SpecdServicer(builder, scheduler), server)
-        health = grpc_server.add_standard_services(server, [SERVICE_NAME])
-        bound = grpc_server.bind(server, host, port)
-        await server.start()
-        await grpc_server.mark_serving(health, [SERVICE_NAME])
-        log.info("router serving on %s:%d (policy %s, speculation %s, model %s)", host, bound, config.policy,
-                 config.speculation_label, info.model)
-        if on_ready:
-            on_ready(bound)
-        await grpc_server.serve_until_signal(server, health, grace_s, drain=scheduler.drain)
-        log.info("length predictor: %d requests, mean relative error %.1f%%", scheduler.lengths.count,
-                 100 * scheduler.lengths.mean_relative_error)
-    finally:
-        runner.cancel()
+        running = await grpc_server.start(server, [SERVICE_NAME], host, port, drain=scheduler.drain)
+    except BaseException:
+        task.cancel()
         await scheduler.stop()
         discovery.stop()
         await pool.close()
+        raise
+    log.info("router serving on %s:%d (policy %s, speculation %s, model %s)", host, running.port, config.policy,
+             config.speculation_label, info.model)
+    return RunningRouter(running, scheduler, pool, discovery, task)
+
+
+async def serve_router(config: RouterConfig, discovery: Discovery, host: str = "0.0.0.0", port: int = 50051,
+                       ready_timeout_s: float = 300.0, grace_s: float = 30.0) -> None:
+    """Serve the public API until SIGTERM/SIGINT, then drain: finish admitted requests, stop."""
+    router = await start_router(config, discovery, host, port, ready_timeout_s)
+    await grpc_server.wait_for_signal()
+    await router.stop(grace_s)

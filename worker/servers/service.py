@@ -91,24 +91,24 @@ def load_core(role: str, model_dir: str, tensor_parallel_size: int = 1, kv_budge
     return WorkerCore(role, runner, model_dir, tensor_parallel_size)
 
 
-async def serve_worker(core: WorkerCore, host: str = "127.0.0.1", port: int = 0, grace_s: float = 30.0,
-                       on_ready: Callable[[int], None] | None = None) -> None:
-    """Serve `core` until SIGTERM/SIGINT; `on_ready(port)` runs once the port accepts calls."""
+async def start_worker(core: WorkerCore, host: str = "127.0.0.1", port: int = 0) -> grpc_server.RunningServer:
+    """Start serving `core` (with health and reflection); the caller stops it."""
     servicer = (DraftServicer if core.role == "draft" else TargetServicer)(core)
     server = grpc_server.new_server()
     add = (worker_pb2_grpc.add_DraftWorkerServicer_to_server if core.role == "draft"
            else worker_pb2_grpc.add_TargetWorkerServicer_to_server)
     add(servicer, server)
-    name = SERVICE_NAMES[core.role]
-    health = grpc_server.add_standard_services(server, [name])
-    bound = grpc_server.bind(server, host, port)
-    await server.start()
-    await grpc_server.mark_serving(health, [name])
-    log.info("%s worker serving %s on %s:%d", core.role, core.model_dir, host, bound)
-    if on_ready:
-        on_ready(bound)
+    running = await grpc_server.start(server, [SERVICE_NAMES[core.role]], host, port, drain=servicer.idle)
+    log.info("%s worker serving %s on %s:%d", core.role, core.model_dir, host, running.port)
+    return running
+
+
+async def serve_worker(core: WorkerCore, host: str, port: int, grace_s: float = 30.0) -> None:
+    """Serve until SIGTERM/SIGINT, then finish the calls under way and stop."""
+    running = await start_worker(core, host, port)
     try:
-        await grpc_server.serve_until_signal(server, health, grace_s, drain=servicer.idle)
+        await grpc_server.wait_for_signal()
+        await running.stop(grace_s)
     finally:
         close = getattr(core.runner, "close", None)
         if close:
