@@ -208,6 +208,19 @@ def _spec_schema() -> dict[str, Any]:
     }
 
 
+def _complete_defaults(schema: dict[str, Any]) -> dict[str, Any]:
+    """Spell out the nested defaults inside object defaults (`default: {}`).
+
+    The API server checks each default against the CEL rules of its node as written, before
+    nested defaulting: `{}` would fail `self.k <= self.maxK` with "no such key".
+    """
+    for sub in schema.get("properties", {}).values():
+        _complete_defaults(sub)
+    if schema.get("type") == "object" and isinstance(schema.get("default"), dict):
+        schema["default"] = _default(copy.deepcopy(schema["default"]), schema)
+    return schema
+
+
 def _status_schema() -> dict[str, Any]:
     role = {
         "type": "object",
@@ -291,7 +304,7 @@ def crd() -> dict[str, Any]:
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},
                         "metadata": {"type": "object"},
-                        "spec": _spec_schema(),
+                        "spec": _complete_defaults(_spec_schema()),
                         "status": _status_schema(),
                     },
                     # Children are named <name>-<role>, <name>-router-config: Service names

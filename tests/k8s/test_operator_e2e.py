@@ -75,7 +75,8 @@ def settled(cluster: DevCluster, name: str) -> dict | None:
 
 
 def children(cluster: DevCluster, name: str) -> list[dict]:
-    listing = get(cluster, KINDS, "-n", NS, "-l", f"{names.LABEL_INSTANCE}={name}")
+    listing = get(cluster, KINDS, "-n", NS, "-l", f"{names.LABEL_INSTANCE}={name}",
+                  "--show-managed-fields")
     return listing["items"] if listing else []
 
 
@@ -174,9 +175,11 @@ def cluster(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[DevCluster]:
     """The chart installed, fake H100 nodes, the test namespace with its model volumes."""
     helm = [str(dev_cluster.helm), "--kubeconfig", str(dev_cluster.kubeconfig)]
-    subprocess.run(helm + ["install", RELEASE, str(REPO / "helm" / "specd"), "--namespace",
-                           OPERATOR_NS, "--create-namespace", "--wait", "--timeout", "120s"],
-                   check=True, capture_output=True, text=True, env=dev_cluster.env)
+    installed = subprocess.run(helm + ["install", RELEASE, str(REPO / "helm" / "specd"),
+                                       "--namespace", OPERATOR_NS, "--create-namespace",
+                                       "--wait", "--timeout", "120s"],
+                               capture_output=True, text=True, env=dev_cluster.env)
+    assert installed.returncode == 0, installed.stderr
     nodes = [kwok.node_manifest(name, 8, cpu="128", memory="2Ti") for name in GPU_NODES]
     for node in nodes:
         node["metadata"]["labels"].update(GPU_PRODUCT)
