@@ -1,0 +1,86 @@
+"""Goodput speculation control, the online cost model and the acceptance estimate (no gRPC)."""
+
+from __future__ import annotations
+
+import pytest
+
+from specd.proto.v1 import common_pb2
+from specd.router.request import Acceptance, Request
+from specd.router.speculation import CostModel, LinearFit, SpeculationControl, expected_tokens
+
+
+def request(remaining: int = 100, max_k: int = 8) -> Request:
+    return Request(id="r", prompt=[1], max_new_tokens=remaining, sampling=common_pb2.SamplingParams(), max_k=max_k,
+                   stop_token=None, predicted_length=remaining)
+
+
+def costs(draft_pass: float, target_base: float = 0.010, target_per_token: float = 0.0005) -> CostModel:
+    return CostModel(target_pass=LinearFit(target_base, target_per_token), draft_pass=LinearFit(draft_pass, 0.0),
+                     target_overhead=0.0, draft_overhead=0.0)
+
+
+def test_expected_tokens():
+    assert expected_tokens(0.5, 0) == 1
+    assert expected_tokens(0.5, 3) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
+    assert expected_tokens(1.0, 4) == 5
+
+
+def test_goodput_speculates_when_it_pays_and_not_when_it_does_not():
+    cheap = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.001))
+    cheap.acceptance = Acceptance(prior=0.8)
+    assert cheap.choose([request()], [True])[0] >= 3
+    useless = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.001))
+    useless.acceptance = Acceptance(prior=0.0)
+    assert useless.choose([request()], [True]) == [0]  # nothing would be accepted
+    expensive = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.050))
+    expensive.acceptance = Acceptance(prior=0.8)
+    assert expensive.choose([request()], [True]) == [0]  # a draft pass costs more than a target pass
+
+
+def test_k_respects_caps_and_draft_availability():
+    control = SpeculationControl("fixed", 4, 8, costs(0.001))
+    assert control.choose([request(remaining=3), request(max_k=2), request(), request()], [True, True, True, False]) \
+        == [2, 2, 4, 0]  # room for 3 tokens = 2 drafts + bonus; per-request cap; no draft replica
+    assert SpeculationControl("off", 4, 8, costs(0.001)).choose([request()], [True]) == [0]
+
+
+def test_per_request_acceptance_overrides_the_global_one():
+    control = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.001))
+    control.acceptance = Acceptance(prior=0.9)
+    hopeless = request()
+    for _ in range(10):
+        control.observe(hopeless, 4, 0)
+        hopeless.proposed += 4
+    assert control.alpha(hopeless) == 0.0
+    assert control.choose([hopeless], [True]) == [0]
+
+
+def test_acceptance_estimate_is_the_truncated_geometric_mle():
+    a = Acceptance()
+    for _ in range(50):
+        a.observe(3, 4)  # 3 accepted then one rejection: alpha = 3/4
+    assert a.value == pytest.approx(0.75)
+    b = Acceptance()
+    for _ in range(50):
+        b.observe(4, 4)  # all accepted: no failure observed
+    assert b.value == pytest.approx(1.0)
+
+
+def test_linear_fit_recovers_a_line_and_forgets_old_costs():
+    fit = LinearFit(0.0, 0.0)
+    for tokens in [1, 5, 9, 2, 8, 4] * 5:
+        fit.add(tokens, 0.004 + 0.001 * tokens)
+    assert fit.base == pytest.approx(0.004, abs=1e-6) and fit.per_token == pytest.approx(0.001, abs=1e-6)
+    for tokens in [1, 5, 9, 2, 8, 4] * 60:  # the machine got twice as slow
+        fit.add(tokens, 2 * (0.004 + 0.001 * tokens))
+    assert fit(5) == pytest.approx(0.018, rel=0.05)
+
+
+def test_cost_model_learns_from_worker_measurements():
+    model = CostModel()
+    for tokens in [4, 8, 12, 16] * 20:
+        model.observe_target(tokens, 0.010 + 0.002 * tokens, round_trip_s=0.010 + 0.002 * tokens + 0.001)
+        model.observe_draft(4, 3, compute_s=3 * 0.0015, round_trip_s=3 * 0.0015 + 0.001)
+    assert model.target_overhead == pytest.approx(0.001, rel=0.05)
+    assert model.iteration([0, 0]) == pytest.approx(0.010 + 0.002 * 2 + 0.001, rel=0.05)
+    assert model.iteration([3, 3]) > model.iteration([0, 0])
