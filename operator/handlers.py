@@ -2,7 +2,8 @@
 
 - SpecDecodingService created, updated (spec, labels) or found at start-up -> full pass.
 - A child created, edited or deleted by someone -> full pass of its owner (drift correction).
-- A child Deployment whose status moved (pods became ready, ...) -> status pass of its owner.
+- A child Deployment whose status moved (pods became ready, ...) -> status pass of its owner;
+  other status-only changes (PodDisruptionBudgets) are ignored.
 The periodic resync (`Resync` in cli.py) backs these up for anything a watch could have missed.
 
 Kopf keeps its handler bookkeeping in annotations under specd.io (the status schema is
@@ -83,10 +84,10 @@ def on_child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
     if type == "DELETED":
         _run(memo.reconciler, namespace, owner, full=True,
              note=f"{kind} {meta['name']} was deleted; recreated it")
-    elif kind == "Deployment" and not memo.reconciler.spec_drifted(body):
+    elif memo.reconciler.spec_drifted(body):
+        _run(memo.reconciler, namespace, owner, full=True)  # edited by someone: re-assert
+    elif kind == "Deployment":
         _run(memo.reconciler, namespace, owner, full=False)  # only its status moved
-    else:
-        _run(memo.reconciler, namespace, owner, full=True)  # created or edited: re-assert
 
 
 def build_registry(kube: Kube) -> kopf.OperatorRegistry:

@@ -35,6 +35,12 @@ class _Request:
     notes: list[str]
 
 
+def _version(meta: dict[str, Any]) -> str:
+    if "generation" in meta:
+        return f"generation={meta['generation']}"
+    return f"resourceVersion={meta.get('resourceVersion')}"
+
+
 def owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences", []))
 
@@ -56,13 +62,16 @@ class Reconciler:
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._queued: dict[tuple[str, str], _Request] = {}
-        # metadata.generation of each Deployment as specd last applied it: a Deployment event
-        # with another generation means someone else changed its spec.
-        self._applied: dict[tuple[str, str], int] = {}
+        # Each child as specd last applied it: its generation (kinds with a spec/status split,
+        # whose status moves on its own) or else its resourceVersion.
+        self._applied: dict[tuple[str, str, str], str] = {}
 
-    def spec_drifted(self, deployment: dict[str, Any]) -> bool:
-        meta = deployment["metadata"]
-        return self._applied.get((meta["namespace"], meta["name"])) != meta.get("generation")
+    def spec_drifted(self, child: dict[str, Any]) -> bool:
+        """Whether `child` (from a watch event) differs from what specd last applied: someone
+        else changed it. Unknown children (e.g. after a restart) count as drifted."""
+        meta = child["metadata"]
+        key = (child["kind"], meta["namespace"], meta["name"])
+        return self._applied.get(key) != _version(meta)
 
     def run(self, namespace: str, name: str, *, full: bool = True, note: str | None = None) -> None:
         """Reconcile one resource now, or fold this request into the pass already queued."""
@@ -112,10 +121,8 @@ class Reconciler:
     def _apply(self, body: dict[str, Any]) -> None:
         children = builders.build_children(body, self.config)
         for child in children:
-            applied = self.kube.apply(child)
-            if child["kind"] == "Deployment":
-                meta = applied["metadata"]
-                self._applied[(meta["namespace"], meta["name"])] = meta.get("generation")
+            meta = self.kube.apply(child)["metadata"]
+            self._applied[(child["kind"], meta["namespace"], meta["name"])] = _version(meta)
         self._prune(body, {(c["kind"], c["metadata"]["name"]) for c in children})
 
     def _prune(self, body: dict[str, Any], keep: set[tuple[str, str]]) -> None:

@@ -59,14 +59,22 @@ def test_different_resources_do_not_wait_for_each_other() -> None:
     second.join(5)
 
 
-def test_spec_drift_is_a_generation_other_than_the_applied_one() -> None:
+def test_spec_drift_compares_generation_or_resource_version_with_the_applied_one() -> None:
     r = RecordingReconciler()
-    deployment = {"metadata": {"namespace": "ns", "name": "a-target", "generation": 3}}
+    deployment = {"kind": "Deployment", "metadata": {"namespace": "ns", "name": "a-target",
+                                                     "generation": 3, "resourceVersion": "10"}}
     assert r.spec_drifted(deployment)  # never applied by this process: re-assert
-    r._applied[("ns", "a-target")] = 3
+    r._applied[("Deployment", "ns", "a-target")] = "generation=3"
+    deployment["metadata"]["resourceVersion"] = "11"  # a status update
     assert not r.spec_drifted(deployment)
-    deployment["metadata"]["generation"] = 4
+    deployment["metadata"]["generation"] = 4  # a spec change
     assert r.spec_drifted(deployment)
+    config = {"kind": "ConfigMap", "metadata": {"namespace": "ns", "name": "a-router-config",
+                                                "resourceVersion": "12"}}
+    r._applied[("ConfigMap", "ns", "a-router-config")] = "resourceVersion=12"
+    assert not r.spec_drifted(config)
+    config["metadata"]["resourceVersion"] = "13"
+    assert r.spec_drifted(config)
 
 
 def test_ownership_helpers() -> None:
