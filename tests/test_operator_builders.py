@@ -217,3 +217,28 @@ def test_model_uris(uri: str, path: str, claim: str | None) -> None:
 def test_bad_model_uris_are_user_errors(uri: str) -> None:
     with pytest.raises(SpecdError, match="model uri"):
         parse_model_uri(uri)
+
+
+@pytest.mark.parametrize("method", ["model", "early-exit", "ngram", "none"])
+def test_pod_commands_and_router_config_are_accepted_by_the_serving_plane(method: str) -> None:
+    """The contract with `specd worker` / `specd router`: their own parsers accept what the
+    operator puts into pods, and the router reads the ConfigMap's configuration."""
+    from specd.cli import build_parser
+    from specd.router.config import config_from_dict
+
+    spec = {**MODEL_DRAFT, "draft": {**MODEL_DRAFT["draft"], "method": method},
+            "scheduling": {"speculation": {"mode": "off" if method == "none" else "fixed",
+                                           "k": 3, "maxK": 6}}}
+    children = _by_kind_name(builders.build_children(_body(spec), CONFIG))
+    parser = build_parser()
+    for (kind, _), child in children.items():
+        if kind == "Deployment":
+            command = child["spec"]["template"]["spec"]["containers"][0]["command"]
+            assert command[0] == "specd"
+            args = parser.parse_args(command[1:])
+            assert args.port in (50051, 50061, 50062)
+    config = config_from_dict(yaml.safe_load(
+        children[("ConfigMap", "svc-router-config")]["data"]["router.yaml"]))
+    assert config.discovery.target_service == "svc-target"
+    assert bool(config.discovery.draft_service) == (method == "model")
+    assert (config.k, config.max_k) == (3, 6)
