@@ -1,0 +1,102 @@
+"""Speculative sampling must reproduce the target's distribution (goodness of fit).
+
+Each sample is a request that generates two tokens with k = 3 drafts; the empirical joint
+distribution of those two tokens is compared by a chi-square test with the exact target
+distribution p(x1) p(x2 | x1), computed from the target alone. A deliberately broken
+acceptance rule (resampling from p instead of the residual max(0, p - q) after a rejection)
+must fail the same test: that is what shows the test has power.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from specd.worker import acceptance, speculation
+from specd.worker.engine import GenerationRequest, SpeculativeEngine
+from specd.worker.runner import ForwardItem, ModelRunner
+from specd.worker.sampling import SamplingParams, probabilities
+
+PROMPT = [17, 42, 99, 5]
+SAMPLES = 3000
+MIN_EXPECTED = 5.0  # chi-square cells with fewer expected counts are pooled
+
+
+def _exact_joint(target_dir, params: SamplingParams) -> dict[tuple[int, int], float]:
+    runner = ModelRunner.from_dir(target_dir)
+    [first] = runner.forward([ForwardItem("x", PROMPT)])
+    p1 = probabilities(first, params)[0]
+    joint = {}
+    for x1 in torch.nonzero(p1 > 0).flatten().tolist():
+        runner.release("y")
+        [second] = runner.forward([ForwardItem("y", PROMPT + [x1])])
+        p2 = probabilities(second, params)[0]
+        for x2 in torch.nonzero(p2 > 0).flatten().tolist():
+            joint[(x1, x2)] = float(p1[x1] * p2[x2])
+    return joint
+
+
+def _sample_pairs(distant_models, params: SamplingParams) -> list[tuple[int, int]]:
+    engine = SpeculativeEngine(ModelRunner.from_dir(distant_models.target), ModelRunner.from_dir(distant_models.draft))
+    pairs = []
+    for start in range(0, SAMPLES, 100):
+        requests = [GenerationRequest(PROMPT, 2, SamplingParams(params.temperature, params.top_k, params.top_p,
+                                                                seed=1000 + start + i), k=3, stop_at_eos=False)
+                    for i in range(100)]
+        pairs.extend(tuple(tokens) for tokens, _ in engine.generate(requests))
+    return pairs
+
+
+def _p_value(pairs: list[tuple[int, int]], joint: dict[tuple[int, int], float]) -> float:
+    counts: dict[tuple[int, int], int] = {}
+    for pair in pairs:
+        counts[pair] = counts.get(pair, 0) + 1
+    assert set(counts) <= set(joint), "sampled a pair the target gives no probability"
+    observed, expected, pooled_obs, pooled_exp = [], [], 0, 0.0
+    for cell, prob in sorted(joint.items(), key=lambda kv: -kv[1]):
+        if prob * len(pairs) >= MIN_EXPECTED:
+            observed.append(counts.get(cell, 0))
+            expected.append(prob * len(pairs))
+        else:
+            pooled_obs += counts.get(cell, 0)
+            pooled_exp += prob * len(pairs)
+    if pooled_exp >= MIN_EXPECTED:
+        observed.append(pooled_obs)
+        expected.append(pooled_exp)
+    else:  # too little mass for a cell of its own: fold it into the smallest kept cell
+        observed[-1] += pooled_obs
+        expected[-1] += pooled_exp
+    scale = sum(observed) / sum(expected)
+    return chisquare(observed, [e * scale for e in expected]).pvalue
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1.0),
+    SamplingParams(temperature=0.8, top_k=12, top_p=0.9),
+], ids=["t1", "t0.8-topk12-topp0.9"])
+def test_speculative_sampling_matches_target(distant_models, params):
+    pairs = _sample_pairs(distant_models, params)
+    p = _p_value(pairs, _exact_joint(distant_models.target, params))
+    assert p > 1e-3, f"speculative samples do not fit the target distribution (p = {p:.2e})"
+
+
+def _broken_accept(draft_tokens, draft_probs, target_logits, params, generator):
+    """Wrong on purpose: after a rejection it samples from p, ignoring that q was already tried."""
+    if params.greedy or not draft_tokens:
+        return acceptance.accept(draft_tokens, draft_probs, target_logits, params, generator)
+    target_probs = probabilities(target_logits, params)
+    result = acceptance.accept_sampled(draft_tokens, draft_probs, target_probs, generator)
+    if result.accepted == len(draft_tokens):
+        return result
+    i = result.accepted
+    resampled = int(torch.multinomial(target_probs[i], 1, generator=generator))
+    return acceptance.Acceptance(i, draft_tokens[:i] + [resampled])
+
+
+def test_broken_acceptance_rule_fails_the_same_test(distant_models, monkeypatch):
+    monkeypatch.setattr(speculation, "accept", _broken_accept)
+    params = SamplingParams(temperature=1.0)
+    pairs = _sample_pairs(distant_models, params)
+    p = _p_value(pairs, _exact_joint(distant_models.target, params))
+    assert p < 1e-3, f"the goodness-of-fit test did not notice a biased acceptance rule (p = {p:.2e})"

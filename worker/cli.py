@@ -1,0 +1,126 @@
+"""CLI of the local engine: `specd generate` and `specd bench decode`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
+    gen = subparsers.add_parser(
+        "generate",
+        help="stream a generation (in-process engine, or a running service with --address)",
+        description="Stream a generation. Without --address the target and draft models run in this "
+                    "process (the demo models by default); with --address the request goes to a "
+                    "running specd router through the client SDK.",
+    )
+    gen.add_argument("--prompt", required=True, help="text to continue")
+    gen.add_argument("--max-tokens", type=int, default=96, help="tokens to generate (default: 96)")
+    gen.add_argument("--k", type=int, default=4, help="speculation length per step, 0 = plain decoding (default: 4)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    gen.add_argument("--seed", type=int, default=None, help="sampling seed for reproducible output")
+    gen.add_argument("--address", help="HOST:PORT of a specd router; omit to run the engine in-process")
+    _add_model_args(gen)
+    gen.add_argument("--tensor-parallel-size", type=int, default=1,
+                     help="shard the target over this many processes with DeepSpeed (default: 1)")
+    gen.set_defaults(func=_generate)
+
+    bench = bench_subparsers.add_parser(
+        "decode",
+        help="speculative vs plain decoding on the local engine",
+        description="Greedy decoding of held-out prompts, plain and speculative alternately, at "
+                    "several batch sizes; prints speed-up, acceptance and the theoretical bound.",
+    )
+    bench.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
+    bench.add_argument("--k", type=int, default=4, help="speculation length (default: 4)")
+    bench.add_argument("--batch-sizes", default="1,4,8", help="comma-separated (default: 1,4,8)")
+    bench.add_argument("--prompts", type=int, default=8, help="held-out prompts (default: 8)")
+    bench.add_argument("--max-new-tokens", type=int, default=96, help="tokens per prompt (default: 96)")
+    bench.add_argument("--rounds", type=int, default=2, help="alternating plain/speculative rounds (default: 2)")
+    _add_model_args(bench)
+    bench.set_defaults(func=_bench_decode)
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", help="target model directory (default: the demo target)")
+    parser.add_argument("--draft", help="draft model directory (default: the demo draft)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+
+
+def _model_dirs(args: argparse.Namespace):
+    from pathlib import Path
+
+    from specd.demo.paths import demo_model_dirs
+
+    if args.target and args.draft:
+        return Path(args.target), Path(args.draft)
+    demo_target, demo_draft = demo_model_dirs()
+    return Path(args.target or demo_target), Path(args.draft or demo_draft)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.address:
+        from specd.router.cli import generate_remote
+
+        return generate_remote(args)
+    import torch
+
+    from specd.errors import SpecdError
+    from specd.worker.engine import GenerationRequest, SpeculativeEngine
+    from specd.worker.runner import ModelRunner
+    from specd.worker.sampling import SamplingParams
+    from specd.worker.tensor_parallel import load_runner
+    from specd.worker.tokenizer import StreamDecoder, Tokenizer
+
+    torch.set_num_threads(args.threads)
+    target_dir, draft_dir = _model_dirs(args)
+    tokenizer = Tokenizer(target_dir)
+    prompt = tokenizer.encode(args.prompt)
+    if not prompt:
+        raise SpecdError("prompt is empty")
+    target = load_runner(target_dir, args.tensor_parallel_size)
+    try:
+        draft = ModelRunner.from_dir(draft_dir) if args.k > 0 else None
+        engine = SpeculativeEngine(target, draft)
+        params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
+        request = GenerationRequest(prompt, args.max_tokens, params, args.k)
+        decoder = StreamDecoder(tokenizer)
+        started = time.perf_counter()
+        generated = 0
+        sys.stdout.write(args.prompt)
+        for out in engine.run([request]):
+            generated += len(out.new_tokens)
+            sys.stdout.write(decoder.push(out.new_tokens))
+            sys.stdout.flush()
+            stats = out.stats
+        elapsed = time.perf_counter() - started
+        sys.stdout.write("\n")
+        print(f"[{generated} tokens in {elapsed:.2f}s, {generated / elapsed:.1f} tokens/s, k={args.k}, "
+              f"acceptance {stats.acceptance_rate:.2f}, {stats.steps} target steps]", file=sys.stderr)
+    finally:
+        target.close()
+    return 0
+
+
+def _bench_decode(args: argparse.Namespace) -> int:
+    import torch
+
+    from specd.demo.corpus import held_out_prompts
+    from specd.errors import SpecdError
+    from specd.worker import bench_decode
+
+    torch.set_num_threads(args.threads)
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise SpecdError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+    settings = bench_decode.DecodeBenchSettings(args.k, batch_sizes, args.prompts, args.max_new_tokens, args.rounds)
+    target_dir, draft_dir = _model_dirs(args)
+    result = bench_decode.run(target_dir, draft_dir, held_out_prompts(args.prompts), settings,
+                              log=lambda msg: print(msg, file=sys.stderr))
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
