@@ -105,7 +105,8 @@ def _pick(raw: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     try:
         return kind(value)
     except (TypeError, ValueError):
-        raise SpecdError(f"router config: {key} must be a {kind.__name__}, got {value!r}") from None
+        kinds = {int: "an integer", float: "a number", str: "a string"}
+        raise SpecdError(f"router config: {key} must be {kinds.get(kind, kind.__name__)}, got {value!r}") from None
 
 
 def load_config(path: str | Path) -> RouterConfig:
