@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import threading
 from typing import Any
 
 DEFAULT_IMAGE = "ghcr.io/specd/specd:0.1.0"
@@ -34,34 +33,6 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-class Resync:
-    """Every `interval` seconds, a full pass of every resource in the watched namespaces.
-
-    Watches can miss events (operator down, expired watch); this bounds how long drift lasts.
-    """
-
-    def __init__(self, reconciler: Any, namespaces: list[str], interval: float) -> None:
-        self.reconciler = reconciler
-        self.namespaces = namespaces or [None]
-        self.interval = interval
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="specd-resync", daemon=True)
-
-    def _loop(self) -> None:
-        from specd.operator import crd
-        from specd.operator.kube import KubeError
-
-        log = logging.getLogger(__name__)
-        while not self.stopped.wait(self.interval):
-            try:
-                for namespace in self.namespaces:
-                    for item in self.reconciler.kube.list(crd.KIND, namespace):
-                        meta = item["metadata"]
-                        self.reconciler.run(meta["namespace"], meta["name"], full=True)
-            except KubeError as exc:
-                log.warning("periodic resync failed (next try in %ss): %s", self.interval, exc)
-
-
 def run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -69,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from specd.operator.builders import OperatorConfig
     from specd.operator.handlers import build_registry
     from specd.operator.kube import Kube
-    from specd.operator.reconcile import Reconciler
+    from specd.operator.reconcile import Reconciler, Resync
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

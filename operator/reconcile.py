@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from specd.operator import builders, crd, status
 from specd.operator import names as n
-from specd.operator.kube import Kube
+from specd.operator.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Reconciler:
             self._pass(namespace, name, request)
 
     def _pass(self, namespace: str, name: str, request: _Request) -> None:
+        log.debug("%s pass of %s/%s", "full" if request.full else "status", namespace, name)
         body = self.kube.get(crd.KIND, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return  # gone or going: the garbage collector removes the children
@@ -137,3 +138,33 @@ class Reconciler:
                     self.kube.delete(kind, meta["namespace"], child)
                     self.kube.post_event(body, "Normal", "Pruned",
                                          f"deleted {kind} {child}: no longer in the spec")
+
+
+class Resync:
+    """Every `interval` seconds, a full pass of every resource in the watched namespaces.
+
+    Watches can miss events (operator down, expired watch); this bounds how long drift lasts.
+    """
+
+    def __init__(self, reconciler: Reconciler, namespaces: list[str], interval: float) -> None:
+        self.reconciler = reconciler
+        self.namespaces: list[str | None] = list(namespaces) or [None]  # None: all namespaces
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="specd-resync", daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.interval):
+            for namespace in self.namespaces:
+                try:
+                    items = self.reconciler.kube.list(crd.KIND, namespace)
+                except KubeError as exc:
+                    log.warning("periodic resync cannot list resources: %s", exc)
+                    continue
+                for item in items:
+                    meta = item["metadata"]
+                    try:
+                        self.reconciler.run(meta["namespace"], meta["name"], full=True)
+                    except KubeError as exc:
+                        log.warning("periodic resync of %s/%s failed: %s", meta["namespace"],
+                                    meta["name"], exc)

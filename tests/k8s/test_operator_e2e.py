@@ -262,6 +262,13 @@ def test_example_becomes_ready_with_all_children(cluster: DevCluster, operator: 
     target_pod = pods(cluster, name, "target")[0]
     gpus = target_pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
     assert int(gpus) == spec["target"]["tensorParallelSize"]
+    reasons = {e["reason"] for e in events(cluster, name)}
+    assert {"Reconciled", "ReadyTrue"} <= reasons, reasons
+
+
+def events(cluster: DevCluster, name: str) -> list[dict]:
+    return get(cluster, "events", "-n", NS, "--field-selector",
+               f"involvedObject.kind=SpecDecodingService,involvedObject.name={name}")["items"]
 
 
 def test_kubectl_get_sds_shows_the_useful_columns(cluster: DevCluster, operator: Operator
@@ -320,9 +327,7 @@ def test_deleted_children_are_restored(cluster: DevCluster, operator: Operator) 
             and obj["metadata"]["uid"] != uid and not obj["metadata"].get("deletionTimestamp")),
             60)
     wait_for("demo settled again", lambda: settled(cluster, "demo"), 120)
-    events = get(cluster, "events", "-n", NS, "--field-selector",
-                 "involvedObject.kind=SpecDecodingService,involvedObject.name=demo")["items"]
-    assert any(e["reason"] == "ChildRestored" for e in events)
+    assert any(e["reason"] == "ChildRestored" for e in events(cluster, "demo"))
 
 
 def test_edited_children_are_reverted(cluster: DevCluster, operator: Operator) -> None:
@@ -338,6 +343,7 @@ def test_edited_children_are_reverted(cluster: DevCluster, operator: Operator) -
 
 def test_draft_method_change_prunes_the_draft_pool(cluster: DevCluster, operator: Operator
                                                    ) -> None:
+    old_target_pods = {p["metadata"]["name"] for p in pods(cluster, "demo", "target")}
     cluster.kubectl("patch", "sds", "demo", "-n", NS, "--type=merge", "-p",
                     json.dumps({"spec": {"draft": {"method": "ngram"}}}))
     wait_for("draft pool pruned", lambda: not {key for key in child_keys(cluster, "demo")
@@ -348,6 +354,10 @@ def test_draft_method_change_prunes_the_draft_pool(cluster: DevCluster, operator
     command = get(cluster, "deployment", "demo-target", "-n", NS)["spec"]["template"]["spec"][
         "containers"][0]["command"]
     assert command[-2:] == ["--draft-method", "ngram"]
+    wait_for("target pods rolled to the new command", lambda: running(
+        cluster, "demo", "target", 2) and not ({p["metadata"]["name"] for p in pods(
+            cluster, "demo", "target")} & old_target_pods))
+    assert any(e["reason"] == "Pruned" for e in events(cluster, "demo"))
     config = yaml.safe_load(get(cluster, "configmap", "demo-router-config", "-n", NS)[
         "data"]["router.yaml"])
     assert config["discovery"]["draftService"] is None
