@@ -279,6 +279,16 @@ def test_cli_up_and_down_leave_no_processes(dev_cluster: DevCluster, tmp_path: P
     assert not directory.exists()
     assert [pid for pid in pids if _alive(pid)] == []
 
+    # A directory that is not a dev cluster's is neither used nor deleted.
+    foreign = tmp_path / "not-a-cluster"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    refused = subprocess.run([*cli, "up", "--dir", str(foreign)], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert refused.returncode == 1 and "holds no dev cluster" in refused.stderr
+    subprocess.run([*cli, "down", "--dir", str(foreign)], env=env, timeout=60, check=True)
+    assert (foreign / "keep.txt").read_text() == "mine"
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -286,3 +296,36 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def _listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(ip, port) of the TCP sockets that process `pid` listens on, from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    found = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A = LISTEN
+                continue
+            ip_hex, port_hex = local.split(":")
+            if width == 8:  # little-endian IPv4
+                ip = ".".join(str(int(ip_hex[i:i + 2], 16)) for i in (6, 4, 2, 0))
+            else:
+                ip = "ipv6:" + ip_hex
+            found.add((ip, int(port_hex, 16)))
+    return found
+
+
+def test_every_process_listens_on_loopback_only(dev_cluster: DevCluster) -> None:
+    for record in dev_cluster.processes:
+        addresses = _listening_addresses(record.pid)
+        assert addresses, f"{record.name} listens nowhere"
+        assert {ip for ip, _ in addresses} == {"127.0.0.1"}, (record.name, addresses)
