@@ -1,0 +1,46 @@
+"""DeepSpeed tensor parallelism: TP=2 over two gloo processes produces the same tokens as TP=1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from specd.worker.engine import GenerationRequest, SpeculativeEngine
+from specd.worker.runner import ModelRunner
+
+PROMPTS = [[5, 6, 7], [11] * 9, [40, 41, 42, 43, 44]]
+
+# Runs in a fresh interpreter: rank 0 joins a process group, which a test process should not.
+SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    torch.set_num_threads(1)
+    from specd.worker.engine import GenerationRequest, SpeculativeEngine
+    from specd.worker.runner import ModelRunner
+    from specd.worker.tensor_parallel import load_runner
+    target_dir, draft_dir, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    target = load_runner(target_dir, tensor_parallel_size=2)
+    q_rows = target.model.model.layers[0].self_attn.q_proj.weight.shape[0]
+    engine = SpeculativeEngine(target, ModelRunner.from_dir(draft_dir))
+    out = engine.generate([GenerationRequest(p, 16, k=k, stop_at_eos=False) for p, k in zip(prompts, (0, 2, 4))])
+    target.close()
+    print("RESULT " + json.dumps({"tokens": [t for t, _ in out], "q_rows": q_rows}))
+""")
+
+
+def test_tp2_equals_tp1(tiny_models):
+    pytest.importorskip("deepspeed")
+    engine = SpeculativeEngine(ModelRunner.from_dir(tiny_models.target), ModelRunner.from_dir(tiny_models.draft))
+    expected = [t for t, _ in engine.generate(
+        [GenerationRequest(p, 16, k=k, stop_at_eos=False) for p, k in zip(PROMPTS, (0, 2, 4))])]
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_models.target), str(tiny_models.draft),
+                           json.dumps(PROMPTS)], capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[0].removeprefix("RESULT "))
+    full_rows = engine.target.model.model.layers[0].self_attn.q_proj.weight.shape[0]
+    assert result["q_rows"] == full_rows // 2, "the query projection was not sharded across 2 ranks"
+    assert result["tokens"] == expected
