@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml hack/install.sh
 
 install: $(VENV)/.installed
 
-## Install everything, train the demo models if they are not cached, stream a generation.
+## Install everything, start the local stack on the demo models, stream a generation back.
 demo: install
 	$(VENV)/bin/specd demo
 

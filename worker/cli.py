@@ -63,6 +63,7 @@ def _model_dirs(args: argparse.Namespace):
 
 
 def _generate(args: argparse.Namespace) -> int:
+    sys.stdout.write(args.prompt)  # the continuation streams right after it
     if args.address:
         from specd.router.cli import generate_remote
 
@@ -91,7 +92,6 @@ def _generate(args: argparse.Namespace) -> int:
         decoder = StreamDecoder(tokenizer)
         started = time.perf_counter()
         generated = 0
-        sys.stdout.write(args.prompt)
         for out in engine.run([request]):
             generated += len(out.new_tokens)
             sys.stdout.write(decoder.push(out.new_tokens))

@@ -18,6 +18,22 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     train.add_argument("--threads", type=int, help="torch CPU threads (default: 1)")
     train.set_defaults(func=_train)
 
+    demo = subparsers.add_parser(
+        "demo",
+        help="start the local stack on the demo models and stream one generation through it",
+        description="The quick start's main job: start a target worker, a draft worker and a router "
+                    "(laps-sd scheduling, goodput speculation) as processes on loopback, stream a "
+                    "generation back through the client SDK, then stop them all.",
+    )
+    demo.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue (default: a Python snippet)")
+    demo.add_argument("--max-tokens", type=int, default=96, help="tokens to generate (default: 96)")
+    demo.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    demo.add_argument("--seed", type=int, default=None, help="sampling seed")
+    demo.set_defaults(func=_demo)
+
+
+DEFAULT_PROMPT = "import os\n\n\ndef read_lines(path):\n    "
+
 
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
@@ -30,3 +46,28 @@ def _train(args: argparse.Namespace) -> int:
                  if value is not None}
     train(Path(args.out), replace(TrainSettings(), **overrides), log=lambda msg: print(msg, flush=True))
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import sys
+
+    from specd.demo.paths import demo_model_dirs
+    from specd.router.cli import generate_remote
+    from specd.router.local import LocalStack
+
+    target_dir, draft_dir = demo_model_dirs()
+    stack = LocalStack()
+    try:
+        print("starting the local stack: target worker, draft worker, router (laps-sd, goodput)", file=sys.stderr)
+        workers = [stack.start_worker("target", target_dir), stack.start_worker("draft", draft_dir)]
+        for worker in workers:
+            stack.wait_serving(worker, 300)
+            print(f"  {worker.name} worker serving on {worker.address}", file=sys.stderr)
+        router = stack.start_router("laps-sd", "goodput", max_batch_size=8)
+        stack.wait_serving(router, 120)
+        print(f"  router serving on {router.address}; streaming a generation:\n", file=sys.stderr)
+        args.address = router.address
+        sys.stdout.write(args.prompt)
+        return generate_remote(args)
+    finally:
+        stack.stop()
