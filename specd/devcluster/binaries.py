@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+from collections import deque
 from pathlib import Path
 
 from specd.errors import SpecdError
@@ -53,16 +55,30 @@ def ensure(bin_dir: Path | None = None, build: bool = True, quiet: bool = False)
     if not build:
         raise BinariesUnavailable(
             f"control-plane binaries are not built; run `make testbins` (or {script})")
-    result = subprocess.run([bash, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE if quiet else None, text=True)
-    if result.returncode == _EXIT_NO_GO:
+    returncode, stdout, last_lines = _run_showing_progress([bash, str(script)], quiet)
+    if returncode == _EXIT_NO_GO:
         raise BinariesUnavailable("no Go toolchain to build the control-plane binaries "
                                   "(install Go >= 1.24 or set GO=/path/to/go)")
-    if result.returncode != 0:
-        detail = (result.stderr or "")[-2000:] if quiet else "see the output above"
+    if returncode != 0:
+        # E.g. no module proxy: the reason is in go's last lines.
         raise BinariesUnavailable(f"building the control-plane binaries failed "
-                                  f"({script} exited {result.returncode}): {detail}")
-    return Path(result.stdout.strip().splitlines()[-1])
+                                  f"({script} exited {returncode}):\n" + "\n".join(last_lines))
+    return Path(stdout.strip().splitlines()[-1])
+
+
+def _run_showing_progress(argv: list[str], quiet: bool) -> tuple[int, str, list[str]]:
+    """Run argv; echo its stderr (unless quiet) and keep the last lines for error messages."""
+    tail: deque[str] = deque(maxlen=15)
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:
+            tail.append(line.rstrip("\n"))
+            if not quiet:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        stdout = proc.stdout.read()
+    return proc.returncode, stdout, list(tail)
 
 
 def kubectl() -> Path:
