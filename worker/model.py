@@ -13,7 +13,7 @@ so the same code runs unchanged when DeepSpeed's tensor parallelism shards the p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,16 @@ class PackedBatch:
     caches: list[RequestKV]
     starts: list[int]  # cache length of each request before this pass
     counts: list[int]  # new tokens of each request
+    masks: list[torch.Tensor | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # token j of a request's n new tokens sits at position start + j and sees keys 0..start+j;
+        # a single new token sees everything, which needs no mask
+        self.masks = [None if n == 1 else torch.arange(start + n) <= (start + torch.arange(n)).unsqueeze(1)
+                      for start, n in zip(self.starts, self.counts)]
+
+
+Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -56,13 +66,16 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: [T, heads, head_dim]."""
-        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for these positions, shaped [T, 1, head_dim]; computed once per pass."""
+        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x: [T, heads, head_dim]."""
+    cos, sin = rope
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
 class LlamaAttention(nn.Module):
@@ -75,20 +88,17 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(d, config.num_key_value_heads * hd, bias=False)
         self.o_proj = nn.Linear(config.num_attention_heads * hd, d, bias=False)
 
-    def forward(self, x: torch.Tensor, batch: PackedBatch, layer: int, rope: RotaryEmbedding) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: PackedBatch, layer: int, rope: Rope) -> torch.Tensor:
         T = x.shape[0]
-        q = rope(self.q_proj(x).view(T, -1, self.head_dim), batch.positions)
-        k = rope(self.k_proj(x).view(T, -1, self.head_dim), batch.positions)
+        q = apply_rotary(self.q_proj(x).view(T, -1, self.head_dim), rope)
+        k = apply_rotary(self.k_proj(x).view(T, -1, self.head_dim), rope)
         v = self.v_proj(x).view(T, -1, self.head_dim)
         gqa = q.shape[1] != k.shape[1]
         outputs = []
         offset = 0
-        for cache, start, n in zip(batch.caches, batch.starts, batch.counts):
+        for cache, start, n, mask in zip(batch.caches, batch.starts, batch.counts, batch.masks):
             q_i = q[offset : offset + n].transpose(0, 1)  # [heads, n, hd]
             keys, values = cache.write(layer, start, k[offset : offset + n].transpose(0, 1), v[offset : offset + n].transpose(0, 1))
-            mask = None
-            if n > 1:  # token j of this pass sits at position start + j and sees keys 0..start+j
-                mask = torch.arange(start + n) <= (start + torch.arange(n)).unsqueeze(1)
             out = F.scaled_dot_product_attention(q_i, keys, values, attn_mask=mask, enable_gqa=gqa)
             outputs.append(out.transpose(0, 1).reshape(n, -1))
             offset += n
@@ -115,7 +125,7 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, batch: PackedBatch, layer: int, rope: RotaryEmbedding) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: PackedBatch, layer: int, rope: Rope) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), batch, layer, rope)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -145,9 +155,10 @@ class LlamaForCausalLM(nn.Module):
         With first_layer > 0, `hidden` holds the states entering that layer (early-exit methods).
         """
         x = self.model.embed_tokens(batch.tokens) if hidden is None else hidden
+        rope = self.model.rotary.tables(batch.positions, x.dtype)
         last = len(self.model.layers) if last_layer is None else last_layer
         for index in range(first_layer, last):
-            x = self.model.layers[index](x, batch, index, self.model.rotary)
+            x = self.model.layers[index](x, batch, index, rope)
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
