@@ -84,8 +84,7 @@ class LengthPredictor:
 
 
 @dataclass
-class _Failure:
-    replica: Replica
+class _Failure:  # a failed call to a draft replica, handled once every draft call has returned
     error: grpc.aio.AioRpcError
 
 
@@ -247,27 +246,19 @@ class Scheduler:
         return worker_pb2.CommittedDelta(request_id=r.id, start=start, tokens=r.committed[start:], sampling=r.sampling)
 
     async def _prefill(self, target: Replica, batch: list[Request]) -> None:
-        """Prefill requests new to their target or draft replica (admission, or after a failover)."""
-        calls = []
-        fresh = [r for r in batch if not r.sent.get(target.address)]
-        if fresh:
-            calls.append((target, fresh))
-        for draft, members in self._by_draft(batch).items():
-            fresh = [r for r in members if not r.sent.get(draft.address)]
-            if fresh:
-                calls.append((draft, fresh))
-        results = await asyncio.gather(*(self._prefill_one(replica, members) for replica, members in calls))
-        for failure in filter(None, results):
-            self._call_failed(failure.replica, [r for replica, m in calls if replica is failure.replica for r in m],
-                              failure.error)
+        """Prefill on the target the requests new to it (admission, or after a failover).
 
-    async def _prefill_one(self, replica: Replica, members: list[Request]) -> _Failure | None:
-        request = worker_pb2.PrefillRequest(items=[self._delta(r, replica.address) for r in members])
+        Draft replicas are not prefilled ahead: their first Propose feeds what their cache misses,
+        so a request that never drafts (k = 0 chosen, or speculation disabled) costs them nothing.
+        """
+        fresh = [r for r in batch if not r.sent.get(target.address)]
+        if not fresh:
+            return
+        request = worker_pb2.PrefillRequest(items=[self._delta(r, target.address) for r in fresh])
         try:
-            await replica.stub.Prefill(request, timeout=WORKER_TIMEOUT_S)
+            await target.stub.Prefill(request, timeout=WORKER_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            return _Failure(replica, exc)
-        return None
+            self._call_failed(target, fresh, exc)
 
     async def _propose(self, batch: list[Request], ks: list[int]) -> dict[str, tuple[list[int], bytes]]:
         """Draft on every draft replica of the batch at once; a failed replica's requests get k = 0."""
@@ -290,7 +281,7 @@ class Scheduler:
         try:
             reply = await draft.stub.Propose(worker_pb2.ProposeRequest(items=items), timeout=WORKER_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            return _Failure(draft, exc)
+            return _Failure(exc)
         cost = reply.cost
         if cost.forward_passes:
             self.costs.observe_draft(cost.tokens / cost.forward_passes, cost.forward_passes, cost.compute_seconds,
