@@ -13,13 +13,14 @@ Heavy imports (cryptography, yaml) happen inside the functions, so importing thi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from specd.devcluster.cluster import DevCluster
 
-__all__ = ["DevCluster", "default_directory", "up", "down", "status"]
+__all__ = ["DevCluster", "default_directory", "down", "status", "up"]
 
 
 def default_directory() -> Path:
@@ -29,7 +30,7 @@ def default_directory() -> Path:
 
 def up(directory: Path | None = None, bin_dir: Path | None = None, nodes: int = 2,
        gpus_per_node: int = 8, timeout_s: float = 180, build: bool = True,
-       log: Callable[[str], None] = lambda _msg: None) -> "DevCluster":
+       log: Callable[[str], None] = lambda _msg: None) -> DevCluster:
     """Start a dev cluster (building the binaries first if needed) and return once it is ready."""
     from specd.devcluster import binaries, cluster
 
@@ -38,7 +39,7 @@ def up(directory: Path | None = None, bin_dir: Path | None = None, nodes: int = 
                          gpus_per_node=gpus_per_node, timeout_s=timeout_s, log=log)
 
 
-def status(directory: Path | None = None) -> "DevCluster | None":
+def status(directory: Path | None = None) -> DevCluster | None:
     """The cluster recorded in `directory` if every one of its processes is alive, else None."""
     from specd.devcluster.cluster import DevCluster
 

@@ -49,7 +49,8 @@ def ensure(bin_dir: Path | None = None, build: bool = True, quiet: bool = False)
         return explicit
     script = build_script()
     bash = shutil.which("bash") or "/bin/bash"
-    check = subprocess.run([bash, str(script), "--check"], capture_output=True, text=True)
+    check = subprocess.run([bash, str(script), "--check"], capture_output=True, text=True,
+                           check=False)
     if check.returncode == 0:
         return Path(check.stdout.strip())
     if not build:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-def register(subparsers, bench_subparsers) -> None:  # noqa: ARG001 (no benchmarks here)
+def register(subparsers, bench_subparsers) -> None:
     parser = subparsers.add_parser(
         "dev-cluster", help="run a local Kubernetes control plane (etcd, apiserver, kwok nodes)")
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)

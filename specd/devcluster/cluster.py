@@ -14,9 +14,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -69,7 +69,7 @@ class DevCluster:
         if as_user:
             argv.append(f"--as={as_user}")
         argv.extend(args)
-        result = subprocess.run(argv, input=input, capture_output=True, text=True,
+        result = subprocess.run(argv, check=False, input=input, capture_output=True, text=True,
                                 env=self.env, timeout=timeout)
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, argv, result.stdout, result.stderr)
@@ -91,7 +91,7 @@ class DevCluster:
         tmp.replace(self.directory / STATE_FILE)
 
     @classmethod
-    def load(cls, directory: Path) -> "DevCluster | None":
+    def load(cls, directory: Path) -> DevCluster | None:
         try:
             state = json.loads((directory / STATE_FILE).read_text())
         except FileNotFoundError:
@@ -134,10 +134,36 @@ def start(directory: Path, bin_dir: Path, nodes: int = 2, gpus_per_node: int = 8
     missing = binaries.missing(bin_dir)
     if missing:
         raise binaries.BinariesUnavailable(f"{bin_dir} lacks {', '.join(missing)}")
+    deadline = time.monotonic() + timeout_s
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        cluster, lay = _prepare(directory, bin_dir, log)
+        try:
+            _start_all(cluster, lay, nodes, gpus_per_node, deadline, log, die_with_parent)
+            return cluster
+        except _PortTaken as exc:
+            # Another program took a port between our probe and the bind: start over.
+            cluster.stop(remove_data=True)
+            if attempt == _PORT_ATTEMPTS:
+                raise SpecdError(f"dev cluster could not bind its ports: {exc}") from exc
+            log(f"{str(exc).splitlines()[0]} (port taken); retrying on other ports")
+        except BaseException:
+            cluster.stop(remove_data=False)  # keep the logs for the error message's reader
+            raise
+    raise AssertionError("unreachable")
+
+
+_PORT_ATTEMPTS = 3
+
+
+class _PortTaken(SpecdError):
+    """A component exited because its port was taken."""
+
+
+def _prepare(directory: Path, bin_dir: Path,
+             log: Log) -> tuple[DevCluster, components.Layout]:
+    """Fresh PKI, kubeconfigs and kwok config in `directory`, on newly chosen free ports."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
-
-    deadline = time.monotonic() + timeout_s
     (directory / STATE_FILE).write_text(json.dumps({"processes": []}))  # mark it ours at once
     log("generating certificates")
     lay = components.Layout(directory=directory, bin_dir=bin_dir,
@@ -151,17 +177,10 @@ def start(directory: Path, bin_dir: Path, nodes: int = 2, gpus_per_node: int = 8
         kubeconfig.write(lay.component_kubeconfig(component), lay.apiserver_url,
                          lay.pki.ca.cert, lay.pki.clients[component], component)
     lay.kwok_config.write_text(kwok.config_yaml())
-
     cluster = DevCluster(directory=directory, bin_dir=bin_dir, kubeconfig=admin, processes=[],
-                         kubectl_path=binaries.kubectl(),
-                         ports=dict(vars(lay.ports)))
+                         kubectl_path=binaries.kubectl(), ports=dict(vars(lay.ports)))
     cluster.save()
-    try:
-        _start_all(cluster, lay, nodes, gpus_per_node, deadline, log, die_with_parent)
-    except BaseException:
-        cluster.stop(remove_data=False)  # keep the logs for the error message's reader
-        raise
-    return cluster
+    return cluster, lay
 
 
 def _start_all(cluster: DevCluster, lay: components.Layout, nodes: int, gpus_per_node: int,
@@ -216,8 +235,10 @@ class _Waiter:
         while True:
             for record in self.cluster.processes:
                 if not processes.is_alive(record):
-                    raise SpecdError(f"{record.name} exited while waiting for {what}; "
-                                     f"last lines of {record.log}:\n{_tail(Path(record.log))}")
+                    tail = _tail(Path(record.log))
+                    error = _PortTaken if "address already in use" in tail else SpecdError
+                    raise error(f"{record.name} exited while waiting for {what}; "
+                                f"last lines of {record.log}:\n{tail}")
             try:
                 if check():
                     return

@@ -39,7 +39,7 @@ class Ports:
     kwok: int
 
     @classmethod
-    def from_list(cls, ports: list[int]) -> "Ports":
+    def from_list(cls, ports: list[int]) -> Ports:
         return cls(*ports)
 
 

@@ -27,7 +27,7 @@ class ProcessRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "ProcessRecord":
+    def from_json(cls, data: dict) -> ProcessRecord:
         return cls(**data)
 
 
@@ -72,7 +72,8 @@ def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = No
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True, preexec_fn=preexec)
+                                start_new_session=True,
+                                preexec_fn=preexec)  # noqa: PLW1509 (only sets PDEATHSIG)
     ticks = _start_ticks(proc.pid)
     if ticks is None:  # exited at once; the caller's readiness check reports the log
         ticks = -1

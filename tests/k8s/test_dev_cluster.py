@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
@@ -212,7 +212,7 @@ def helm(dev_cluster: DevCluster, tmp_path: Path) -> Callable[..., subprocess.Co
                                  for kind in ("CACHE", "CONFIG", "DATA")}}
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(dev_cluster.helm), *args], capture_output=True, text=True,
+        result = subprocess.run([str(dev_cluster.helm), *args], check=False, capture_output=True, text=True,
                                 env=env, timeout=180)
         if check and result.returncode != 0:
             pytest.fail(f"helm {' '.join(args)} failed ({result.returncode}):\n"
@@ -257,7 +257,7 @@ def test_cli_up_and_down_leave_no_processes(dev_cluster: DevCluster, tmp_path: P
     cli = [sys.executable, "-m", "specd.cli", "dev-cluster"]
     env = {**os.environ, "SPECD_TESTBINS": str(dev_cluster.bin_dir)}
     up = subprocess.run([*cli, "up", "--dir", str(directory), "--nodes", "1"],
-                        capture_output=True, text=True, env=env, timeout=240)
+                        check=False, capture_output=True, text=True, env=env, timeout=240)
     assert up.returncode == 0, up.stderr
     kubeconfig = Path(up.stdout.strip())
     assert kubeconfig == directory / "kubeconfig" and kubeconfig.is_file()
@@ -269,12 +269,12 @@ def test_cli_up_and_down_leave_no_processes(dev_cluster: DevCluster, tmp_path: P
                                 "get", "nodes", "-o", "name"],
                                capture_output=True, text=True, check=True).stdout.split()
         assert nodes == ["node/kwok-gpu-0"]
-        again = subprocess.run([*cli, "up", "--dir", str(directory)], capture_output=True,
-                               text=True, env=env, timeout=60)
+        again = subprocess.run([*cli, "up", "--dir", str(directory)], check=False,
+                               capture_output=True, text=True, env=env, timeout=60)
         assert again.returncode == 1 and "already running" in again.stderr
     finally:
-        down = subprocess.run([*cli, "down", "--dir", str(directory)], capture_output=True,
-                              text=True, env=env, timeout=60)
+        down = subprocess.run([*cli, "down", "--dir", str(directory)], check=False,
+                              capture_output=True, text=True, env=env, timeout=60)
     assert down.returncode == 0, down.stderr
     assert not directory.exists()
     assert [pid for pid in pids if _alive(pid)] == []
@@ -283,8 +283,8 @@ def test_cli_up_and_down_leave_no_processes(dev_cluster: DevCluster, tmp_path: P
     foreign = tmp_path / "not-a-cluster"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    refused = subprocess.run([*cli, "up", "--dir", str(foreign)], capture_output=True,
-                             text=True, env=env, timeout=60)
+    refused = subprocess.run([*cli, "up", "--dir", str(foreign)], check=False,
+                             capture_output=True, text=True, env=env, timeout=60)
     assert refused.returncode == 1 and "holds no dev cluster" in refused.stderr
     subprocess.run([*cli, "down", "--dir", str(foreign)], env=env, timeout=60, check=True)
     assert (foreign / "keep.txt").read_text() == "mine"
