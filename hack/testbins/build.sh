@@ -48,6 +48,17 @@ fi
 export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
 nice_level="${SPECD_TESTBINS_NICE:-10}"
 mkdir -p "$bin"
+# One build per cache key at a time (parallel test sessions on a cold cache): wait, then reuse.
+if command -v flock >/dev/null; then
+  exec 9>"$root/.lock"
+  flock -n 9 || { log "another build is running into $root; waiting for it"; flock 9; }
+  if complete; then
+    log "reusing $bin"
+    echo "$bin"
+    exit 0
+  fi
+fi
+trap 'rm -rf "$root"/build.*' EXIT # temp dirs of an interrupted or failed build
 log "building into $bin with $("$go" version) (nice $nice_level)"
 
 # Count compiled packages from `go build -v` and print a line every 100, so a long build shows life.
