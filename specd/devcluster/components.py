@@ -15,7 +15,7 @@ from specd.devcluster.ports import LOOPBACK
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
-POD_CIDR = "10.244.0.0/16"
+POD_CIDR = "10.244.0.1/16"  # kwok hands out pod IPs from this address upwards
 NODE_IP = "10.240.0.1"  # the InternalIP kwok reports for its nodes (never dialled)
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 

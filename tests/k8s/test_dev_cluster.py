@@ -87,6 +87,22 @@ def test_deployment_pods_are_scheduled_on_fake_gpu_nodes_and_run(
     assert set(placed) <= FAKE_NODES and len(set(placed)) == 2
 
 
+def test_job_pods_complete_and_deleted_pods_go_away(dev_cluster: DevCluster, namespace: str) -> None:
+    dev_cluster.kubectl("create", "job", "once", "--image=registry.example/batch:1", "-n", namespace)
+    dev_cluster.kubectl("run", "server", "--image=registry.example/server:1", "--restart=Never",
+                        "-n", namespace)
+    dev_cluster.kubectl("wait", "--for=condition=Complete", "job/once", "-n", namespace,
+                        "--timeout=60s", timeout=90)
+    dev_cluster.kubectl("wait", "--for=condition=Ready", "pod/server", "-n", namespace,
+                        "--timeout=60s", timeout=90)
+    # A bare pod keeps running (only Job pods complete), and deleting it does not hang in
+    # Terminating although no kubelet confirms the shutdown.
+    assert get_json(dev_cluster, "pod", "server", "-n", namespace)["status"]["phase"] == "Running"
+    dev_cluster.kubectl("delete", "pod", "server", "-n", namespace, "--timeout=30s")
+    gone = dev_cluster.kubectl("get", "pod", "server", "-n", namespace, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
 def test_scheduler_refuses_pod_asking_more_gpus_than_any_node(
         dev_cluster: DevCluster, namespace: str) -> None:
     dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=_deployment("huge", 1, 9))
