@@ -9,6 +9,7 @@ drift, invalid resources, an operator restart and deletion.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import signal
@@ -29,22 +30,32 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"
 RELEASE, OPERATOR_NS, NS = "specd", "specd-e2e-system", "specd-e2e"
 OPERATOR_SA = f"{RELEASE}-operator"
-# Extra fake nodes big enough for the 70B example (8 GPUs, 2Ti memory, the GPU product label).
-GPU_NODES = [f"specd-e2e-h100-{i}" for i in range(3)]
+# The 70B example's dedicated target pool: two fake 8-GPU nodes with 2Ti memory, the GPU
+# product label and the pool's taint (its drafts go to the dev cluster's own GPU nodes).
+GPU_NODES = [f"specd-e2e-h100-{i}" for i in range(2)]
+TARGET_POOL_TAINT = {"key": "dedicated", "value": "llm-target", "effect": "NoSchedule"}
 GPU_PRODUCT = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 CLAIMS = ["specd-models", "llama-models"]  # the PVCs the examples' model URIs name
 KINDS = "deployments,services,configmaps,serviceaccounts,roles,rolebindings,poddisruptionbudgets"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 90) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 90,
+             diagnose: Callable[[], str] = lambda: "") -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{diagnose()}")
         time.sleep(0.5)
+
+
+def diagnose(cluster: DevCluster, operator: "Operator") -> str:
+    state = cluster.kubectl("get", "sds,deployments,pods", "-n", NS, "-o", "wide",
+                            check=False).stdout
+    statuses = cluster.kubectl("get", "sds", "-n", NS, "-o", "yaml", check=False).stdout
+    return f"{state}\n{statuses[-3000:]}\noperator log:\n{operator.tail()}"
 
 
 def get(cluster: DevCluster, *args: str) -> dict | None:
@@ -110,13 +121,15 @@ class Operator:
     def __init__(self, kubeconfig: Path, log: Path) -> None:
         self.kubeconfig, self.log = kubeconfig, log
         self.proc: subprocess.Popen | None = None
+        self.namespaces: list[str] = []  # empty: all namespaces
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         with open(self.log, "a") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "specd.cli", "operator", "--kubeconfig",
-                 str(self.kubeconfig), "--resync-seconds", "15", "--image", "specd:e2e"],
+                 str(self.kubeconfig), "--resync-seconds", "15", "--image", "specd:e2e",
+                 *[arg for ns in self.namespaces for arg in ("--namespace", ns)]],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
     def stop(self) -> None:
@@ -183,6 +196,7 @@ def cluster(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
     nodes = [kwok.node_manifest(name, 8, cpu="128", memory="2Ti") for name in GPU_NODES]
     for node in nodes:
         node["metadata"]["labels"].update(GPU_PRODUCT)
+        node["spec"]["taints"] = [TARGET_POOL_TAINT]
     dev_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
     dev_cluster.kubectl("create", "namespace", NS)
     wait_for("the namespace's default ServiceAccount", lambda: dev_cluster.kubectl(
@@ -213,15 +227,18 @@ def operator(cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
     print(f"operator log tail:\n{proc.tail()}")
 
 
+def can(cluster: DevCluster, *args: str) -> bool:
+    """Whether the chart's ServiceAccount may do this."""
+    result = cluster.kubectl("auth", "can-i", *args, check=False,
+                             as_user=f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}")
+    return result.stdout.strip() == "yes"
+
+
 def test_chart_installed_the_operator_with_least_privilege(cluster: DevCluster) -> None:
     crd = get(cluster, "crd", "specdecodingservices.specd.io")
     assert crd and crd["spec"]["names"]["shortNames"] == ["sds"]
     assert get(cluster, "deployment", OPERATOR_SA, "-n", OPERATOR_NS)
-    user = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
-
-    def can(*args: str) -> bool:
-        result = cluster.kubectl("auth", "can-i", *args, as_user=user, check=False)
-        return result.stdout.strip() == "yes"
+    can = functools.partial(globals()["can"], cluster)
 
     assert can("patch", "deployments.apps", "-n", NS)
     assert can("patch", "specdecodingservices.specd.io", "--subresource=status", "-n", NS)
@@ -238,7 +255,8 @@ def test_chart_installed_the_operator_with_least_privilege(cluster: DevCluster) 
 def test_example_becomes_ready_with_all_children(cluster: DevCluster, operator: Operator,
                                                  name: str, file: str) -> None:
     cluster.kubectl("apply", "-n", NS, "-f", "-", input=example(file))
-    body = wait_for(f"{name} Ready\n{operator.tail()}", lambda: settled(cluster, name), 120)
+    body = wait_for(f"{name} Ready", lambda: settled(cluster, name), 120,
+                    lambda: diagnose(cluster, operator))
     spec = body["spec"]
     assert child_keys(cluster, name) == expected_children(body)
     for child in children(cluster, name):
@@ -436,3 +454,26 @@ def test_deleting_the_resource_garbage_collects_every_child(cluster: DevCluster,
     time.sleep(3)  # the operator must not recreate anything of a deleted resource
     assert not child_keys(cluster, "llama-70b")
     assert settled(cluster, "demo")
+
+
+def test_operator_limited_to_watched_namespaces(cluster: DevCluster, operator: Operator) -> None:
+    """watchNamespaces: RoleBindings in those namespaces only, and the operator still works."""
+    upgraded = subprocess.run(
+        [str(cluster.helm), "--kubeconfig", str(cluster.kubeconfig), "upgrade", RELEASE,
+         str(REPO / "helm" / "specd"), "--namespace", OPERATOR_NS, "--reuse-values",
+         "--set", f"watchNamespaces={{{NS}}}", "--wait", "--timeout", "120s"],
+        capture_output=True, text=True, env=cluster.env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert can(cluster, "patch", "deployments.apps", "-n", NS)
+    assert not can(cluster, "list", "deployments.apps", "-n", "default")
+    operator.stop()
+    operator.namespaces = [NS]
+    operator.start()
+    old = get(cluster, "deployment", "demo-target", "-n", NS)["metadata"]["uid"]
+    time.sleep(5)  # the restarted operator is watching
+    cluster.kubectl("delete", "deployment", "demo-target", "-n", NS, "--wait=false")
+    wait_for(f"demo-target restored\n{operator.tail()}", lambda: (
+        (obj := get(cluster, "deployment", "demo-target", "-n", NS)) is not None
+        and obj["metadata"]["uid"] != old), 60)
+    wait_for("demo settled", lambda: settled(cluster, "demo"), 120)
+    assert operator.proc is not None and operator.proc.poll() is None
