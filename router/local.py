@@ -47,11 +47,13 @@ class LocalStack:
     def addresses(self, role: str) -> list[str]:
         return [w.address for w in self.workers if w.name.startswith(role) and w.alive()]
 
-    def start_worker(self, role: str, model_dir: str | Path, threads: int = 1, log_dir: Path | None = None) -> Process:
+    def start_worker(self, role: str, model_dir: str | Path, threads: int = 1, log_dir: Path | None = None,
+                     tensor_parallel_size: int = 1) -> Process:
         port = free_port()
         name = f"{role}-{sum(w.name.startswith(role) for w in self.workers)}"
         popen = _spawn(_specd("worker", "--role", role, "--model", str(model_dir), "--host", HOST,
-                              "--port", str(port), "--threads", str(threads)), name, log_dir)
+                              "--port", str(port), "--threads", str(threads),
+                              "--tensor-parallel-size", str(tensor_parallel_size)), name, log_dir)
         process = Process(name, f"{HOST}:{port}", popen)
         self.workers.append(process)
         return process
