@@ -11,7 +11,7 @@ from conftest import PROMPTS, assert_released
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from specd.client import AsyncClient, Client, InvalidRequest, Overloaded
+from specd.client import AsyncClient, Client, InvalidRequest, Overloaded, Unavailable
 from specd.router.config import RouterConfig
 
 
@@ -113,3 +113,15 @@ def test_health_and_reflection_on_every_server(address, workers):
             [answer] = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
             names = {s.name for s in answer.list_services_response.service}
             assert {service, "grpc.health.v1.Health"} <= names
+
+
+def test_unreachable_router_is_retried_then_unavailable():
+    from specd.router.local import free_port
+
+    with Client(f"127.0.0.1:{free_port()}", retries=2) as client:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            client.generate("x", 2)
+        assert time.monotonic() - started >= 0.2 + 0.5  # two retries with their backoff
+        with pytest.raises(Unavailable):
+            list(client.stream("x", 2))
