@@ -101,7 +101,6 @@ class Scheduler:
         self._signal = Signal()
         self._lanes: dict[str, list[asyncio.Task]] = {}
         self._background: set[asyncio.Task] = set()
-        self.iterations = 0
 
     # -- admission, cancellation ---------------------------------------------------------------
 
@@ -193,11 +192,13 @@ class Scheduler:
         if not target.live:
             return
         batch = [r for r in batch if not r.done]
-        drafts = {d.address for d in self.pool.live("draft")}
-        ks = self.speculation.choose(batch, [r.draft in drafts for r in batch])
+        if not batch:
+            return
+        live_drafts = {d.address for d in self.pool.live("draft")}
+        ks = self.speculation.choose(batch, [r.draft in live_drafts for r in batch])
         proposals = await self._propose(batch, ks)
         items = []
-        for r, k in zip(batch, ks):
+        for r in batch:
             tokens, probs = proposals.get(r.id, ([], b""))
             items.append(worker_pb2.VerifyItem(delta=self._delta(r, target.address), draft_tokens=tokens,
                                                draft_probs=probs))
@@ -208,7 +209,6 @@ class Scheduler:
             self._call_failed(target, batch, exc)
             return
         self.costs.observe_target(reply.cost.tokens, reply.cost.compute_seconds, time.perf_counter() - started)
-        self.iterations += 1
         done = time.monotonic()
         for r, item, verdict in zip(batch, items, reply.verdicts):
             self._commit(r, len(item.draft_tokens), verdict, done)
