@@ -18,6 +18,8 @@ class Acceptance:
 
     An iteration that accepts n of k drafts observed n successes and, when n < k, one failure:
     the estimate is the maximum-likelihood α of that truncated geometric, smoothed over iterations.
+    A request's estimate starts from the global one as one pseudo-trial (`seeded`), whose weight
+    fades like any observation: one unlucky first iteration does not switch its speculation off.
     """
 
     prior: float = 0.7
@@ -27,6 +29,10 @@ class Acceptance:
     @property
     def value(self) -> float:
         return self.accepted / self.trials if self.trials > 0 else self.prior
+
+    @classmethod
+    def seeded(cls, alpha: float) -> "Acceptance":
+        return cls(prior=alpha, accepted=alpha, trials=1.0)
 
     def observe(self, accepted: int, k: int, decay: float = ACCEPTANCE_DECAY) -> None:
         if k <= 0:

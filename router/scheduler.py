@@ -25,7 +25,7 @@ from specd.proto.v1 import serving_pb2, worker_pb2
 from specd.router.config import RouterConfig
 from specd.router.policies import make_policy
 from specd.router.replicas import Replica, ReplicaPool
-from specd.router.request import Request
+from specd.router.request import Acceptance, Request
 from specd.router.speculation import CostModel, SpeculationControl
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Scheduler:
         target = self.pool.place("target")
         if target is None:
             raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "no target worker is available")
-        r.acceptance.prior = self.speculation.acceptance.value
+        r.acceptance = Acceptance.seeded(self.speculation.acceptance.value)
         self._pin(r, "target", target)
         self.requests[r.id] = r
         self._signal.fire()

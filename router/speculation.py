@@ -101,9 +101,6 @@ class SpeculationControl:
         self.costs = costs
         self.acceptance = Acceptance()  # global estimate (SmartSpec's reference starts at 0.7)
 
-    def alpha(self, r: Request) -> float:
-        return r.acceptance.value if r.proposed else self.acceptance.value
-
     def choose(self, batch: list[Request], drafting: list[bool]) -> list[int]:
         """k for each request of the batch; 0 for those without a live draft replica."""
         caps = [max(0, min(r.max_k, r.remaining - 1)) if ok else 0 for r, ok in zip(batch, drafting)]
@@ -111,7 +108,7 @@ class SpeculationControl:
             return [0] * len(batch)
         if self.mode == "fixed":
             return [min(self.k, cap) for cap in caps]
-        alphas = [self.alpha(r) for r in batch]
+        alphas = [r.acceptance.value for r in batch]
         best_k, best = 0, 0.0
         for k in range(self.max_k + 1):
             ks = [min(k, cap) for cap in caps]

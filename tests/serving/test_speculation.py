@@ -9,9 +9,9 @@ from specd.router.request import Acceptance, Request
 from specd.router.speculation import CostModel, LinearFit, SpeculationControl, expected_tokens
 
 
-def request(remaining: int = 100, max_k: int = 8) -> Request:
+def request(remaining: int = 100, max_k: int = 8, alpha: float = 0.7) -> Request:
     return Request(id="r", prompt=[1], max_new_tokens=remaining, sampling=common_pb2.SamplingParams(), max_k=max_k,
-                   stop_token=None, predicted_length=remaining)
+                   stop_token=None, predicted_length=remaining, acceptance=Acceptance.seeded(alpha))
 
 
 def costs(draft_pass: float, target_base: float = 0.010, target_per_token: float = 0.0005) -> CostModel:
@@ -27,14 +27,12 @@ def test_expected_tokens():
 
 def test_goodput_speculates_when_it_pays_and_not_when_it_does_not():
     cheap = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.001))
-    cheap.acceptance = Acceptance(prior=0.8)
-    assert cheap.choose([request()], [True])[0] >= 3
-    useless = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.001))
-    useless.acceptance = Acceptance(prior=0.0)
-    assert useless.choose([request()], [True]) == [0]  # nothing would be accepted
+    assert cheap.choose([request(alpha=0.8)], [True])[0] >= 3
+    assert cheap.choose([request(alpha=0.0)], [True]) == [0]  # nothing would be accepted
     expensive = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.050))
-    expensive.acceptance = Acceptance(prior=0.8)
-    assert expensive.choose([request()], [True]) == [0]  # a draft pass costs more than a target pass
+    assert expensive.choose([request(alpha=0.8)], [True]) == [0]  # a draft pass costs more than a target pass
+    # a big batch makes verification dear: the best k shrinks
+    assert cheap.choose([request(alpha=0.8)] * 64, [True] * 64)[0] < cheap.choose([request(alpha=0.8)], [True])[0]
 
 
 def test_k_respects_caps_and_draft_availability():
@@ -44,14 +42,14 @@ def test_k_respects_caps_and_draft_availability():
     assert SpeculationControl("off", 4, 8, costs(0.001)).choose([request()], [True]) == [0]
 
 
-def test_per_request_acceptance_overrides_the_global_one():
+def test_request_acceptance_starts_from_the_global_prior_then_learns():
     control = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.001))
-    control.acceptance = Acceptance(prior=0.9)
-    hopeless = request()
-    for _ in range(10):
+    hopeless = request(alpha=0.9)
+    control.observe(hopeless, 4, 0)
+    assert hopeless.acceptance.value > 0.5  # one bad iteration does not outweigh the prior yet
+    for _ in range(20):
         control.observe(hopeless, 4, 0)
-        hopeless.proposed += 4
-    assert control.alpha(hopeless) == 0.0
+    assert hopeless.acceptance.value < 0.05
     assert control.choose([hopeless], [True]) == [0]
 
 
