@@ -19,6 +19,10 @@ COPY worker worker
 COPY client client
 COPY proto proto
 RUN pip install . && rm -rf /src
+# The gRPC stubs are compiled on first import into $SPECD_PROTO_CACHE: compile them now, so
+# pods with a read-only root file system find them.
+ENV SPECD_PROTO_CACHE=/opt/specd/proto
+RUN python -c "import specd.proto" && chmod -R a+rX /opt/specd
 WORKDIR /
 USER 65532:65532
 ENTRYPOINT ["specd"]

@@ -303,13 +303,16 @@ def router_deployment(owner: Owner, spec: dict[str, Any], image: str, pull_polic
         "resources": _resources(router.get("resources"), 0),
         "readinessProbe": _grpc_probe(n.ROUTER_PORT, 5, 3),
         "livenessProbe": _grpc_probe(n.ROUTER_PORT, 20, 3),
-        "volumeMounts": [{"name": "config", "mountPath": n.ROUTER_CONFIG_DIR, "readOnly": True}],
+        # Read-only root: the only writable place is /tmp (Python temporary files).
+        "volumeMounts": [{"name": "config", "mountPath": n.ROUTER_CONFIG_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
     }
     pod_spec = {"serviceAccountName": n.router_account_name(owner.name),
                 "containers": [container],
                 "volumes": [{"name": "config",
-                             "configMap": {"name": n.router_config_name(owner.name)}}]}
+                             "configMap": {"name": n.router_config_name(owner.name)}},
+                            {"name": "tmp", "emptyDir": {}}]}
     strategy = {"type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     # The router reads its configuration at start: a new configuration rolls the pods.

@@ -136,7 +136,9 @@ def test_router_config_is_the_contract_with_specd_router() -> None:
     assert pod["containers"][0]["command"] == ["specd", "router", "--config",
                                                "/etc/specd/router.yaml", "--port", "50051"]
     assert pod["serviceAccountName"] == "svc-router"
-    assert pod["volumes"] == [{"name": "config", "configMap": {"name": "svc-router-config"}}]
+    assert {"name": "config", "configMap": {"name": "svc-router-config"}} in pod["volumes"]
+    assert {"name": "config", "mountPath": "/etc/specd", "readOnly": True} in pod[
+        "containers"][0]["volumeMounts"]
 
 
 def test_router_rolls_when_its_configuration_changes() -> None:
