@@ -39,7 +39,7 @@ class Owner:
     uid: str
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> "Owner":
+    def of(cls, body: dict[str, Any]) -> Owner:
         meta = body["metadata"]
         return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 

@@ -27,6 +27,9 @@ POLICIES = ["laps-sd", "fcfs", "las", "sjf"]
 SPECULATION_MODES = ["goodput", "fixed", "off"]
 TENSOR_PARALLEL_SIZES = [1, 2, 4, 8, 16, 32, 64]
 # pvc://<claim>/<path inside the claim>, or an absolute path already present in the container.
+# A resource.Quantity (the pattern Kubernetes' own CRDs use for int-or-string quantities).
+QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
+                    r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 MODEL_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^\s]+|/[^\s]*)$"
 
 
@@ -53,7 +56,7 @@ def _quantity_map(description: str) -> dict[str, Any]:
         "additionalProperties": {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,
-            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+            "pattern": QUANTITY_PATTERN,
         },
     }
 
@@ -265,7 +268,8 @@ def _status_schema() -> dict[str, Any]:
 
 
 PRINTER_COLUMNS = [
-    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Ready", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Target", "type": "integer", "jsonPath": ".spec.target.replicas",
      "description": "Desired target replicas"},
     {"name": "Available", "type": "integer", "jsonPath": ".status.target.readyReplicas",

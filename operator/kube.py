@@ -14,7 +14,8 @@ import os
 import socket
 import time
 import urllib.parse
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable
 
 from kubernetes.client.exceptions import ApiException
 
@@ -85,7 +86,7 @@ class Kube:
         self.api = api_client
 
     @classmethod
-    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> "Kube":
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> Kube:
         """In-cluster credentials when running in a pod, else the kubeconfig."""
         from kubernetes import client, config
 

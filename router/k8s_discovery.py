@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from specd.errors import SpecdError
 from specd.operator.kube import Kube, KubeError, path, watch_events

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 import yaml
@@ -51,7 +52,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 90,
         time.sleep(0.5)
 
 
-def diagnose(cluster: DevCluster, operator: "Operator") -> str:
+def diagnose(cluster: DevCluster, operator: Operator) -> str:
     state = cluster.kubectl("get", "sds,deployments,pods", "-n", NS, "-o", "wide",
                             check=False).stdout
     statuses = cluster.kubectl("get", "sds", "-n", NS, "-o", "yaml", check=False).stdout
@@ -271,7 +272,8 @@ def test_example_becomes_ready_with_all_children(cluster: DevCluster, operator: 
     if spec["draft"]["method"] == "model":
         expected["draft"] = spec["draft"]["replicas"]
     for role, count in expected.items():
-        wait_for(f"{count} {role} pods Running", lambda: running(cluster, name, role, count))
+        wait_for(f"{count} {role} pods Running",
+                 lambda role=role, count=count: running(cluster, name, role, count))
         for pod in pods(cluster, name, role):
             assert pod["spec"]["nodeName"] in fake_nodes
     status = body["status"]
@@ -340,7 +342,7 @@ def test_deleted_children_are_restored(cluster: DevCluster, operator: Operator) 
     for kind, name in DELETED:
         cluster.kubectl("delete", kind, name, "-n", NS, "--wait=false")
     for (kind, name), uid in old.items():
-        wait_for(f"{kind} {name} restored", lambda: (
+        wait_for(f"{kind} {name} restored", lambda kind=kind, name=name, uid=uid: (
             (obj := get(cluster, kind, name, "-n", NS)) is not None
             and obj["metadata"]["uid"] != uid and not obj["metadata"].get("deletionTimestamp")),
             60)
