@@ -101,24 +101,33 @@ class Reconciler:
         # A status pass on a spec the children do not reflect yet becomes a full pass.
         full = request.full or previous.get("observedGeneration") != generation
         spec = crd.apply_defaults(body["spec"])
+        refused: KubeError | None = None
         if full:
-            self._apply(body)
+            try:
+                self._apply(body)
+            except KubeError as exc:
+                if exc.retryable:
+                    raise
+                refused = exc  # e.g. an invalid toleration: reported in the status below
         deployments = {role: self.kube.get("Deployment", namespace, n.child_name(name, role))
                        for role in (n.TARGET, n.DRAFT, n.ROUTER)
                        if role != n.DRAFT or builders.has_draft_pool(spec)}
         new, transitions = status.compute_status(
             name=name, namespace=namespace, generation=generation, spec=spec,
-            deployments=deployments, previous=previous, now=self.clock())
+            deployments=deployments, previous=previous, now=self.clock(),
+            apply_error=str(refused) if refused else None)
         if status.status_changed(previous, new):
             self.kube.patch_status(crd.KIND, namespace, name, new)
         for note in request.notes:
             self.kube.post_event(body, "Normal", "ChildRestored", note)
-        if full and previous.get("observedGeneration") != generation:
+        if full and not refused and previous.get("observedGeneration") != generation:
             self.kube.post_event(body, "Normal", "Reconciled",
                                  f"children applied for generation {generation}")
         for t in transitions:
             self.kube.post_event(body, "Warning" if t.warning else "Normal",
                                  f"{t.type}{t.status}", f"{t.reason}: {t.message}".rstrip(": "))
+        if refused:
+            raise refused  # Kopf retries later, with a delay
 
     def _apply(self, body: dict[str, Any]) -> None:
         children = builders.build_children(body, self.config)

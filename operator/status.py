@@ -3,8 +3,9 @@
 Conditions (Kubernetes API conventions, each with reason, message and observedGeneration):
   Ready        the service can serve: a target and a router replica are ready
   Progressing  a Deployment is still rolling out the latest spec
-  Degraded     serving below the spec: a pool short of ready replicas once its rollout ended,
-               a failed rollout, or the draft pool down (the router then decodes with k = 0)
+  Degraded     serving below the spec: the API server refused a child, a pool short of ready
+               replicas once its rollout ended, a failed rollout, or the draft pool down (the
+               router then decodes with k = 0)
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _condition(type_: str, ok: bool, reason: str, message: str, generation: int)
 
 
 def _conditions(spec_replicas: dict[str, int], deployments: dict[str, dict[str, Any] | None],
-                generation: int) -> list[dict[str, Any]]:
+                generation: int, apply_error: str | None) -> list[dict[str, Any]]:
     ready = {role: role_counts(d)["readyReplicas"] for role, d in deployments.items()}
     if spec_replicas[n.TARGET] == 0:
         ready_cond = _condition(READY, False, "ScaledToZero", "target replicas is 0", generation)
@@ -87,7 +88,12 @@ def _conditions(spec_replicas: dict[str, int], deployments: dict[str, dict[str, 
                              f"rolling out: {', '.join(rolling)}" if rolling
                              else "every pool runs the latest spec", generation)
 
-    problems: list[tuple[str, str]] = []
+    # The first problem names the reason: the most actionable first.
+    problems: list[tuple[str, str]] = [("ApplyFailed", apply_error)] if apply_error else []
+    if (n.DRAFT in deployments and spec_replicas[n.DRAFT] > 0 and ready[n.DRAFT] == 0
+            and ready[n.TARGET] > 0 and n.DRAFT not in rolling):
+        problems.append(("DraftUnavailable",
+                         "no draft replica is ready: decoding without speculation"))
     for role, deployment in sorted(deployments.items()):
         failure = rollout_failure(deployment)
         if failure:
@@ -95,10 +101,6 @@ def _conditions(spec_replicas: dict[str, int], deployments: dict[str, dict[str, 
         elif role not in rolling and ready[role] < spec_replicas[role]:
             problems.append(("ReplicasUnavailable",
                              f"{role}: {ready[role]}/{spec_replicas[role]} ready"))
-    if (n.DRAFT in deployments and spec_replicas[n.DRAFT] > 0 and ready[n.DRAFT] == 0
-            and ready[n.TARGET] > 0 and n.DRAFT not in rolling):
-        problems.insert(0, ("DraftUnavailable", "no draft replica is ready: decoding without "
-                                                "speculation"))
     degraded = _condition(DEGRADED, bool(problems),
                           problems[0][0] if problems else "AsExpected",
                           "; ".join(m for _, m in problems) if problems else "", generation)
@@ -107,15 +109,18 @@ def _conditions(spec_replicas: dict[str, int], deployments: dict[str, dict[str, 
 
 def compute_status(*, name: str, namespace: str, generation: int, spec: dict[str, Any],
                    deployments: dict[str, dict[str, Any] | None],
-                   previous: dict[str, Any], now: str) -> tuple[dict[str, Any], list[Transition]]:
+                   previous: dict[str, Any], now: str, apply_error: str | None = None
+                   ) -> tuple[dict[str, Any], list[Transition]]:
     """The operator-owned part of the status, and the conditions that changed.
 
     `spec` is defaulted; `deployments` maps each desired role to its observed Deployment
     (None when not found). Live speculation figures (acceptanceRate, ...) are not touched.
+    `apply_error`: the API server refused a child of this generation; the status then keeps
+    the previous observedGeneration and reports Degraded/ApplyFailed.
     """
     spec_replicas = {n.TARGET: spec["target"]["replicas"], n.ROUTER: spec["router"]["replicas"],
                      n.DRAFT: spec["draft"]["replicas"]}
-    conditions = _conditions(spec_replicas, deployments, generation)
+    conditions = _conditions(spec_replicas, deployments, generation, apply_error)
     old = {c["type"]: c for c in previous.get("conditions", [])}
     transitions = []
     for cond in conditions:
@@ -128,7 +133,7 @@ def compute_status(*, name: str, namespace: str, generation: int, spec: dict[str
                 transitions.append(Transition(cond["type"], cond["status"], cond["reason"],
                                               cond["message"]))
     status: dict[str, Any] = {
-        "observedGeneration": generation,
+        "observedGeneration": previous.get("observedGeneration") if apply_error else generation,
         "conditions": conditions,
         "endpoint": f"{n.child_name(name, n.ROUTER)}.{namespace}.svc:"
                     f"{spec['router']['service']['port']}",

@@ -108,3 +108,17 @@ def test_live_figures_written_by_others_do_not_count_as_changes() -> None:
     again, _ = compute(healthy, previous=previous)
     assert not status.status_changed(previous, again)
     assert "acceptanceRate" not in again
+
+
+def test_refused_apply_is_degraded_and_keeps_the_observed_generation() -> None:
+    healthy = {"target": deployment(2, 2), "draft": deployment(1, 1), "router": deployment(1, 1)}
+    before, _ = compute(healthy)  # generation 3 applied
+    st, transitions = status.compute_status(
+        name="svc", namespace="ns", generation=4, spec=SPEC, deployments=healthy,
+        previous=before, now="T9", apply_error="422 Invalid: spec.template.spec.tolerations")
+    assert conditions(st)["Degraded"] == ("True", "ApplyFailed")
+    assert "tolerations" in next(c["message"] for c in st["conditions"]
+                                 if c["type"] == "Degraded")
+    assert st["observedGeneration"] == 3
+    assert all(c["observedGeneration"] == 4 for c in st["conditions"])
+    assert [(t.type, t.reason) for t in transitions] == [("Degraded", "ApplyFailed")]
