@@ -423,6 +423,29 @@ def test_invalid_resources_are_refused_naming_the_field(cluster: DevCluster, nam
     assert sds(cluster, name) is None
 
 
+def test_a_child_refused_by_the_api_server_is_reported_then_fixed(
+        cluster: DevCluster, operator: Operator) -> None:
+    """A spec the CRD accepts but a child's validation refuses: Degraded/ApplyFailed."""
+    bad = {"key": "gpu", "operator": "Exists", "effect": "Sometimes"}  # no such effect
+    cluster.kubectl("create", "-n", NS, "-f", "-", input=yaml.safe_dump({
+        "apiVersion": "specd.io/v1alpha1", "kind": "SpecDecodingService",
+        "metadata": {"name": "refused"},
+        "spec": {"target": {"model": {"uri": "/models/m"}, "tolerations": [bad]}}}))
+    body = wait_for("Degraded/ApplyFailed", lambda: (
+        (b := sds(cluster, "refused")) and condition(b, "Degraded").get("reason")
+        == "ApplyFailed" and b), 60, lambda: diagnose(cluster, operator))
+    assert "tolerations" in condition(body, "Degraded")["message"]
+    assert condition(body, "Ready")["status"] == "False"
+    assert "observedGeneration" not in body["status"]  # no generation was applied
+    assert any(e["reason"] == "DegradedTrue" and e["type"] == "Warning"
+               for e in events(cluster, "refused"))
+    cluster.kubectl("patch", "sds", "refused", "-n", NS, "--type=json", "-p", json.dumps(
+        [{"op": "remove", "path": "/spec/target/tolerations"}]))
+    wait_for("fixed resource settled", lambda: settled(cluster, "refused"), 120,
+             lambda: diagnose(cluster, operator))
+    cluster.kubectl("delete", "sds", "refused", "-n", NS)
+
+
 def test_operator_restart_keeps_children_and_status(cluster: DevCluster, operator: Operator
                                                     ) -> None:
     names_ = ["demo", "llama-70b", "self-spec"]
