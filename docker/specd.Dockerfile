@@ -24,5 +24,7 @@ RUN pip install . && rm -rf /src
 ENV SPECD_PROTO_CACHE=/opt/specd/proto
 RUN python -c "import specd.proto" && chmod -R a+rX /opt/specd
 WORKDIR /
+# uid 65532 has no home directory: caches of torch, Triton and DeepSpeed go under /tmp.
+ENV HOME=/tmp
 USER 65532:65532
 ENTRYPOINT ["specd"]
