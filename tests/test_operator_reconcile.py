@@ -1,9 +1,12 @@
-"""Serialisation of reconciliation passes: one running, one queued, later requests merged."""
+"""Reconciliation passes: serialisation (one running, one queued, later requests merged), and
+which pass each child event asks for."""
 
 from __future__ import annotations
 
 import threading
 import time
+
+import pytest
 
 from specd.operator.builders import OperatorConfig
 from specd.operator.reconcile import Reconciler, _Request, controller_of, owned_by
@@ -84,3 +87,49 @@ def test_ownership_helpers() -> None:
     assert controller_of(child) == "svc"
     assert owned_by(child, "2") and not owned_by(child, "3")
     assert controller_of({"metadata": {}}) is None
+
+
+class RunRecorder(Reconciler):
+    """The real drift detection; `run` records which pass a child event asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(kube=None, config=OperatorConfig())  # type: ignore[arg-type]
+        self.runs: list[tuple[str, str, bool, str | None]] = []
+
+    def run(self, namespace: str, name: str, *, full: bool = True,
+            note: str | None = None) -> None:
+        self.runs.append((namespace, name, full, note))
+
+
+def _child(kind: str, **meta: object) -> dict:
+    return {"kind": kind, "metadata": {
+        "namespace": "ns", "name": f"svc-{kind.lower()}", **meta,
+        "ownerReferences": [{"kind": "SpecDecodingService", "name": "svc", "uid": "u",
+                             "controller": True}]}}
+
+
+def test_child_events_ask_for_the_right_pass() -> None:
+    kopf = pytest.importorskip("kopf")
+    from specd.operator.handlers import on_child_event
+
+    r = RunRecorder()
+    memo = kopf.Memo(reconciler=r)
+    r._applied[("Deployment", "ns", "svc-deployment")] = "generation=2"
+    r._applied[("PodDisruptionBudget", "ns", "svc-poddisruptionbudget")] = "generation=1"
+    r._applied[("ConfigMap", "ns", "svc-configmap")] = "resourceVersion=7"
+
+    def event(type_: str | None, body: dict) -> tuple | None:
+        r.runs.clear()
+        on_child_event(type=type_, body=body, memo=memo)
+        return r.runs[0][2:] if r.runs else None
+
+    assert event(None, _child("Deployment", generation=2)) is None  # initial listing
+    assert event("MODIFIED", {"kind": "Deployment", "metadata": {
+        "namespace": "ns", "name": "x", "generation": 1}}) is None  # not a specd child
+    assert event("DELETED", _child("ConfigMap", resourceVersion="9")) == (
+        True, "ConfigMap svc-configmap was deleted; recreated it")
+    assert event("MODIFIED", _child("Deployment", generation=2)) == (False, None)  # status
+    assert event("MODIFIED", _child("Deployment", generation=3)) == (True, None)  # edited
+    assert event("MODIFIED", _child("PodDisruptionBudget", generation=1)) is None
+    assert event("MODIFIED", _child("ConfigMap", resourceVersion="7")) is None  # ours
+    assert event("MODIFIED", _child("ConfigMap", resourceVersion="8")) == (True, None)
