@@ -11,7 +11,6 @@ import hashlib
 from typing import Any
 
 import yaml
-
 from specd.operator import crd
 from specd.operator import names as n
 from specd.operator.model import ModelSource, parse_model_uri

@@ -35,12 +35,12 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import kopf
-
-    from specd.errors import SpecdError
     from specd.operator.builders import OperatorConfig
     from specd.operator.handlers import build_registry
     from specd.operator.kube import Kube
     from specd.operator.reconcile import Reconciler, Resync
+
+    from specd.errors import SpecdError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

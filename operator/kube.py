@@ -14,14 +14,14 @@ import os
 import socket
 import time
 import urllib.parse
-from typing import Any, TypeVar
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
-
-from specd.errors import SpecdError
 from specd.operator import crd
 from specd.operator.names import FIELD_MANAGER
+
+from specd.errors import SpecdError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

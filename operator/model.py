@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from specd.errors import SpecdError
 from specd.operator.names import MODELS_DIR
+
+from specd.errors import SpecdError
 
 PVC_SCHEME = "pvc://"
 

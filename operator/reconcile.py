@@ -16,8 +16,8 @@ import dataclasses
 import datetime
 import logging
 import threading
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from specd.operator import builders, crd, status
 from specd.operator import names as n

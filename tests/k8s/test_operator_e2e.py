@@ -16,16 +16,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterator
 
 import pytest
 import yaml
+from specd.operator import builders, names
 
 from specd.devcluster import kwok
 from specd.devcluster.cluster import DevCluster
-from specd.operator import builders, names
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"
