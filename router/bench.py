@@ -80,12 +80,17 @@ def prose_prompts(count: int, chars: int = 160) -> list[str]:
 
 
 def workload(s: Settings) -> list[Item]:
+    """Exactly half code and half prose prompts, exactly `long_fraction` long outputs, shuffled."""
     rng = random.Random(s.seed)
     prompts = {"code": corpus.held_out_prompts(s.requests), "prose": prose_prompts(s.requests)}
+    kinds = ["code", "prose"] * (s.requests // 2) + ["code"] * (s.requests % 2)
+    n_long = round(s.long_fraction * s.requests)
+    longs = [True] * n_long + [False] * (s.requests - n_long)
+    rng.shuffle(kinds)
+    rng.shuffle(longs)
     items = []
-    for i in range(s.requests):
-        kind = "code" if rng.random() < 0.5 else "prose"
-        low, high = s.long_tokens if rng.random() < s.long_fraction else s.short_tokens
+    for i, (kind, long) in enumerate(zip(kinds, longs)):
+        low, high = s.long_tokens if long else s.short_tokens
         pool = prompts[kind]
         items.append(Item(kind, pool[i % len(pool)], rng.randint(low, high), rng.expovariate(1.0)))
     return items
