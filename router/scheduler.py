@@ -94,7 +94,8 @@ class Scheduler:
         self.pool = pool
         self.costs = CostModel()
         self.speculation = SpeculationControl(config.speculation, config.k, config.max_k, self.costs)
-        self.policy = make_policy(config.policy, config.queues, lambda r: self.costs.single(r.last_k))
+        self.policy = make_policy(config.policy, config.queues, lambda r: self.costs.single(r.last_k),
+                                  lambda: (self.speculation.acceptance.value, self.speculation.typical_k))
         self.lengths = LengthPredictor()
         self.requests: dict[str, Request] = {}  # admitted, not finished
         self.accepting = True

@@ -5,8 +5,10 @@
 - goodput (SmartSpec, Liu et al. 2024): each iteration evaluates k = 0..maxK for the whole batch
   and takes the k that maximises goodput(k) = sum_i E[tokens_i(k)] / T(k), where
   E[tokens_i(k)] = (1 - a_i^(k+1)) / (1 - a_i) and a_i is the request's acceptance estimate
-  (the global one until the request has its own). T(k) comes from `CostModel`, fitted online
-  to the step times the workers measure. k = 0 wins whenever speculation does not pay.
+  (seeded with the global one at admission). T(k) comes from `CostModel`, fitted online to the
+  step times the workers measure. k = 0 wins whenever speculation does not pay. The batch-wide
+  k is then refined per request by +-1 moves while they raise the modelled goodput, so requests
+  whose drafts are often accepted draft more than those whose drafts are not.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from specd.router.request import Acceptance, Request
+
+REFINE_SWEEPS = 3  # rounds of per-request +-1 moves (bounded: the choice runs every iteration)
 
 
 @dataclass
@@ -100,6 +104,7 @@ class SpeculationControl:
         self.max_k = max_k
         self.costs = costs
         self.acceptance = Acceptance()  # global estimate (SmartSpec's reference starts at 0.7)
+        self.typical_k = k if mode == "fixed" else 0  # mean k of the last batch (LAPS-SD's n for new requests)
 
     def choose(self, batch: list[Request], drafting: list[bool]) -> list[int]:
         """k for each request of the batch; 0 for those without a live draft replica."""
@@ -109,13 +114,27 @@ class SpeculationControl:
         if self.mode == "fixed":
             return [min(self.k, cap) for cap in caps]
         alphas = [r.acceptance.value for r in batch]
-        best_k, best = 0, 0.0
-        for k in range(self.max_k + 1):
-            ks = [min(k, cap) for cap in caps]
-            goodput = sum(expected_tokens(a, kk) for a, kk in zip(alphas, ks)) / self.costs.iteration(ks)
-            if goodput > best:
-                best_k, best = k, goodput
-        return [min(best_k, cap) for cap in caps]
+
+        def goodput(ks: list[int]) -> float:
+            return sum(expected_tokens(a, k) for a, k in zip(alphas, ks)) / self.costs.iteration(ks)
+
+        # SmartSpec: the best single k for the batch (ties go to the smaller k)
+        best = max(([min(k, cap) for cap in caps] for k in range(self.max_k + 1)), key=goodput)
+        value = goodput(best)
+        for _ in range(REFINE_SWEEPS):
+            moved = False
+            for i, cap in enumerate(caps):
+                for k in (best[i] + 1, best[i] - 1):
+                    if 0 <= k <= cap:
+                        trial = best[:i] + [k] + best[i + 1:]
+                        trial_value = goodput(trial)
+                        if trial_value > value * (1 + 1e-9):
+                            best, value, moved = trial, trial_value, True
+                            break
+            if not moved:
+                break
+        self.typical_k = round(sum(best) / len(best))
+        return best
 
     def observe(self, r: Request, k: int, accepted: int) -> None:
         r.acceptance.observe(accepted, k)

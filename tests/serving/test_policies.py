@@ -25,10 +25,14 @@ def costs(r: Request) -> tuple[float, float]:
     return 0.1, 1.0  # draft pass, target pass
 
 
+def population() -> tuple[float, int]:
+    return 0.5, K  # global acceptance, typical k
+
+
 def simulate(policy_name: str, trace: list[tuple[float, int, float]], batch: int = 2) -> float:
     """Mean latency in iterations: each iteration serves `batch` requests in policy order, and a
     request with acceptance a gains K*a + 1 tokens per iteration (fractions carried over)."""
-    policy = make_policy(policy_name, QUEUES, costs)
+    policy = make_policy(policy_name, QUEUES, costs, population)
     pending = [(request(f"r{i}", arrival, length), acceptance) for i, (arrival, length, acceptance) in enumerate(trace)]
     alpha = {r.id: a for r, a in pending}
     credit = {r.id: 0.0 for r, _ in pending}
@@ -97,18 +101,19 @@ def _stable(rid: str, arrival: float, acceptance: float) -> Request:
     return r
 
 
-def test_laps_sd_orders_stable_requests_by_estimated_remaining_time():
-    slow, fast = _stable("slow", 0.0, 0.25), _stable("fast", 1.0, 1.0)
-    policy = make_policy("laps-sd", QUEUES, costs)
-    assert slow.is_stable(QUEUES.stability_window, QUEUES.stability_threshold)
+def test_laps_sd_orders_by_estimated_remaining_time():
+    slow, fast = _stable("slow", 0.0, 0.0), _stable("fast", 1.0, 1.0)
+    policy = make_policy("laps-sd", QUEUES, costs, population)
+    assert isinstance(policy, LAPSSD) and policy.perceptible(slow)
     assert [r.id for r in policy.order([slow, fast])] == ["fast", "slow"]  # same length, better acceptance
     assert [r.id for r in make_policy("las", QUEUES, costs).order([slow, fast])] == ["slow", "fast"]  # blind
-    fresh = request("fresh", 2.0, 100)  # not yet perceptible: runs first in its queue, to learn its acceptance
-    assert policy.order([slow, fast, fresh])[0].id == "fresh"
+    # not yet perceptible: the population's acceptance (0.5) stands in for its own
+    fresh, short = request("fresh", 2.0, 100), request("short", 3.0, 10)
+    assert not policy.perceptible(fresh)
+    assert [r.id for r in policy.order([slow, fast, fresh, short])] == ["short", "fast", "fresh", "slow"]
     # T = remaining * (n*T_draft + T_target) / (n*A + 1)
-    assert isinstance(policy, LAPSSD)
-    expected = 100 * (K * 0.1 + 1.0) / (K * fast.acceptance.value + 1)
-    assert policy.remaining_time(fast) == pytest.approx(expected)
+    assert policy.remaining_time(fast) == pytest.approx(100 * (K * 0.1 + 1.0) / (K * fast.acceptance.value + 1))
+    assert policy.remaining_time(fresh) == pytest.approx(100 * (K * 0.1 + 1.0) / (K * 0.5 + 1))
 
 
 def test_stability_needs_a_full_window_of_small_moves():

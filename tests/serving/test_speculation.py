@@ -82,3 +82,11 @@ def test_cost_model_learns_from_worker_measurements():
     assert model.target_overhead == pytest.approx(0.001, rel=0.05)
     assert model.iteration([0, 0]) == pytest.approx(0.010 + 0.002 * 2 + 0.001, rel=0.05)
     assert model.iteration([3, 3]) > model.iteration([0, 0])
+
+
+def test_goodput_gives_more_drafts_to_requests_that_get_them_accepted():
+    control = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.001))
+    good, poor = request(alpha=0.95), request(alpha=0.2)
+    k_good, k_poor = control.choose([good, poor], [True, True])
+    assert k_good > k_poor
+    assert control.typical_k == round((k_good + k_poor) / 2)
