@@ -102,6 +102,7 @@ class Scheduler:
         self._signal = Signal()
         self._lanes: dict[str, list[asyncio.Task]] = {}
         self._background: set[asyncio.Task] = set()
+        self._busy: dict[str, int] = {}  # target address -> lanes inside an iteration
 
     # -- admission, cancellation ---------------------------------------------------------------
 
@@ -163,6 +164,7 @@ class Scheduler:
                 continue
             for r in batch:
                 r.in_flight = True
+            self._busy[replica.address] = self._busy.get(replica.address, 0) + 1
             try:
                 await self._iterate(replica, batch)
             except Exception as exc:  # a bug must not kill the lane: fail the batch, keep serving
@@ -170,6 +172,7 @@ class Scheduler:
                 for r in batch:
                     self._fail(r, RequestFailed(grpc.StatusCode.INTERNAL, f"internal error: {exc}"))
             finally:
+                self._busy[replica.address] -= 1
                 for r in batch:
                     r.in_flight = False
                     if r.cancelled:
@@ -196,7 +199,8 @@ class Scheduler:
         if not batch:
             return
         live_drafts = {d.address for d in self.pool.live("draft")}
-        ks = self.speculation.choose(batch, [r.draft in live_drafts for r in batch])
+        ks = self.speculation.choose(batch, [r.draft in live_drafts for r in batch],
+                                     overlapped=self._busy.get(target.address, 0) > 1)
         proposals = await self._propose(batch, ks)
         items = []
         for r in batch:

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from specd.router.request import Acceptance, Request
 
 REFINE_SWEEPS = 3  # rounds of per-request +-1 moves (bounded: the choice runs every iteration)
+# when goodput says k = 0, every EXPLORE_EVERY-th such batch drafts one token anyway: otherwise the
+# acceptance and draft-cost estimates that made k = 0 win could never be corrected
+EXPLORE_EVERY = 16
 
 
 @dataclass
@@ -73,15 +76,21 @@ class CostModel:
             self.draft_pass.add(tokens_per_pass, compute_s / passes)
         self.draft_overhead = 0.9 * self.draft_overhead + 0.1 * max(round_trip_s - compute_s, 0.0)
 
-    def iteration(self, ks: list[int]) -> float:
-        """Seconds of one iteration in which request i drafts ks[i] tokens."""
+    def iteration(self, ks: list[int], overlapped: bool = False) -> float:
+        """Seconds of one iteration in which request i drafts ks[i] tokens.
+
+        overlapped: another batch is in flight on the same target (the two-lane pipeline), so this
+        batch's drafting runs while the target verifies the other one; the target then waits for
+        drafts only when drafting takes longer than verifying.
+        """
         passes = max(ks, default=0)
-        seconds = self.target_pass(sum(k + 1 for k in ks)) + self.target_overhead
-        if passes:
-            # pass j feeds every request still drafting at step j
-            fed = sum(sum(1 for k in ks if k > j) for j in range(passes))
-            seconds += passes * self.draft_pass(fed / passes) + self.draft_overhead
-        return seconds
+        verify = self.target_pass(sum(k + 1 for k in ks)) + self.target_overhead
+        if not passes:
+            return verify
+        # pass j feeds every request still drafting at step j
+        fed = sum(sum(1 for k in ks if k > j) for j in range(passes))
+        draft = passes * self.draft_pass(fed / passes) + self.draft_overhead
+        return max(verify, draft) if overlapped else verify + draft
 
     def single(self, k: int) -> tuple[float, float]:
         """(draft pass, target pass) seconds for a request alone (LAPS-SD's T_draft, T_target)."""
@@ -105,9 +114,13 @@ class SpeculationControl:
         self.costs = costs
         self.acceptance = Acceptance()  # global estimate (SmartSpec's reference starts at 0.7)
         self.typical_k = k if mode == "fixed" else 0  # mean k of the last batch (LAPS-SD's n for new requests)
+        self._idle_choices = 0  # goodput choices of k = 0 for a batch that could have drafted
 
-    def choose(self, batch: list[Request], drafting: list[bool]) -> list[int]:
-        """k for each request of the batch; 0 for those without a live draft replica."""
+    def choose(self, batch: list[Request], drafting: list[bool], overlapped: bool = False) -> list[int]:
+        """k for each request of the batch; 0 for those without a live draft replica.
+
+        overlapped: another batch is in flight on the same target replica (see CostModel.iteration).
+        """
         caps = [max(0, min(r.max_k, r.remaining - 1)) if ok else 0 for r, ok in zip(batch, drafting)]
         if self.mode == "off" or not any(caps):
             return [0] * len(batch)
@@ -116,7 +129,7 @@ class SpeculationControl:
         alphas = [r.acceptance.value for r in batch]
 
         def goodput(ks: list[int]) -> float:
-            return sum(expected_tokens(a, k) for a, k in zip(alphas, ks)) / self.costs.iteration(ks)
+            return sum(expected_tokens(a, k) for a, k in zip(alphas, ks)) / self.costs.iteration(ks, overlapped)
 
         # SmartSpec: the best single k for the batch (ties go to the smaller k)
         best = max(([min(k, cap) for cap in caps] for k in range(self.max_k + 1)), key=goodput)
@@ -133,6 +146,10 @@ class SpeculationControl:
                             break
             if not moved:
                 break
+        if not any(best):
+            self._idle_choices += 1
+            if self._idle_choices % EXPLORE_EVERY == 0:
+                best = [min(1, cap) for cap in caps]
         self.typical_k = round(sum(best) / len(best))
         return best
 

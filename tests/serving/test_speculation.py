@@ -90,3 +90,18 @@ def test_goodput_gives_more_drafts_to_requests_that_get_them_accepted():
     k_good, k_poor = control.choose([good, poor], [True, True])
     assert k_good > k_poor
     assert control.typical_k == round((k_good + k_poor) / 2)
+
+
+def test_overlapped_drafting_costs_only_what_verification_does_not_hide():
+    model = costs(draft_pass=0.002)
+    assert model.iteration([3, 3]) == pytest.approx(0.010 + 0.0005 * 8 + 3 * 0.002)
+    assert model.iteration([3, 3], overlapped=True) == pytest.approx(0.010 + 0.0005 * 8)
+    control = SpeculationControl("goodput", 4, 8, model)
+    batch = [request(alpha=0.6)] * 4
+    assert control.choose(batch, [True] * 4, overlapped=True)[0] >= control.choose(batch, [True] * 4)[0]
+
+
+def test_goodput_explores_when_speculation_looks_useless():
+    control = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.001))
+    choices = [control.choose([request(alpha=0.0)], [True]) for _ in range(32)]
+    assert choices.count([1]) == 2 and choices.count([0]) == 30  # one probe in 16
