@@ -4,6 +4,10 @@ Greedy decoding over held-out prompts at several batch sizes. Plain and speculat
 alternate for `rounds` rounds so drift in machine load hits both alike; the figures are ratios
 taken within one run. Losslessness is measured: the speculative outputs are compared token by
 token with plain decoding's.
+
+`acceptance_rate` is α of PAPERS.md §0, the probability that a tested draft token is accepted
+(accepted / (accepted + rejected); drafts after a rejection are never tested), which is the α
+the theoretical bound takes. `accepted_fraction_of_proposed` counts untested drafts as lost.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from specd.worker.engine import GenerationRequest, SpeculativeEngine
+from specd.worker.engine import GenerationRequest, RequestStats, SpeculativeEngine
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.tokenizer import Tokenizer
 
@@ -49,18 +53,17 @@ def step_cost(runner: ModelRunner, context: list[int], repeats: int = 30) -> flo
 
 
 def _timed(engine: SpeculativeEngine, prompts: list[list[int]], batch: int, k: int,
-           max_new_tokens: int) -> tuple[float, list[list[int]], int, int, int]:
-    """Decode all prompts in groups of `batch`; returns seconds, outputs, steps, proposed, accepted."""
-    outputs, steps, proposed, accepted = [], 0, 0, 0
+           max_new_tokens: int) -> tuple[float, list[list[int]], RequestStats]:
+    """Decode all prompts in groups of `batch`; returns seconds, outputs and summed stats."""
+    outputs, total = [], RequestStats()
     started = time.perf_counter()
     for i in range(0, len(prompts), batch):
         group = [GenerationRequest(p, max_new_tokens, k=k, stop_at_eos=False) for p in prompts[i : i + batch]]
         for tokens, stats in engine.generate(group):
             outputs.append(tokens)
-            steps += stats.steps
-            proposed += stats.proposed
-            accepted += stats.accepted
-    return time.perf_counter() - started, outputs, steps, proposed, accepted
+            for name in ("steps", "proposed", "accepted", "rejected"):
+                setattr(total, name, getattr(total, name) + getattr(stats, name))
+    return time.perf_counter() - started, outputs, total
 
 
 def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeBenchSettings,
@@ -75,22 +78,24 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
     for batch in settings.batch_sizes:
         plain_s = spec_s = 0.0
         lossless = True
-        steps = proposed = accepted = 0
+        steps = proposed = accepted = rejected = 0
         for round_ in range(settings.rounds):
-            t_plain, plain_out, *_ = _timed(engine, encoded, batch, 0, settings.max_new_tokens)
-            t_spec, spec_out, s, p, a = _timed(engine, encoded, batch, settings.k, settings.max_new_tokens)
+            t_plain, plain_out, _ = _timed(engine, encoded, batch, 0, settings.max_new_tokens)
+            t_spec, spec_out, stats = _timed(engine, encoded, batch, settings.k, settings.max_new_tokens)
             plain_s, spec_s = plain_s + t_plain, spec_s + t_spec
             lossless &= plain_out == spec_out
-            steps, proposed, accepted = steps + s, proposed + p, accepted + a
+            steps, proposed = steps + stats.steps, proposed + stats.proposed
+            accepted, rejected = accepted + stats.accepted, rejected + stats.rejected
             log(f"batch {batch} round {round_ + 1}: plain {t_plain:.2f}s, speculative {t_spec:.2f}s")
         tokens = settings.rounds * len(encoded) * settings.max_new_tokens
-        alpha = accepted / proposed if proposed else 0.0
+        alpha = RequestStats(steps, proposed, accepted, rejected).acceptance_rate
         per_batch.append({
             "batch_size": batch,
             "autoregressive_tokens_per_s": round(tokens / plain_s, 2),
             "speculative_tokens_per_s": round(tokens / spec_s, 2),
             "speedup": round(plain_s / spec_s, 3),
             "acceptance_rate": round(alpha, 4),
+            "accepted_fraction_of_proposed": round(accepted / proposed, 4),
             "mean_accepted_per_step": round(accepted / steps, 3),
             "tokens_per_step": round(tokens / steps, 3),
             "theoretical_speedup": round(theoretical_speedup(alpha, c, settings.k), 3),

@@ -36,10 +36,13 @@ class RequestStats:
     steps: int = 0  # target passes
     proposed: int = 0  # draft tokens proposed
     accepted: int = 0  # draft tokens accepted
+    rejected: int = 0  # draft tokens rejected (at most one per step: the rest are never tested)
 
     @property
     def acceptance_rate(self) -> float:
-        return self.accepted / self.proposed if self.proposed else 0.0
+        """α of PAPERS.md §0: the probability that a tested draft token is accepted."""
+        tested = self.accepted + self.rejected
+        return self.accepted / tested if tested else 0.0
 
 
 @dataclass
@@ -130,6 +133,7 @@ class SpeculativeEngine:
             state.stats.steps += 1
             state.stats.proposed += ks[rid]
             state.stats.accepted += result.accepted
+            state.stats.rejected += result.accepted < ks[rid]
             outputs.append(self._commit(rid, state, result.tokens))
         return outputs
 

@@ -19,7 +19,8 @@ from specd.worker.tokenizer import Tokenizer
 
 def test_training_script_writes_loadable_models(tmp_path):
     settings = TrainSettings(steps=3, distill_steps=2, batch_size=2, seq_len=32,
-                             tokenizer_chars=100_000, train_chars=200_000)
+                             tokenizer_chars=100_000, train_chars=200_000, on_policy_sequences=4,
+                             on_policy_new_tokens=8, on_policy_steps=2, on_policy_batch=2)
     target_dir, draft_dir = train(tmp_path, settings, log=lambda _: None)
     target, draft = ModelRunner.from_dir(target_dir), ModelRunner.from_dir(draft_dir)
     assert target.config.vocab_size == draft.config.vocab_size == Tokenizer(target_dir).vocab_size
