@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     demo.set_defaults(func=_demo)
 
 
-DEFAULT_PROMPT = "import os\n\n\ndef read_lines(path):\n    "
+DEFAULT_PROMPT = "class Stack:\n    def __init__(self):"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -50,20 +50,25 @@ def _train(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     import sys
+    from pathlib import Path
 
     from specd.demo.paths import demo_model_dirs
     from specd.router.cli import generate_remote
     from specd.router.local import LocalStack
 
     target_dir, draft_dir = demo_model_dirs()
+    log_dir = Path.home() / ".specd" / "demo-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
     stack = LocalStack()
     try:
-        print("starting the local stack: target worker, draft worker, router (laps-sd, goodput)", file=sys.stderr)
-        workers = [stack.start_worker("target", target_dir), stack.start_worker("draft", draft_dir)]
+        print(f"starting the local stack: target worker, draft worker, router (laps-sd, goodput); "
+              f"logs in {log_dir}", file=sys.stderr)
+        workers = [stack.start_worker("target", target_dir, log_dir=log_dir),
+                   stack.start_worker("draft", draft_dir, log_dir=log_dir)]
         for worker in workers:
             stack.wait_serving(worker, 300)
             print(f"  {worker.name} worker serving on {worker.address}", file=sys.stderr)
-        router = stack.start_router("laps-sd", "goodput", max_batch_size=8)
+        router = stack.start_router("laps-sd", "goodput", max_batch_size=8, log_dir=log_dir)
         stack.wait_serving(router, 120)
         print(f"  router serving on {router.address}; streaming a generation:\n", file=sys.stderr)
         args.address = router.address
