@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -176,8 +176,7 @@ class SpeculativeEngine:
     def generate(self, requests: list[GenerationRequest]) -> list[tuple[list[int], RequestStats]]:
         """Run to completion; returns (generated tokens, stats) in request order."""
         ids = [r.request_id or f"gen-{next(self._ids)}" for r in requests]
-        requests = [GenerationRequest(r.prompt, r.max_new_tokens, r.params, r.k, r.stop_at_eos, rid)
-                    for r, rid in zip(requests, ids)]
+        requests = [replace(r, request_id=rid) for r, rid in zip(requests, ids)]
         generated: dict[str, list[int]] = {rid: [] for rid in ids}
         stats: dict[str, RequestStats] = {}
         for out in self.run(requests):

@@ -24,8 +24,8 @@ class KVBudgetExceeded(SpecdError):
 @dataclass
 class RequestKV:
     num_layers: int
-    keys: list[torch.Tensor | None] = field(default_factory=list)
-    values: list[torch.Tensor | None] = field(default_factory=list)
+    keys: list[torch.Tensor | None] = field(init=False)
+    values: list[torch.Tensor | None] = field(init=False)
     tokens: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
