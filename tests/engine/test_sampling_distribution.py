@@ -100,3 +100,11 @@ def test_broken_acceptance_rule_fails_the_same_test(distant_models, monkeypatch)
     pairs = _sample_pairs(distant_models, params)
     p = _p_value(pairs, _exact_joint(distant_models.target, params))
     assert p < 1e-3, f"the goodness-of-fit test did not notice a biased acceptance rule (p = {p:.2e})"
+
+
+def test_seeded_streams_are_reproducible_and_distinct():
+    params = SamplingParams(temperature=1.0, seed=7)
+    draws = [torch.rand(4, generator=params.generator(stream)) for stream in (0, 1, 2, 1)]
+    assert torch.equal(draws[1], draws[3])  # same seed and stream: same numbers (reproducible)
+    # the draft (stream 1) and the target (stream 2) of one request must not share numbers
+    assert not torch.equal(draws[1], draws[2]) and not torch.equal(draws[0], draws[1])
