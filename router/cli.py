@@ -215,14 +215,17 @@ def _register_bench(bench_subparsers) -> None:
                     "long outputs) with Poisson arrivals. Prints latency, TTFT, throughput and goodput per run, "
                     "the goals (laps-sd vs fcfs, goodput vs fixed:K and off) and the gRPC overhead per iteration.")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
-    p.add_argument("--rates", default="1.5,3,4.5", help="arrival rates in requests/s, comma-separated (default: 1.5,3,4.5)")
+    p.add_argument("--rates", default="3,5,7.5", help="arrival rates in requests/s, comma-separated (default: 3,5,7.5)")
     p.add_argument("--requests", type=int, default=24, help="requests per run (default: 24)")
-    p.add_argument("--policies", default="fcfs,laps-sd", help="policies compared under --compare-speculation "
-                   "(default: fcfs,laps-sd)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs per rate and configuration, configurations taking turns (default: 2)")
+    p.add_argument("--policies", default="fcfs,laps-sd", help="policies compared under each of "
+                   "--compare-speculation (default: fcfs,laps-sd)")
     p.add_argument("--speculations", default="off,fixed:2,fixed:4,goodput",
                    help="speculation modes compared under laps-sd (default: off,fixed:2,fixed:4,goodput)")
-    p.add_argument("--compare-speculation", default="goodput", help="speculation mode of the policy comparison")
-    p.add_argument("--max-batch-size", type=int, default=4, help="router batch size (default: 4)")
+    p.add_argument("--compare-speculation", default="goodput,off",
+                   help="speculation modes under which the policies are compared (default: goodput,off)")
+    p.add_argument("--max-batch-size", type=int, default=2, help="router batch size (default: 2)")
     p.add_argument("--long-fraction", type=float, default=0.25, help="share of long requests (default: 0.25)")
     p.add_argument("--targets", type=int, default=1, help="target worker replicas (default: 1)")
     p.add_argument("--drafts", type=int, default=1, help="draft worker replicas (default: 1)")
@@ -241,9 +244,10 @@ def _bench_serve(args) -> int:
 
     target_dir, draft_dir = _model_dirs(args.target_model, args.draft_model)
     settings = bench.Settings(
-        rates=[float(r) for r in args.rates.split(",")], requests=args.requests,
+        rates=[float(r) for r in args.rates.split(",")], requests=args.requests, repeats=args.repeats,
         policies=args.policies.split(","), speculations=[_speculation(s) for s in args.speculations.split(",")],
-        compare_speculation=_speculation(args.compare_speculation), max_batch_size=args.max_batch_size,
+        compare_speculations=[_speculation(x) for x in args.compare_speculation.split(",")],
+        max_batch_size=args.max_batch_size,
         long_fraction=args.long_fraction, targets=args.targets, drafts=args.drafts, seed=args.seed,
         log_dir=Path(args.log_dir) if args.log_dir else None)
     report = bench.run(settings, target_dir, draft_dir)

@@ -42,7 +42,7 @@ class Process:
 @dataclass
 class LocalStack:
     workers: list[Process] = field(default_factory=list)
-    router: Process | None = None
+    routers: list[Process] = field(default_factory=list)
 
     def addresses(self, role: str) -> list[str]:
         return [w.address for w in self.workers if w.name.startswith(role) and w.alive()]
@@ -59,15 +59,18 @@ class LocalStack:
         return process
 
     def start_router(self, policy: str, speculation: str, max_batch_size: int, port: int = 0,
-                     extra: list[str] = (), log_dir: Path | None = None) -> Process:
+                     log_dir: Path | None = None) -> Process:
+        """A router over every live worker of the stack."""
         port = port or free_port()
         args = ["router", "--host", HOST, "--port", str(port), "--policy", policy, "--speculation", speculation,
-                "--max-batch-size", str(max_batch_size), *extra]
+                "--max-batch-size", str(max_batch_size)]
         for role in ("target", "draft"):
             for address in self.addresses(role):
                 args += [f"--{role}", address]
-        self.router = Process("router", f"{HOST}:{port}", _spawn(_specd(*args), "router", log_dir))
-        return self.router
+        name = f"router-{len(self.routers)}-{policy}-{speculation.replace(':', '')}"
+        router = Process(name, f"{HOST}:{port}", _spawn(_specd(*args), name, log_dir))
+        self.routers.append(router)
+        return router
 
     def wait_serving(self, process: Process, timeout_s: float) -> None:
         """Block until `process` answers grpc.health.v1 with SERVING."""
@@ -86,14 +89,10 @@ class LocalStack:
                     raise SpecdError(f"{process.name} at {process.address} did not start within {timeout_s:.0f}s")
                 time.sleep(0.2)
 
-    def stop_router(self, grace_s: float = 30.0) -> None:
-        if self.router:
-            _terminate([self.router], grace_s)
-            self.router = None
-
     def stop(self, grace_s: float = 30.0) -> None:
-        """SIGTERM the router first (it drains), then the workers; SIGKILL what outlives the grace."""
-        self.stop_router(grace_s)
+        """SIGTERM the routers first (they drain), then the workers; SIGKILL what outlives the grace."""
+        _terminate(self.routers, grace_s)
+        self.routers.clear()
         _terminate(self.workers, grace_s)
         self.workers.clear()
 

@@ -181,9 +181,12 @@ class Scheduler:
                 self._signal.fire()
 
     def _pick(self, replica: Replica) -> list[Request]:
-        waiting = [r for r in self.requests.values()
-                   if r.target == replica.address and not r.in_flight and not r.done]
-        return self.policy.order(waiting)[: self.config.max_batch_size]
+        """The next batch: the policy's first requests, up to an even share of the replica's requests
+        per lane (so that with few requests both lanes run small, fast batches) and maxBatchSize."""
+        mine = [r for r in self.requests.values() if r.target == replica.address and not r.done]
+        waiting = [r for r in mine if not r.in_flight]
+        share = -(-len(mine) // self.config.pipeline_depth)  # ceil
+        return self.policy.order(waiting)[: min(self.config.max_batch_size, share)]
 
     # -- one iteration -------------------------------------------------------------------------
 
