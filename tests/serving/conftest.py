@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/serving/models.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/serving/serving_support.py
 
-from models import build_models  # noqa: E402
+from serving_support import build_models  # noqa: E402
 
 from specd.router.config import RouterConfig  # noqa: E402
 from specd.router.discovery import StaticDiscovery  # noqa: E402
@@ -123,19 +123,3 @@ def tokenizer(models):
     from specd.worker.tokenizer import Tokenizer
 
     return Tokenizer(models[0])
-
-
-def assert_released(*cores, timeout_s: float = 5.0) -> None:
-    """Wait for the router's (asynchronous) Release calls, then check the workers hold nothing."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while any(core.mirrors or core.runner.kv.used_tokens() for core in cores) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for core in cores:
-        assert not core.mirrors and core.runner.kv.used_tokens() == 0, core.role
-
-
-PROMPTS = ["def fibonacci(n):\n    ", "import os\nimport sys\n\n", "The quick brown fox", "class Parser:\n",
-           "    return self._value", "# Copyright 2001 Python Software Foundation\n", "for i in range(10):",
-           "if __name__ == '__main__':\n"]

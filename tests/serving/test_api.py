@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from conftest import PROMPTS, assert_released
+from serving_support import PROMPTS, assert_released
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 

@@ -7,7 +7,7 @@ import signal
 
 import grpc
 import pytest
-from conftest import PROMPTS
+from serving_support import PROMPTS
 
 from specd.client import Client, Unavailable
 from specd.proto.v1 import worker_pb2, worker_pb2_grpc

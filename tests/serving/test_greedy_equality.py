@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from conftest import PROMPTS, assert_released
+from serving_support import PROMPTS, assert_released
 
 from specd.client import Client
 from specd.router.config import RouterConfig

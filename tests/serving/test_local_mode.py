@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 
-from conftest import PROMPTS
+from serving_support import PROMPTS
 
 from specd.client import Client
 from specd.router.cli import generate_remote

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import PROMPTS
+from serving_support import PROMPTS
 
 from specd.client import Client
 from specd.router.config import RouterConfig

@@ -1,4 +1,5 @@
-"""Tiny random-weight Llama models with a real BPE tokenizer, for serving tests."""
+"""Helpers shared by the serving tests: tiny random-weight Llama models with a real BPE tokenizer,
+the prompts, and a check that workers released every cache."""
 
 from __future__ import annotations
 
@@ -31,3 +32,19 @@ def build_models(root: Path) -> tuple[Path, Path]:
     text = tokenizer.to_str()
     return (build_model(root / "target", 64, 2, seed=1, tokenizer_json=text),
             build_model(root / "draft", 32, 1, seed=2, tokenizer_json=text))
+
+
+def assert_released(*cores, timeout_s: float = 5.0) -> None:
+    """Wait for the router's (asynchronous) Release calls, then check the workers hold nothing."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while any(core.mirrors or core.runner.kv.used_tokens() for core in cores) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for core in cores:
+        assert not core.mirrors and core.runner.kv.used_tokens() == 0, core.role
+
+
+PROMPTS = ["def fibonacci(n):\n    ", "import os\nimport sys\n\n", "The quick brown fox", "class Parser:\n",
+           "    return self._value", "# Copyright 2001 Python Software Foundation\n", "for i in range(10):",
+           "if __name__ == '__main__':\n"]
