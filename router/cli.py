@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from specd.demo.paths import resolve_model_dirs
 from specd.errors import SpecdError
 
 POLICIES = ("laps-sd", "fcfs", "las", "sjf")
@@ -168,7 +169,7 @@ def _up(args) -> int:
 
     if args.targets < 1 or args.drafts < 0:
         raise SpecdError("--targets must be >= 1 and --drafts >= 0")
-    target_dir, draft_dir = _model_dirs(args.target_model, args.draft_model)
+    target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -194,15 +195,6 @@ def _up(args) -> int:
         print("stopping (draining the router, then the workers)", file=sys.stderr)
         stack.stop()
     return 0
-
-
-def _model_dirs(target: str | None, draft: str | None):
-    if target and draft:
-        return target, draft
-    from specd.demo.paths import demo_model_dirs
-
-    demo_target, demo_draft = demo_model_dirs()
-    return target or demo_target, draft or demo_draft
 
 
 # -- specd bench serve ---------------------------------------------------------------------------
@@ -242,7 +234,7 @@ def _bench_serve(args) -> int:
 
     from specd.router import bench
 
-    target_dir, draft_dir = _model_dirs(args.target_model, args.draft_model)
+    target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
     settings = bench.Settings(
         rates=[float(r) for r in args.rates.split(",")], requests=args.requests, repeats=args.repeats,
         policies=args.policies.split(","), speculations=[_speculation(s) for s in args.speculations.split(",")],

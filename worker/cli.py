@@ -51,17 +51,6 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
 
-def _model_dirs(args: argparse.Namespace):
-    from pathlib import Path
-
-    from specd.demo.paths import demo_model_dirs
-
-    if args.target and args.draft:
-        return Path(args.target), Path(args.draft)
-    demo_target, demo_draft = demo_model_dirs()
-    return Path(args.target or demo_target), Path(args.draft or demo_draft)
-
-
 def _generate(args: argparse.Namespace) -> int:
     sys.stdout.write(args.prompt)  # the continuation streams right after it
     if args.address:
@@ -70,6 +59,7 @@ def _generate(args: argparse.Namespace) -> int:
         return generate_remote(args)
     import torch
 
+    from specd.demo.paths import resolve_model_dirs
     from specd.errors import SpecdError
     from specd.worker.engine import GenerationRequest, SpeculativeEngine
     from specd.worker.runner import ModelRunner
@@ -78,7 +68,7 @@ def _generate(args: argparse.Namespace) -> int:
     from specd.worker.tokenizer import StreamDecoder, Tokenizer
 
     torch.set_num_threads(args.threads)
-    target_dir, draft_dir = _model_dirs(args)
+    target_dir, draft_dir = resolve_model_dirs(args.target, args.draft)
     tokenizer = Tokenizer(target_dir)
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
@@ -110,6 +100,7 @@ def _bench_decode(args: argparse.Namespace) -> int:
     import torch
 
     from specd.demo.corpus import held_out_prompts
+    from specd.demo.paths import resolve_model_dirs
     from specd.errors import SpecdError
     from specd.worker import bench_decode
 
@@ -119,7 +110,7 @@ def _bench_decode(args: argparse.Namespace) -> int:
     except ValueError:
         raise SpecdError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
     settings = bench_decode.DecodeBenchSettings(args.k, batch_sizes, args.prompts, args.max_new_tokens, args.rounds)
-    target_dir, draft_dir = _model_dirs(args)
+    target_dir, draft_dir = resolve_model_dirs(args.target, args.draft)
     result = bench_decode.run(target_dir, draft_dir, held_out_prompts(args.prompts), settings,
                               log=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(result, indent=None if args.json else 2))

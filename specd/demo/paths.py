@@ -18,3 +18,11 @@ def demo_model_dirs() -> tuple[Path, Path]:
         if not (path / "config.json").is_file():
             raise SpecdError(f"demo model not found at {path}; train it with `specd train-demo --out {root}`")
     return target, draft
+
+
+def resolve_model_dirs(target: str | Path | None, draft: str | Path | None) -> tuple[Path, Path]:
+    """The directories given on the command line, the demo models for whichever was not given."""
+    if target and draft:
+        return Path(target), Path(draft)
+    demo_target, demo_draft = demo_model_dirs()
+    return Path(target or demo_target), Path(draft or demo_draft)
