@@ -46,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", help="target model directory (default: the demo target)")
-    parser.add_argument("--draft", help="draft model directory (default: the demo draft)")
+    parser.add_argument("--target-model", help="target model directory (default: the demo target)")
+    parser.add_argument("--draft-model", help="draft model directory (default: the demo draft)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
 
@@ -68,7 +68,7 @@ def _generate(args: argparse.Namespace) -> int:
     from specd.worker.tokenizer import StreamDecoder, Tokenizer
 
     torch.set_num_threads(args.threads)
-    target_dir, draft_dir = resolve_model_dirs(args.target, args.draft)
+    target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
     tokenizer = Tokenizer(target_dir)
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
@@ -110,7 +110,7 @@ def _bench_decode(args: argparse.Namespace) -> int:
     except ValueError:
         raise SpecdError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
     settings = bench_decode.DecodeBenchSettings(args.k, batch_sizes, args.prompts, args.max_new_tokens, args.rounds)
-    target_dir, draft_dir = resolve_model_dirs(args.target, args.draft)
+    target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
     result = bench_decode.run(target_dir, draft_dir, held_out_prompts(args.prompts), settings,
                               log=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(result, indent=None if args.json else 2))

@@ -55,8 +55,8 @@ def test_missing_model_directory(tmp_path):
 
 def test_cli_reports_a_missing_model_without_a_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "specd.cli", "generate", "--prompt", "x", "--target", str(tmp_path / "t"),
-         "--draft", str(tmp_path / "d")],
+        [sys.executable, "-m", "specd.cli", "generate", "--prompt", "x", "--target-model", str(tmp_path / "t"),
+         "--draft-model", str(tmp_path / "d")],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1
