@@ -108,6 +108,3 @@ class KVPool:
 
     def release(self, request_id: str) -> bool:
         return self._requests.pop(request_id, None) is not None
-
-    def request_ids(self) -> list[str]:
-        return list(self._requests)

@@ -12,7 +12,6 @@ driving process (rank 0) replicates each state-changing call to the others throu
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,6 @@ class ModelRunner:
         self.kv = KVPool(cfg.num_hidden_layers, budget_tokens, bytes_per_token)
         self.max_context = cfg.max_position_embeddings
         self.replicate: Callable[[tuple], None] = lambda op: None
-        self.forward_seconds = 0.0  # wall time of the last forward pass
         self.forward_tokens = 0  # tokens in the last forward pass
 
     @classmethod
@@ -124,7 +122,6 @@ class ModelRunner:
 
     @torch.inference_mode()
     def apply_forward(self, items: list[ForwardItem]) -> list[torch.Tensor]:
-        started = time.perf_counter()
         caches = [self.kv.get(item.request_id) for item in items]
         starts = [cache.length for cache in caches]
         counts = [len(item.tokens) for item in items]
@@ -146,7 +143,6 @@ class ModelRunner:
         logits = self.model.logits(hidden[rows]) if rows else hidden.new_empty(0, self.config.vocab_size)
         for cache, item in zip(caches, items):
             cache.tokens.extend(item.tokens)
-        self.forward_seconds = time.perf_counter() - started
         self.forward_tokens = len(flat)
         return list(torch.split(logits, [item.num_logits for item in items]))
 
