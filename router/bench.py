@@ -1,10 +1,15 @@
 """`specd bench serve`: the serving benchmark on a local stack (see docs/serving.md).
 
 Workers start once, and one router per (policy, speculation) pair, all over the same workers
-(an idle router costs nothing). Every run replays the same workload: the same prompts, output
-lengths and Poisson arrival pattern (scaled by the rate), so runs differ only in what is being
-compared. Each rate is measured `repeats` times, the configurations taking turns in a rotating
-order, so that a burst of load from elsewhere on a shared machine does not land on one
+(an idle router costs nothing). Rates are set against measured capacity: a burst of the whole
+workload through fcfs measures the tokens per second a speculation mode streams while every
+batch is full (until only as many requests remain as batches have room for), and each load in
+`loads` becomes the arrival rate offering that fraction of it (or `rates` gives absolute rates). The burst is repeated after the sweep and the
+lower figure is the capacity against which stability is judged: a run is stable when it offers
+fewer tokens per second than that. Every run replays the same workload: the same prompts,
+output lengths and Poisson arrival pattern (scaled by the rate), so runs differ only in what is
+being compared. Each rate is measured `repeats` times, the configurations taking turns in a
+rotating order, so that a burst of load from elsewhere on a shared machine does not land on one
 configuration only; a configuration's figures pool the requests of all its repeats. Outputs
 ignore the end-of-text token so that every run generates exactly the same number of tokens.
 """
@@ -21,22 +26,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from specd.demo import corpus
+from specd.router.config import RouterConfig
 from specd.router.local import LocalStack
 
+# the speculation mode whose capacity sets the rates at which the speculation modes are compared
+REFERENCE_SPECULATION = "goodput"
+BURST_RATE = 1e6  # requests/s: the whole workload at once
+PIPELINE_DEPTH = RouterConfig().pipeline_depth  # the routers run with the default: batches in flight per target
 
 
 @dataclass(frozen=True)
 class Settings:
-    rates: list[float]
-    requests: int = 24
-    repeats: int = 2
+    loads: list[float] = field(default_factory=lambda: [0.6, 0.9, 0.95])  # fractions of capacity
+    rates: list[float] | None = None  # absolute arrival rates (requests/s) instead of loads
+    requests: int = 192
+    repeats: int = 1
     policies: list[str] = field(default_factory=lambda: ["fcfs", "laps-sd"])
     speculations: list[str] = field(default_factory=lambda: ["off", "fixed:2", "fixed:4", "goodput"])
-    compare_speculations: list[str] = field(default_factory=lambda: ["goodput", "off"])
+    compare_speculations: list[str] = field(default_factory=lambda: ["goodput"])
     max_batch_size: int = 2
-    long_fraction: float = 0.25
-    short_tokens: tuple[int, int] = (8, 24)
-    long_tokens: tuple[int, int] = (96, 160)
+    # output lengths: most requests short, a few long (a heavy tail, as in chat traffic)
+    long_fraction: float = 0.15
+    short_tokens: tuple[int, int] = (8, 32)
+    long_tokens: tuple[int, int] = (128, 384)
     targets: int = 1
     drafts: int = 1
     seed: int = 0
@@ -60,6 +72,7 @@ class Outcome:
     proposed: int
     accepted: int
     iterations: int
+    chunks: list[tuple[float, int]] = field(default_factory=list)  # (arrival time, tokens) of each streamed chunk
 
 
 # -- workload ------------------------------------------------------------------------------------
@@ -115,15 +128,16 @@ async def drive(address: str, items: list[Item], rate: float) -> list[Outcome]:
         async def one(item: Item, arrival: float) -> Outcome:
             await asyncio.sleep(max(0.0, start + arrival - loop.time()))
             sent = loop.time()
-            first, tokens, final = None, 0, None
+            first, chunks, final = None, [], None
             async for chunk in client.stream(item.prompt, item.max_new_tokens, ignore_eos=True):
-                if chunk.tokens and first is None:
-                    first = loop.time()
-                tokens += len(chunk.tokens)
+                if chunk.tokens:
+                    first = first or loop.time()
+                    chunks.append((loop.time() - start, len(chunk.tokens)))
                 final = chunk
             u = final.usage
-            return Outcome(sent - start, loop.time() - start, (first or loop.time()) - sent, tokens,
-                           u.draft_tokens_proposed, u.draft_tokens_accepted, u.iterations)
+            return Outcome(sent - start, loop.time() - start, (first or loop.time()) - sent,
+                           sum(n for _, n in chunks), u.draft_tokens_proposed, u.draft_tokens_accepted,
+                           u.iterations, chunks)
 
         return await asyncio.gather(*(one(item, a) for item, a in zip(items, arrivals)))
 
@@ -201,42 +215,71 @@ def grpc_overhead(target_address: str, prompt_tokens: list[int], calls: int = 30
 
 # -- the whole benchmark -------------------------------------------------------------------------
 
-def _configs(s: Settings) -> list[tuple[str, str]]:
-    pairs = [(p, spec) for spec in s.compare_speculations for p in s.policies]
-    pairs += [("laps-sd", spec) for spec in s.speculations]
-    return list(dict.fromkeys(pairs))
+Config = tuple[str, str]  # (policy, speculation)
 
 
-def is_stable(r: dict) -> bool:
-    """The queue keeps up: tokens arrive (rate x tokens per request) no faster than the system
-    generates them while busy."""
-    return r["rate"] * r["generated_tokens"] / r["requests"] <= r["goodput_tokens_per_s"]
+def plan(s: Settings, capacity: dict[str, float], mean_tokens: float) -> dict[float, list[Config]]:
+    """rate -> the configurations run at it. Policies are compared at loads of their own
+    speculation mode's capacity; speculation modes (under laps-sd) at loads of the reference's."""
+    def rates_for(spec: str) -> list[float]:
+        if s.rates:
+            return list(s.rates)
+        return [round(load * capacity[spec] / mean_tokens, 3) for load in s.loads]
+
+    runs: dict[float, list[Config]] = {}
+    for spec in s.compare_speculations:
+        for rate in rates_for(spec):
+            runs.setdefault(rate, []).extend((policy, spec) for policy in s.policies)
+    for rate in rates_for(REFERENCE_SPECULATION):
+        runs.setdefault(rate, []).extend(("laps-sd", spec) for spec in s.speculations)
+    return {rate: list(dict.fromkeys(configs)) for rate, configs in sorted(runs.items())}
 
 
-def goals(results: list[dict], s: Settings) -> dict:
+def capacity_specs(s: Settings) -> list[str]:
+    """Speculation modes whose capacity is measured (fcfs under each)."""
+    return list(dict.fromkeys([*s.compare_speculations, REFERENCE_SPECULATION]))
+
+
+def router_configs(s: Settings) -> list[Config]:
+    """Every configuration the benchmark runs (the capacity bursts go through fcfs)."""
+    configs = [("fcfs", spec) for spec in capacity_specs(s)]
+    configs += [(policy, spec) for spec in s.compare_speculations for policy in s.policies]
+    configs += [("laps-sd", spec) for spec in s.speculations]
+    return list(dict.fromkeys(configs))
+
+
+def is_stable(r: dict, capacity: dict[str, float]) -> bool:
+    """The queue keeps up: tokens arrive (rate x tokens per request) more slowly than the
+    speculation mode can generate them with full batches."""
+    return r["offered_tokens_per_s"] < capacity[r["speculation"]]
+
+
+def goals(results: list[dict], capacity: dict[str, float], s: Settings) -> dict:
     def find(policy: str, spec: str, rate: float) -> dict | None:
         return next((r for r in results if (r["policy"], r["speculation"], r["rate"]) == (policy, spec, rate)), None)
 
-    rates = sorted(s.rates)
-    out: dict = {}
-    out["laps_sd_vs_fcfs"] = []
+    out: dict = {"laps_sd_vs_fcfs": []}
     for spec in s.compare_speculations:
-        fcfs = [find("fcfs", spec, rate) for rate in rates]
-        if not all(fcfs) or not find("laps-sd", spec, rates[0]):
+        pairs = [(f, find("laps-sd", spec, f["rate"])) for f in results
+                 if (f["policy"], f["speculation"]) == ("fcfs", spec)]
+        pairs = sorted(((f, l) for f, l in pairs if l), key=lambda pair: pair[0]["rate"])
+        if not pairs:
             continue
-        stable = [r for r in fcfs if is_stable(r)]
-        top = (stable or fcfs[:1])[-1]
-        ratio = find("laps-sd", spec, top["rate"])["mean_latency_s"] / top["mean_latency_s"]
-        out["laps_sd_vs_fcfs"].append({"speculation": spec, "rate": top["rate"],
-                                       "fcfs_stable_rates": [r["rate"] for r in stable],
-                                       "ratio": round(ratio, 3), "goal": 0.75, "met": bool(stable) and ratio <= 0.75})
+        stable = [(f, l) for f, l in pairs if is_stable(f, capacity)]
+        fcfs, laps = (stable or pairs[:1])[-1]
+        ratio = laps["mean_latency_s"] / fcfs["mean_latency_s"]
+        out["laps_sd_vs_fcfs"].append({
+            "speculation": spec, "rate": fcfs["rate"], "load": fcfs["load"],
+            "fcfs_stable_rates": [f["rate"] for f, _ in stable],
+            "ratio": round(ratio, 3), "goal": 0.75, "met": bool(stable) and ratio <= 0.75,
+            "ratios_by_load": {str(f["load"]): round(l["mean_latency_s"] / f["mean_latency_s"], 3) for f, l in pairs}})
     per_rate = []
-    for rate in rates:
+    for rate in sorted({r["rate"] for r in results}):
         good = find("laps-sd", "goodput", rate)
         fixed = [r for r in results if r["policy"] == "laps-sd" and r["speculation"].startswith("fixed:")
                  and r["rate"] == rate]
         off = find("laps-sd", "off", rate)
-        if not good:
+        if not good or not (fixed or off):
             continue
         row = {"rate": rate, "goodput_latency_s": good["mean_latency_s"]}
         if fixed:
@@ -251,11 +294,25 @@ def goals(results: list[dict], s: Settings) -> dict:
     return out
 
 
+def saturated_throughput(outcomes: list[Outcome], slots: int) -> float:
+    """Tokens per second streamed while at least `slots` requests were unfinished (every batch full),
+    i.e. up to the moment the last `slots` requests were all that remained."""
+    ends = sorted(o.end for o in outcomes)
+    until = ends[max(len(ends) - slots, 0)]
+    since = min(o.sent for o in outcomes)
+    return sum(n for o in outcomes for t, n in o.chunks if t <= until) / (until - since)
+
+
+def burst_capacity(address: str, items: list[Item], slots: int) -> float:
+    """A speculation mode's capacity: the whole workload queued at once."""
+    return saturated_throughput(asyncio.run(drive(address, items, BURST_RATE)), slots)
+
+
 def run(s: Settings, target_dir: Path, draft_dir: Path) -> dict:
     from specd.worker.tokenizer import Tokenizer
 
     workloads = [workload(s, s.seed + rep) for rep in range(s.repeats)]
-    configs = _configs(s)
+    mean_tokens = statistics.fmean(item.max_new_tokens for items in workloads for item in items)
     stack = LocalStack()
     if s.log_dir:
         s.log_dir.mkdir(parents=True, exist_ok=True)
@@ -270,36 +327,56 @@ def run(s: Settings, target_dir: Path, draft_dir: Path) -> dict:
             stack.wait_serving(worker, 300)
         overhead = grpc_overhead(stack.addresses("target")[0], Tokenizer(target_dir).encode(workloads[0][0].prompt))
         _progress(f"gRPC overhead: {overhead}")
-        routers = {config: stack.start_router(*config, s.max_batch_size, log_dir=s.log_dir) for config in configs}
+        routers = {config: stack.start_router(*config, s.max_batch_size, log_dir=s.log_dir)
+                   for config in router_configs(s)}
         for config, router in routers.items():
             stack.wait_serving(router, 120)
             asyncio.run(drive(router.address, workloads[0][:2], rate=100.0))  # warm-up: first-call costs
-        for rate in s.rates:
-            runs: dict[tuple[str, str], list[list[Outcome]]] = {config: [] for config in configs}
+
+        def measure_capacity(when: str) -> dict[str, float]:
+            slots = s.max_batch_size * PIPELINE_DEPTH * s.targets
+            figures = {spec: burst_capacity(routers[("fcfs", spec)].address, workloads[0], slots)
+                       for spec in capacity_specs(s)}
+            _progress(f"capacity {when} the sweep (tokens/s, full batches): "
+                      + ", ".join(f"{spec} {value:.1f}" for spec, value in figures.items()))
+            return figures
+
+        capacity = measure_capacity("before")
+        schedule = plan(s, capacity, mean_tokens)
+        runs: dict[tuple[str, str, float], list[list[Outcome]]] = {}
+        for rate, rate_configs in schedule.items():
             for rep, items in enumerate(workloads):
-                for config in configs[rep % len(configs):] + configs[:rep % len(configs)]:
-                    runs[config].append(asyncio.run(drive(routers[config].address, items, rate)))
-            for (policy, spec), config_runs in runs.items():
-                results.append(summarize(policy, spec, rate, config_runs))
-                r = results[-1]
-                _progress(f"rate {rate:g}/s {policy:8s} {spec:9s} mean {r['mean_latency_s']:.3f}s "
+                shift = rep % len(rate_configs)
+                for config in rate_configs[shift:] + rate_configs[:shift]:
+                    runs.setdefault((*config, rate), []).append(asyncio.run(drive(routers[config].address, items, rate)))
+            for config in rate_configs:
+                r = summarize(*config, rate, runs[(*config, rate)])
+                results.append(r)
+                _progress(f"rate {rate:g}/s {r['policy']:8s} {r['speculation']:9s} mean {r['mean_latency_s']:.3f}s "
                           f"p99 {r['p99_latency_s']:.3f}s ttft {r['mean_ttft_s']:.3f}s mean_k {r['mean_k']:.2f} "
                           f"acc {r['acceptance_rate']:.2f} {r['tokens_per_s']:.1f} tok/s")
+        after = measure_capacity("after")
+        capacity = {spec: round(min(capacity[spec], after[spec]), 2) for spec in capacity}
     finally:
         stack.stop()
+    for r in results:
+        r["load"] = round(r["offered_tokens_per_s"] / capacity[r["speculation"]], 3) if r["speculation"] in capacity else None
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
-    return {"results": results, "goals": goals(results, s), "grpc_overhead": overhead, "settings": settings,
+    return {"results": results, "goals": goals(results, capacity, s), "capacity_tokens_per_s": capacity,
+            "grpc_overhead": overhead, "settings": settings,
             "models": {"target": str(target_dir), "draft": str(draft_dir)},
             "wall_seconds": round(time.monotonic() - started, 1)}
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{'rate':>5} {'policy':8} {'speculation':11} {'mean':>7} {'p50':>7} {'p99':>7} {'ttft':>7} "
-             f"{'tok/s':>7} {'goodput':>8} {'mean_k':>6}"]
+    lines = [f"{'rate':>6} {'load':>5} {'policy':8} {'speculation':11} {'mean':>7} {'p50':>7} {'p99':>7} "
+             f"{'ttft':>7} {'tok/s':>7} {'goodput':>8} {'mean_k':>6}"]
     for r in report["results"]:
-        lines.append(f"{r['rate']:>5g} {r['policy']:8} {r['speculation']:11} {r['mean_latency_s']:7.3f} "
+        load = f"{r['load']:5.2f}" if r["load"] is not None else f"{'-':>5}"
+        lines.append(f"{r['rate']:>6g} {load} {r['policy']:8} {r['speculation']:11} {r['mean_latency_s']:7.3f} "
                      f"{r['p50_latency_s']:7.3f} {r['p99_latency_s']:7.3f} {r['mean_ttft_s']:7.3f} "
                      f"{r['tokens_per_s']:7.1f} {r['goodput_tokens_per_s']:8.1f} {r['mean_k']:6.2f}")
+    lines.append(f"capacity (tokens/s): {report['capacity_tokens_per_s']}")
     lines.append(f"goals: {report['goals']}")
     lines.append(f"gRPC overhead: {report['grpc_overhead']}")
     return "\n".join(lines)

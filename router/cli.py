@@ -202,23 +202,31 @@ def _up(args) -> int:
 def _register_bench(bench_subparsers) -> None:
     p = bench_subparsers.add_parser(
         "serve", help="serving benchmark: Poisson arrivals over policies and speculation modes",
-        description="Start workers on loopback, then for every rate and every (policy, speculation) pair start a "
-                    "router and send the same mixed workload (Python code and English prose prompts, short and "
-                    "long outputs) with Poisson arrivals. Prints latency, TTFT, throughput and goodput per run, "
-                    "the goals (laps-sd vs fcfs, goodput vs fixed:K and off) and the gRPC overhead per iteration.")
+        description="Start workers on loopback and one router per (policy, speculation) pair. Measure each "
+                    "speculation mode's capacity (tokens/s with the whole workload queued at once), then send the "
+                    "same mixed workload (Python code and English prose prompts, mostly short outputs and a few "
+                    "long ones) with Poisson arrivals at each load (a fraction of that capacity). Prints latency, "
+                    "TTFT, throughput and goodput per run, the goals (laps-sd vs fcfs at the highest load where "
+                    "fcfs is stable; goodput vs fixed:K and off) and the gRPC overhead per iteration.")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
-    p.add_argument("--rates", default="3,5,7.5", help="arrival rates in requests/s, comma-separated (default: 3,5,7.5)")
-    p.add_argument("--requests", type=int, default=24, help="requests per run (default: 24)")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="runs per rate and configuration, configurations taking turns (default: 2)")
+    p.add_argument("--loads", default="0.6,0.9,0.95",
+                   help="offered load as fractions of the measured capacity, comma-separated (default: 0.6,0.9,0.95)")
+    p.add_argument("--rates", help="absolute arrival rates in requests/s instead of --loads, comma-separated")
+    p.add_argument("--requests", type=int, default=192,
+                   help="requests per run, 2-256; long runs let queues reach their steady state (default: 192)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per rate and configuration with new arrival patterns, configurations taking turns "
+                        "(default: 1)")
     p.add_argument("--policies", default="fcfs,laps-sd", help="policies compared under each of "
                    "--compare-speculation (default: fcfs,laps-sd)")
     p.add_argument("--speculations", default="off,fixed:2,fixed:4,goodput",
                    help="speculation modes compared under laps-sd (default: off,fixed:2,fixed:4,goodput)")
-    p.add_argument("--compare-speculation", default="goodput,off",
-                   help="speculation modes under which the policies are compared (default: goodput,off)")
+    p.add_argument("--compare-speculation", default="goodput",
+                   help="speculation modes under which the policies are compared, each at loads of its own "
+                        "capacity (default: goodput)")
     p.add_argument("--max-batch-size", type=int, default=2, help="router batch size (default: 2)")
-    p.add_argument("--long-fraction", type=float, default=0.25, help="share of long requests (default: 0.25)")
+    p.add_argument("--long-fraction", type=float, default=0.15,
+                   help="share of long requests: 128-384 tokens, the rest 8-32 (default: 0.15)")
     p.add_argument("--targets", type=int, default=1, help="target worker replicas (default: 1)")
     p.add_argument("--drafts", type=int, default=1, help="draft worker replicas (default: 1)")
     p.add_argument("--target-model", help="target model directory (default: the demo target)")
@@ -235,8 +243,14 @@ def _bench_serve(args) -> int:
     from specd.router import bench
 
     target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
+    if not 2 <= args.requests <= 256:
+        raise SpecdError(f"--requests must be in [2, 256] (the router's queue), got {args.requests}")
+    if not 0 <= args.long_fraction <= 1:
+        raise SpecdError(f"--long-fraction must be in [0, 1], got {args.long_fraction}")
     settings = bench.Settings(
-        rates=[float(r) for r in args.rates.split(",")], requests=args.requests, repeats=args.repeats,
+        loads=_positive_floats("--loads", args.loads),
+        rates=_positive_floats("--rates", args.rates) if args.rates else None,
+        requests=args.requests, repeats=args.repeats,
         policies=args.policies.split(","), speculations=[_speculation(s) for s in args.speculations.split(",")],
         compare_speculations=[_speculation(x) for x in args.compare_speculation.split(",")],
         max_batch_size=args.max_batch_size,
@@ -248,6 +262,16 @@ def _bench_serve(args) -> int:
     else:
         print(bench.format_report(report))
     return 0
+
+
+def _positive_floats(flag: str, text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise SpecdError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise SpecdError(f"{flag}: every value must be positive, got {text!r}")
+    return values
 
 
 # -- specd generate --address --------------------------------------------------------------------

@@ -31,6 +31,8 @@ class Replica:
     live: bool = False
     pinned: set[str] = field(default_factory=set)  # ids of requests whose KV lives here
     orphans: set[str] = field(default_factory=set)  # requests to release once it answers again
+    # requests evicted from here for lack of KV room: not scheduled until room frees up
+    kv_waiting: set[str] = field(default_factory=set)
 
     async def close(self) -> None:
         await self.channel.close()

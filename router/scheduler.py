@@ -10,6 +10,12 @@ Failure handling: a worker call that fails marks the replica down (it is probed 
 again). A request whose target replica is gone is pinned to another one and prefilled there
 from its committed tokens, so its stream goes on without losing or repeating tokens; with no
 target replica left it fails with UNAVAILABLE. Without a live draft replica, k = 0.
+
+KV pressure: a worker whose KV budget is full answers RESOURCE_EXHAUSTED. The router then
+preempts by recomputation: it releases the cache of the lowest-priority request the worker holds
+that is not running, and that request waits until a request on the replica finishes (or nothing
+runs there); its cache is rebuilt from its committed tokens when it runs again. Only a request
+that does not fit even alone fails, with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -31,8 +37,7 @@ from specd.router.speculation import CostModel, SpeculationControl
 log = logging.getLogger(__name__)
 WORKER_TIMEOUT_S = 60.0
 # worker answers that mean "this call was wrong", not "this worker is broken"
-_REQUEST_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
-                   grpc.StatusCode.RESOURCE_EXHAUSTED}
+_REQUEST_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE}
 
 
 class RequestFailed(Exception):
@@ -184,7 +189,9 @@ class Scheduler:
         """The next batch: the policy's first requests, up to an even share of the replica's requests
         per lane (so that with few requests both lanes run small, fast batches) and maxBatchSize."""
         mine = [r for r in self.requests.values() if r.target == replica.address and not r.done]
-        waiting = [r for r in mine if not r.in_flight]
+        if not any(r.in_flight for r in mine):
+            replica.kv_waiting.clear()  # nothing running here will free room: let them try again
+        waiting = [r for r in mine if not r.in_flight and r.id not in replica.kv_waiting]
         share = -(-len(mine) // self.config.pipeline_depth)  # ceil
         return self.policy.order(waiting)[: min(self.config.max_batch_size, share)]
 
@@ -198,7 +205,7 @@ class Scheduler:
         await self._prefill(target, batch)
         if not target.live:
             return
-        batch = [r for r in batch if not r.done]
+        batch = [r for r in batch if not r.done and r.sent.get(target.address)]  # a failed prefill drops out
         if not batch:
             return
         live_drafts = {d.address for d in self.pool.live("draft")}
@@ -341,11 +348,39 @@ class Scheduler:
             r.sent.pop(replica.address, None)  # its state there is unknown: send everything next time
         if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
             return  # the worker lost track of a request; re-sent from 0 next iteration
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self._make_room(replica, members, exc.details())
+            return
         if exc.code() in _REQUEST_ERRORS:
             for r in members:
                 self._fail(r, RequestFailed(exc.code(), f"{replica.role} worker: {exc.details()}"))
             return
         self.pool.mark_down(replica, f"{exc.code().name}: {exc.details()}")
+
+    def _make_room(self, replica: Replica, members: list[Request], details: str) -> None:
+        """`replica`'s KV budget is full: evict the lowest-priority request it holds that is not
+        running; failing that, one of the batch that failed, unless it ran alone there."""
+        holders = [r for r in self.requests.values() if r.sent.get(replica.address) and not r.in_flight
+                   and r not in members and not r.done]
+        if holders:
+            self._evict(self.policy.order(holders)[-1], replica)
+        elif replica.role == "draft":
+            pass  # the batch went on without drafts this iteration
+        elif len(members) > 1 or any(r.in_flight and r.target == replica.address and r not in members
+                                     for r in self.requests.values()):
+            self._evict(self.policy.order(members)[-1], replica)
+        else:
+            for r in members:
+                self._fail(r, RequestFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            f"the request does not fit in the {replica.role} worker's KV cache "
+                                            f"even alone: {details}"))
+
+    def _evict(self, r: Request, replica: Replica) -> None:
+        log.info("KV of %s full: request %s waits (its cache is recomputed when it runs again)", replica.address, r.id)
+        r.sent.pop(replica.address, None)
+        if replica.role == "target":
+            replica.kv_waiting.add(r.id)
+        self._release_later(replica, r.id)
 
     def _repin(self) -> None:
         """Move requests off target replicas that are gone; fail them if none is left."""
@@ -377,10 +412,14 @@ class Scheduler:
             replica = self.pool.replicas.get(getattr(r, role) or "")
             self._unpin(r, role)
             if replica is not None and replica.live:
-                task = asyncio.ensure_future(self._release(replica, r.id))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                replica.kv_waiting.clear()  # room freed: evicted requests may try again
+                self._release_later(replica, r.id)
         self._signal.fire()
+
+    def _release_later(self, replica: Replica, request_id: str) -> None:
+        task = asyncio.ensure_future(self._release(replica, request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @staticmethod
     async def _release(replica: Replica, request_id: str) -> None:

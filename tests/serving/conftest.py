@@ -57,10 +57,10 @@ class Workers:
         self.running = {}
         self.cores = {}
 
-    def start(self, name: str, role: str, model_dir: Path) -> str:
+    def start(self, name: str, role: str, model_dir: Path, kv_budget_mib: float = 512) -> str:
         from specd.worker.servers.service import load_core, start_worker
 
-        core = load_core(role, str(model_dir))
+        core = load_core(role, str(model_dir), kv_budget_mib=kv_budget_mib)
         self.cores[name] = core
         self.running[name] = self.loop.run(start_worker(core))
         return f"127.0.0.1:{self.running[name].port}"

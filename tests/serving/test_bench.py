@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from specd.router.bench import Outcome, Settings, busy_seconds, goals, is_stable, summarize, workload
+from specd.router.bench import (Outcome, Settings, busy_seconds, goals, is_stable, plan, router_configs,
+                                saturated_throughput, summarize, workload)
 
 
 def outcome(sent: float, end: float, tokens: int = 10) -> Outcome:
@@ -15,34 +16,59 @@ def test_busy_time_is_the_union_of_request_intervals():
     assert busy_seconds([outcome(0, 2), outcome(1, 3), outcome(5, 6)]) == pytest.approx(4.0)
 
 
+def test_saturated_throughput_stops_when_batches_can_no_longer_be_full():
+    outcomes = [Outcome(0, 2, 0.1, 4, 0, 0, 2, chunks=[(1, 2), (2, 2)]),
+                Outcome(0, 4, 0.1, 6, 0, 0, 3, chunks=[(1, 1), (2, 1), (4, 4)]),
+                Outcome(0, 9, 0.1, 9, 0, 0, 9, chunks=[(5, 9)])]
+    # three slots: full until the first request ends at t=2, 2 + 2 + 1 + 1 tokens streamed by then
+    assert saturated_throughput(outcomes, slots=3) == pytest.approx(6 / 2)
+    # two slots: full until the second ends at t=4 (the lone third one runs alone after that)
+    assert saturated_throughput(outcomes, slots=2) == pytest.approx(10 / 4)
+
+
 def test_summary_pools_latencies_and_sums_times_over_runs():
     r = summarize("fcfs", "off", 2.0, [[outcome(0, 1), outcome(0, 3)], [outcome(0, 2)]])
     assert r["requests"] == 3 and r["mean_latency_s"] == pytest.approx(2.0)
     assert r["tokens_per_s"] == pytest.approx(30 / 5) and r["mean_k"] == 2.0
     assert r["offered_tokens_per_s"] == pytest.approx(20.0)
     assert r["goodput_tokens_per_s"] == pytest.approx(30 / 5)  # busy 2 s + 3 s (each run's own)
-    assert not is_stable(r)  # 2/s x 10 tokens = 20 tokens/s offered > 6 served per busy second
-    assert is_stable({**r, "rate": 0.5})
+    assert not is_stable(r, {"off": 20.0})  # 2/s x 10 tokens = 20 tokens/s offered, not below capacity
+    assert is_stable(r, {"off": 25.0})
+
+
+def test_rates_are_loads_of_each_modes_capacity():
+    s = Settings(loads=[0.5, 0.9], compare_speculations=["goodput", "off"], speculations=["off", "goodput"])
+    runs = plan(s, {"goodput": 400.0, "off": 200.0}, mean_tokens=40.0)
+    # goodput: 5/s and 9/s (policies, and the speculation modes under laps-sd); off: 2.5/s and 4.5/s (policies)
+    assert runs == {2.5: [("fcfs", "off"), ("laps-sd", "off")], 4.5: [("fcfs", "off"), ("laps-sd", "off")],
+                    5.0: [("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "off")],
+                    9.0: [("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "off")]}
+    absolute = plan(Settings(rates=[3.0], speculations=["fixed:2"]), {"goodput": 400.0}, mean_tokens=40.0)
+    assert absolute == {3.0: [("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "fixed:2")]}
+    assert router_configs(s) == [("fcfs", "goodput"), ("fcfs", "off"), ("laps-sd", "goodput"), ("laps-sd", "off")]
 
 
 def test_goals_compare_at_the_highest_stable_rate():
-    def row(policy, spec, rate, latency, served):
+    def row(policy, spec, rate, latency):
         return {"policy": policy, "speculation": spec, "rate": rate, "mean_latency_s": latency,
-                "generated_tokens": 100, "requests": 10, "goodput_tokens_per_s": served}
+                "offered_tokens_per_s": rate * 10, "load": rate * 10 / 30}
 
-    results = [row("fcfs", "goodput", 1, 1.0, 50), row("laps-sd", "goodput", 1, 0.9, 50),
-               row("fcfs", "goodput", 2, 2.0, 30), row("laps-sd", "goodput", 2, 1.0, 30),  # 2/s: 20 offered <= 30
-               row("fcfs", "goodput", 4, 9.0, 30), row("laps-sd", "goodput", 4, 3.0, 30),  # 4/s: 40 offered > 30
-               row("laps-sd", "off", 2, 2.2, 30), row("laps-sd", "fixed:2", 2, 0.98, 30)]
-    s = Settings(rates=[1, 2, 4], compare_speculations=["goodput"])
-    g = goals(results, s)
+    results = [row("fcfs", "goodput", 1, 1.0), row("laps-sd", "goodput", 1, 0.9),
+               row("fcfs", "goodput", 2, 2.0), row("laps-sd", "goodput", 2, 1.0),  # 2/s: 20 offered < 30
+               row("fcfs", "goodput", 4, 9.0), row("laps-sd", "goodput", 4, 3.0),  # 4/s: 40 offered > 30
+               row("laps-sd", "off", 2, 2.2), row("laps-sd", "fixed:2", 2, 0.98)]
+    g = goals(results, {"goodput": 30.0}, Settings(compare_speculations=["goodput"]))
     [policy] = g["laps_sd_vs_fcfs"]
     assert (policy["rate"], policy["ratio"], policy["met"]) == (2, 0.5, True)
+    assert policy["fcfs_stable_rates"] == [1, 2] and len(policy["ratios_by_load"]) == 3
     at_2 = next(r for r in g["goodput_speculation"] if r["rate"] == 2)
     assert at_2["best_fixed"] == "fixed:2" and at_2["met_vs_fixed"] and at_2["met_vs_off"]
+    unstable = goals(results, {"goodput": 5.0}, Settings(compare_speculations=["goodput"]))
+    assert unstable["laps_sd_vs_fcfs"][0]["met"] is False  # no stable rate: nothing to claim
 
 
 def test_workload_mix_is_exact():
-    items = workload(Settings(rates=[1], requests=20, long_fraction=0.25), seed=0)
+    items = workload(Settings(requests=20, long_fraction=0.25), seed=0)
     assert sum(i.kind == "code" for i in items) == 10
-    assert sum(i.max_new_tokens >= 96 for i in items) == 5
+    assert sum(i.max_new_tokens >= 128 for i in items) == 5
+    assert all(8 <= i.max_new_tokens <= 32 or 128 <= i.max_new_tokens <= 384 for i in items)
