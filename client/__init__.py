@@ -11,7 +11,7 @@ from specd.client.aio import AsyncClient
 from specd.client.errors import (Cancelled, DeadlineExceeded, InvalidRequest, Overloaded, SpecdClientError,
                                  Unavailable)
 from specd.client.sync import Client, Stream
-from specd.client.types import Chunk, Result, Timing, Usage
+from specd.client.types import Chunk, Result, RouterStats, Timing, Usage
 
-__all__ = ["Client", "AsyncClient", "Stream", "Chunk", "Result", "Usage", "Timing", "SpecdClientError",
+__all__ = ["Client", "AsyncClient", "Stream", "Chunk", "Result", "Usage", "Timing", "RouterStats", "SpecdClientError",
            "InvalidRequest", "Overloaded", "Unavailable", "DeadlineExceeded", "Cancelled"]

@@ -11,7 +11,7 @@ from specd.client import types
 from specd.client.errors import Unavailable, from_rpc_error
 from specd.client.sync import RETRY_BACKOFF_S
 from specd.proto import server as grpc_server
-from specd.proto.v1 import serving_pb2_grpc
+from specd.proto.v1 import serving_pb2, serving_pb2_grpc
 
 
 class AsyncClient:
@@ -64,6 +64,13 @@ class AsyncClient:
                 await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
             finally:
                 call.cancel()  # no-op once finished; otherwise the router stops and frees the KV cache
+
+    async def stats(self, timeout: float | None = 10.0) -> types.RouterStats:
+        """The router's live figures: acceptance, goodput, current k, queue."""
+        try:
+            return types.router_stats(await self._stub.Stats(serving_pb2.RouterStatsRequest(), timeout=timeout))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
 
     async def close(self) -> None:
         await self._channel.close()

@@ -10,7 +10,7 @@ import grpc
 from specd.client import types
 from specd.client.errors import SpecdClientError, Unavailable, from_rpc_error
 from specd.proto import server as grpc_server
-from specd.proto.v1 import serving_pb2_grpc
+from specd.proto.v1 import serving_pb2, serving_pb2_grpc
 
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0)  # UNAVAILABLE before any output: the request had no effect yet
 
@@ -93,6 +93,13 @@ class Client:
         msg = types.request_message(prompt, max_new_tokens, temperature, top_p, top_k, seed, speculation, max_k,
                                     ignore_eos, request_id)
         return Stream(lambda: self._stub.Generate(msg, timeout=timeout or self.timeout), self.retries)
+
+    def stats(self, timeout: float | None = 10.0) -> types.RouterStats:
+        """The router's live figures: acceptance, goodput, current k, queue."""
+        try:
+            return types.router_stats(self._stub.Stats(serving_pb2.RouterStatsRequest(), timeout=timeout))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
 
     def close(self) -> None:
         self._channel.close()

@@ -49,6 +49,28 @@ class Result:
     timing: Timing
 
 
+@dataclass(frozen=True)
+class RouterStats:
+    """Live figures of a router (`Client.stats()`)."""
+
+    acceptance_rate: float | None  # None until drafts were verified
+    goodput_tokens_per_s: float  # tokens streamed per second over the last minute
+    current_k: int
+    queued_requests: int
+    running_requests: int
+    finished_requests: int
+    live_targets: int
+    live_drafts: int
+    policy: str
+    speculation: str
+
+
+def router_stats(msg: serving_pb2.RouterStats) -> RouterStats:
+    return RouterStats(msg.acceptance_rate if msg.drafted_tokens else None, msg.goodput_tokens_per_s, msg.current_k,
+                       msg.queued_requests, msg.running_requests, msg.finished_requests, msg.live_targets,
+                       msg.live_drafts, msg.policy, msg.speculation)
+
+
 def request_message(prompt: str | list[int], max_new_tokens: int, temperature: float, top_p: float, top_k: int,
                     seed: int | None, speculation: bool, max_k: int, ignore_eos: bool,
                     request_id: str) -> serving_pb2.GenerateRequest:

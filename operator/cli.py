@@ -7,6 +7,8 @@ import logging
 import os
 from typing import Any
 
+from specd.operator.names import ROUTER_ADDRESS_TEMPLATE
+
 DEFAULT_IMAGE = "ghcr.io/specd/specd:0.1.0"
 
 
@@ -27,6 +29,13 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
                         choices=["Always", "IfNotPresent", "Never"])
     parser.add_argument("--resync-seconds", type=float, default=60.0,
                         help="full reconciliation of every resource this often (default 60)")
+    parser.add_argument("--stats-seconds", type=float, default=30.0,
+                        help="copy each Ready router's live figures (acceptance, goodput, k) into "
+                             "its resource's status this often; 0 turns it off (default 30)")
+    parser.add_argument("--router-address", default=ROUTER_ADDRESS_TEMPLATE, metavar="TEMPLATE",
+                        help="where to reach a resource's router, with {service}, {namespace} and "
+                             "{port} filled in (default: %(default)s; outside the cluster, e.g. "
+                             "127.0.0.1:{port} through kubectl port-forward)")
     parser.add_argument("--liveness", metavar="URL",
                         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -38,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from specd.operator.builders import OperatorConfig
     from specd.operator.handlers import build_registry
     from specd.operator.kube import Kube
-    from specd.operator.reconcile import Reconciler, Resync
+    from specd.operator.live import LiveFigures
+    from specd.operator.reconcile import EveryResource, Reconciler, resync
 
     from specd.errors import SpecdError
 
@@ -46,14 +56,26 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.resync_seconds <= 0:
         raise SpecdError("--resync-seconds must be positive")
+    if args.stats_seconds < 0:
+        raise SpecdError("--stats-seconds must be 0 (off) or positive")
+    try:
+        args.router_address.format(service="s", namespace="n", port=1)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SpecdError(f"--router-address {args.router_address!r}: use only {{service}}, {{namespace}} "
+                         f"and {{port}} ({exc})") from None
     kube = Kube.connect(args.kubeconfig, args.context)
     reconciler = Reconciler(kube, OperatorConfig(args.image, args.image_pull_policy))
-    resync = Resync(reconciler, args.namespaces, args.resync_seconds)
-    resync.thread.start()
+    loops = [resync(reconciler, args.namespaces, args.resync_seconds)]
+    if args.stats_seconds:
+        live = LiveFigures(kube, args.router_address)
+        loops.append(EveryResource(kube, args.namespaces, args.stats_seconds, "live figures", live.refresh))
+    for loop in loops:
+        loop.thread.start()
     try:
         kopf.run(registry=build_registry(kube), memo=kopf.Memo(reconciler=reconciler),
                  standalone=True, clusterwide=not args.namespaces, namespaces=args.namespaces,
                  liveness_endpoint=args.liveness)
     finally:
-        resync.stopped.set()
+        for loop in loops:
+            loop.stopped.set()
     return 0

@@ -4,7 +4,7 @@
 - A child created, edited or deleted by someone -> full pass of its owner (drift correction).
 - A child Deployment whose status moved (pods became ready, ...) -> status pass of its owner;
   other status-only changes (PodDisruptionBudgets) are ignored.
-The periodic resync (`reconcile.Resync`) backs these up for anything a watch could have missed.
+The periodic resync (`reconcile.resync`) backs these up for anything a watch could have missed.
 
 Kopf keeps its handler bookkeeping in annotations under specd.io (the status schema is
 strict), and no finalizer is added: children are deleted by the garbage collector through their

@@ -150,31 +150,39 @@ class Reconciler:
                                          f"deleted {kind} {child}: no longer in the spec")
 
 
-class Resync:
-    """Every `interval` seconds, a full pass of every resource in the watched namespaces.
+class EveryResource:
+    """Every `interval` seconds, `action(resource)` for each resource in the watched namespaces,
+    on a daemon thread. Used for the periodic full resync (watches can miss events while the
+    operator is down or a watch expires: this bounds how long drift lasts) and for the live
+    figures (`live.LiveFigures`)."""
 
-    Watches can miss events (operator down, expired watch); this bounds how long drift lasts.
-    """
-
-    def __init__(self, reconciler: Reconciler, namespaces: list[str], interval: float) -> None:
-        self.reconciler = reconciler
+    def __init__(self, kube: Kube, namespaces: list[str], interval: float, name: str,
+                 action: Callable[[dict[str, Any]], None]) -> None:
+        self.kube = kube
         self.namespaces: list[str | None] = list(namespaces) or [None]  # None: all namespaces
         self.interval = interval
+        self.name = name
+        self.action = action
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="specd-resync", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=f"specd-{name}", daemon=True)
 
     def _loop(self) -> None:
         while not self.stopped.wait(self.interval):
             for namespace in self.namespaces:
                 try:
-                    items = self.reconciler.kube.list(crd.KIND, namespace)
+                    items = self.kube.list(crd.KIND, namespace)
                 except KubeError as exc:
-                    log.warning("periodic resync cannot list resources: %s", exc)
+                    log.warning("%s cannot list resources: %s", self.name, exc)
                     continue
                 for item in items:
                     meta = item["metadata"]
                     try:
-                        self.reconciler.run(meta["namespace"], meta["name"], full=True)
+                        self.action(item)
                     except KubeError as exc:
-                        log.warning("periodic resync of %s/%s failed: %s", meta["namespace"],
-                                    meta["name"], exc)
+                        log.warning("%s of %s/%s failed: %s", self.name, meta["namespace"], meta["name"], exc)
+
+
+def resync(reconciler: Reconciler, namespaces: list[str], interval: float) -> EveryResource:
+    """A full pass of every resource every `interval` seconds."""
+    return EveryResource(reconciler.kube, namespaces, interval, "resync", lambda item: reconciler.run(
+        item["metadata"]["namespace"], item["metadata"]["name"], full=True))

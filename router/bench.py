@@ -45,10 +45,10 @@ class Settings:
     speculations: list[str] = field(default_factory=lambda: ["off", "fixed:2", "fixed:4", "goodput"])
     compare_speculations: list[str] = field(default_factory=lambda: ["goodput"])
     max_batch_size: int = 2
-    # output lengths: most requests short, a few long (a heavy tail, as in chat traffic)
-    long_fraction: float = 0.15
-    short_tokens: tuple[int, int] = (8, 32)
-    long_tokens: tuple[int, int] = (128, 384)
+    # output lengths: most requests short, some long
+    long_fraction: float = 0.25
+    short_tokens: tuple[int, int] = (8, 24)
+    long_tokens: tuple[int, int] = (96, 160)
     targets: int = 1
     drafts: int = 1
     seed: int = 0
@@ -61,6 +61,7 @@ class Item:
     prompt: str
     max_new_tokens: int
     gap: float  # unit-rate exponential inter-arrival gap (divided by the rate)
+    long: bool = False  # drawn from the long output lengths
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Outcome:
     accepted: int
     iterations: int
     chunks: list[tuple[float, int]] = field(default_factory=list)  # (arrival time, tokens) of each streamed chunk
+    long: bool = False
 
 
 # -- workload ------------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ def workload(s: Settings, seed: int) -> list[Item]:
     for i, (kind, long) in enumerate(zip(kinds, longs)):
         low, high = s.long_tokens if long else s.short_tokens
         pool = prompts[kind]
-        items.append(Item(kind, pool[i % len(pool)], rng.randint(low, high), rng.expovariate(1.0)))
+        items.append(Item(kind, pool[i % len(pool)], rng.randint(low, high), rng.expovariate(1.0), long))
     return items
 
 
@@ -137,7 +139,7 @@ async def drive(address: str, items: list[Item], rate: float) -> list[Outcome]:
             u = final.usage
             return Outcome(sent - start, loop.time() - start, (first or loop.time()) - sent,
                            sum(n for _, n in chunks), u.draft_tokens_proposed, u.draft_tokens_accepted,
-                           u.iterations, chunks)
+                           u.iterations, chunks, item.long)
 
         return await asyncio.gather(*(one(item, a) for item, a in zip(items, arrivals)))
 
@@ -167,6 +169,9 @@ def summarize(policy: str, speculation: str, rate: float, runs: list[list[Outcom
         "p50_latency_s": round(_quantile(latencies, 0.50), 4),
         "p99_latency_s": round(_quantile(latencies, 0.99), 4),
         "mean_ttft_s": round(statistics.fmean(o.ttft for o in outcomes), 4),
+        # how the policy treats each kind of request (LAS-style policies trade long for short)
+        "short_mean_latency_s": _mean_latency([o for o in outcomes if not o.long]),
+        "long_mean_latency_s": _mean_latency([o for o in outcomes if o.long]),
         "tokens_per_s": round(tokens / makespan, 2),
         "goodput_tokens_per_s": round(tokens / busy, 2),
         "mean_k": round(proposed / iterations, 3) if iterations else 0.0,
@@ -176,6 +181,10 @@ def summarize(policy: str, speculation: str, rate: float, runs: list[list[Outcom
         "generated_tokens": tokens,
         "offered_tokens_per_s": round(rate * tokens / len(outcomes), 2),
     }
+
+
+def _mean_latency(outcomes: list[Outcome]) -> float | None:
+    return round(statistics.fmean(o.end - o.sent for o in outcomes), 4) if outcomes else None
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -353,6 +362,7 @@ def run(s: Settings, target_dir: Path, draft_dir: Path) -> dict:
                 r = summarize(*config, rate, runs[(*config, rate)])
                 results.append(r)
                 _progress(f"rate {rate:g}/s {r['policy']:8s} {r['speculation']:9s} mean {r['mean_latency_s']:.3f}s "
+                          f"(short {r['short_mean_latency_s']}s, long {r['long_mean_latency_s']}s) "
                           f"p99 {r['p99_latency_s']:.3f}s ttft {r['mean_ttft_s']:.3f}s mean_k {r['mean_k']:.2f} "
                           f"acc {r['acceptance_rate']:.2f} {r['tokens_per_s']:.1f} tok/s")
         after = measure_capacity("after")

@@ -225,8 +225,11 @@ def _register_bench(bench_subparsers) -> None:
                    help="speculation modes under which the policies are compared, each at loads of its own "
                         "capacity (default: goodput)")
     p.add_argument("--max-batch-size", type=int, default=2, help="router batch size (default: 2)")
-    p.add_argument("--long-fraction", type=float, default=0.15,
-                   help="share of long requests: 128-384 tokens, the rest 8-32 (default: 0.15)")
+    p.add_argument("--long-fraction", type=float, default=0.25, help="share of long requests (default: 0.25)")
+    p.add_argument("--short-tokens", default="8,24", metavar="LOW,HIGH",
+                   help="output length range of short requests (default: 8,24)")
+    p.add_argument("--long-tokens", default="96,160", metavar="LOW,HIGH",
+                   help="output length range of long requests (default: 96,160)")
     p.add_argument("--targets", type=int, default=1, help="target worker replicas (default: 1)")
     p.add_argument("--drafts", type=int, default=1, help="draft worker replicas (default: 1)")
     p.add_argument("--target-model", help="target model directory (default: the demo target)")
@@ -254,6 +257,8 @@ def _bench_serve(args) -> int:
         policies=args.policies.split(","), speculations=[_speculation(s) for s in args.speculations.split(",")],
         compare_speculations=[_speculation(x) for x in args.compare_speculation.split(",")],
         max_batch_size=args.max_batch_size,
+        short_tokens=_length_range("--short-tokens", args.short_tokens),
+        long_tokens=_length_range("--long-tokens", args.long_tokens),
         long_fraction=args.long_fraction, targets=args.targets, drafts=args.drafts, seed=args.seed,
         log_dir=Path(args.log_dir) if args.log_dir else None)
     report = bench.run(settings, target_dir, draft_dir)
@@ -262,6 +267,13 @@ def _bench_serve(args) -> int:
     else:
         print(bench.format_report(report))
     return 0
+
+
+def _length_range(flag: str, text: str) -> tuple[int, int]:
+    low, _, high = text.partition(",")
+    if not (low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high)):
+        raise SpecdError(f"{flag}: expected LOW,HIGH with 1 <= LOW <= HIGH, got {text!r}")
+    return int(low), int(high)
 
 
 def _positive_floats(flag: str, text: str) -> list[float]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import grpc
@@ -66,6 +67,31 @@ class Signal:
         self._waiters.clear()
 
 
+class TokenRate:
+    """Tokens streamed per second over a sliding window (the goodput the operator reports)."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self.started = time.monotonic()
+        self._events: deque[tuple[float, int]] = deque()
+        self._total = 0
+
+    def add(self, tokens: int, now: float) -> None:
+        self._events.append((now, tokens))
+        self._total += tokens
+        self._trim(now)
+
+    def per_second(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        span = min(self.window_s, now - self.started)
+        return self._total / span if span > 0 else 0.0
+
+    def _trim(self, now: float) -> None:
+        while self._events and self._events[0][0] < now - self.window_s:
+            self._total -= self._events.popleft()[1]
+
+
 class LengthPredictor:
     """Predicted output length = max_new_tokens * (running mean of generated / max_new_tokens)."""
 
@@ -102,6 +128,9 @@ class Scheduler:
         self.policy = make_policy(config.policy, config.queues, lambda r: self.costs.single(r.last_k),
                                   lambda: (self.speculation.acceptance.value, self.speculation.typical_k))
         self.lengths = LengthPredictor()
+        self.streamed = TokenRate()
+        self.finished = 0
+        self.drafted = 0
         self.requests: dict[str, Request] = {}  # admitted, not finished
         self.accepting = True
         self._signal = Signal()
@@ -125,6 +154,16 @@ class Scheduler:
         self._pin(r, "target", target)
         self.requests[r.id] = r
         self._signal.fire()
+
+    def stats(self) -> serving_pb2.RouterStats:
+        running = sum(r.in_flight for r in self.requests.values())
+        return serving_pb2.RouterStats(
+            acceptance_rate=self.speculation.acceptance.value if self.drafted else 0.0,
+            goodput_tokens_per_s=self.streamed.per_second(), drafted_tokens=self.drafted,
+            current_k=self.speculation.typical_k, queued_requests=len(self.requests) - running,
+            running_requests=running, finished_requests=self.finished,
+            live_targets=len(self.pool.live("target")), live_drafts=len(self.pool.live("draft")),
+            policy=self.config.policy, speculation=self.config.speculation_label)
 
     def cancel(self, r: Request) -> None:
         """The client went away: stop generating and free the request's KV caches."""
@@ -232,6 +271,7 @@ class Scheduler:
         r.iterations += 1
         r.proposed += k
         r.accepted += verdict.accepted
+        self.drafted += k
         r.last_k = k
         self.speculation.observe(r, k, verdict.accepted)
         r.acceptance_history.append(r.acceptance.value)
@@ -246,11 +286,13 @@ class Scheduler:
         if tokens:
             r.first_token = r.first_token or now
             r.events.put_nowait(tokens)
+            self.streamed.add(len(tokens), now)
         if not reason and r.remaining <= 0:
             reason = serving_pb2.FINISH_REASON_LENGTH
         if reason:
             r.finish_reason = reason
             r.finished_at = now
+            self.finished += 1
             self.lengths.observe(r)
             r.events.put_nowait(None)
             self._retire(r)

@@ -137,6 +137,9 @@ class SpecdServicer(serving_pb2_grpc.SpecdServicer):
         yield serving_pb2.GenerateResponse(finish_reason=r.finish_reason, usage=_usage(r), timing=_timing(r),
                                            request_id=request.request_id)
 
+    async def Stats(self, request, context):
+        return self.scheduler.stats()
+
     async def GenerateUnary(self, request, context):
         r = await self._start(request, context)
         tokens = [t async for chunk in self._events(r, context) for t in chunk]

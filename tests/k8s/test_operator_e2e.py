@@ -119,8 +119,9 @@ def example(name: str) -> str:
 class Operator:
     """`specd operator` in a subprocess, logging to a file."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, router_address: str) -> None:
         self.kubeconfig, self.log = kubeconfig, log
+        self.router_address = router_address  # pods of kwok nodes run nothing: a real local router
         self.proc: subprocess.Popen | None = None
         self.namespaces: list[str] = []  # empty: all namespaces
 
@@ -130,6 +131,7 @@ class Operator:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "specd.cli", "operator", "--kubeconfig",
                  str(self.kubeconfig), "--resync-seconds", "15", "--image", "specd:e2e",
+                 "--stats-seconds", "2", "--router-address", self.router_address,
                  *[arg for ns in self.namespaces for arg in ("--namespace", ns)]],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
@@ -217,11 +219,29 @@ def cluster(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
+def live_router() -> Iterator[str]:
+    """A real router with demo-model workers on loopback, standing in for every resource's
+    router Service (the pods on kwok nodes run nothing)."""
+    from specd.demo.paths import demo_model_dirs
+    from specd.router.local import LocalStack
+
+    stack = LocalStack()
+    try:
+        for role, model in zip(("target", "draft"), demo_model_dirs()):
+            stack.wait_serving(stack.start_worker(role, model), 120)
+        router = stack.start_router("laps-sd", "goodput", 4)
+        stack.wait_serving(router, 60)
+        yield router.address
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: DevCluster, live_router: str, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Operator]:
     directory = tmp_path_factory.mktemp("operator")
     kubeconfig = service_account_kubeconfig(cluster, directory / "kubeconfig")
-    proc = Operator(kubeconfig, directory / "operator.log")
+    proc = Operator(kubeconfig, directory / "operator.log", live_router)
     proc.start()
     yield proc
     proc.stop()
@@ -444,6 +464,28 @@ def test_a_child_refused_by_the_api_server_is_reported_then_fixed(
     wait_for("fixed resource settled", lambda: settled(cluster, "refused"), 120,
              lambda: diagnose(cluster, operator))
     cluster.kubectl("delete", "sds", "refused", "-n", NS)
+
+
+def test_live_router_figures_reach_the_status(cluster: DevCluster, operator: Operator,
+                                              live_router: str) -> None:
+    from specd.client import Client
+
+    wait_for("demo Ready", lambda: settled(cluster, "demo"))
+    with Client(live_router, timeout=60) as client:
+        client.generate("def parse(text):", 48, ignore_eos=True)
+        router = client.stats()
+
+    def reported() -> dict | None:
+        status = (sds(cluster, "demo") or {}).get("status", {})
+        return status if status.get("acceptanceRate") is not None else None
+
+    status = wait_for("acceptanceRate in the status", reported, 30, operator.tail)
+    assert 0 < status["acceptanceRate"] <= 1
+    assert abs(status["acceptanceRate"] - router.acceptance_rate) < 0.2  # the router's figure
+    assert status["goodput"] > 0 and 0 <= status["currentK"] <= 16
+    lines = cluster.kubectl("get", "sds", "demo", "-n", NS).stdout.splitlines()
+    acceptance = lines[1].split()[lines[0].split().index("ACCEPTANCE")]
+    assert float(acceptance) == status["acceptanceRate"]
 
 
 def test_operator_restart_keeps_children_and_status(cluster: DevCluster, operator: Operator

@@ -101,6 +101,25 @@ def test_sampled_generation_is_seeded_and_bounded(address, tokenizer):
     assert len(c.tokens) == 16 and all(0 <= t < tokenizer.vocab_size for t in c.tokens)
 
 
+def test_router_stats_report_live_figures(address, loop):
+    with Client(address) as client:
+        fresh = client.stats()
+        assert fresh.acceptance_rate is None and fresh.finished_requests == 0  # nothing measured yet
+        assert (fresh.live_targets, fresh.live_drafts, fresh.policy) == (1, 1, "laps-sd")
+        results = [client.generate(p, 24, ignore_eos=True, max_k=4) for p in PROMPTS[:3]]
+        stats = client.stats()
+    assert stats.finished_requests == 3 and stats.queued_requests == stats.running_requests == 0
+    assert 0.0 <= stats.acceptance_rate <= 1.0 and 0 <= stats.current_k <= 8
+    assert stats.goodput_tokens_per_s > 0  # 72 tokens streamed within the last minute
+
+    async def asynchronous():
+        async with AsyncClient(address) as client:
+            return await client.stats()
+
+    assert loop.run(asynchronous()).finished_requests == 3
+    assert sum(r.usage.draft_tokens_proposed for r in results) > 0
+
+
 def test_health_and_reflection_on_every_server(address, workers):
     for target, service in [(address, "specd.v1.Specd"), (workers.addresses["target"], "specd.v1.TargetWorker"),
                             (workers.addresses["draft"], "specd.v1.DraftWorker")]:

@@ -1,0 +1,68 @@
+"""Live speculation figures: the router's own figures copied into the resource's status.
+
+The router knows the acceptance rate, the goodput and the speculation length it is choosing;
+the operator asks each Ready resource's router for them (`specd.v1.Specd/Stats` on the router
+Service) and merges `acceptanceRate`, `goodput` (tokens/s streamed over the last minute) and
+`currentK` into the status when they moved, so that `kubectl get sds` shows them. A router that
+cannot be reached leaves the figures as they were: they are live hints, not conditions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from specd.operator import crd, status
+from specd.operator import names as n
+from specd.operator.kube import Kube
+
+log = logging.getLogger(__name__)
+
+
+def figures(stats: Any) -> dict[str, Any]:
+    """Status fields from a RouterStats message (acceptance removed while nothing was drafted)."""
+    return {"acceptanceRate": round(stats.acceptance_rate, 3) if stats.drafted_tokens else None,
+            "goodput": round(stats.goodput_tokens_per_s, 1),
+            "currentK": stats.current_k}
+
+
+def ready(body: dict[str, Any]) -> bool:
+    return any(c.get("type") == status.READY and c.get("status") == "True"
+               for c in (body.get("status") or {}).get("conditions", []))
+
+
+class LiveFigures:
+    def __init__(self, kube: Kube, address_template: str = n.ROUTER_ADDRESS_TEMPLATE,
+                 timeout_s: float = 2.0) -> None:
+        self.kube = kube
+        self.address_template = address_template
+        self.timeout_s = timeout_s
+
+    def address(self, body: dict[str, Any]) -> str:
+        meta, spec = body["metadata"], crd.apply_defaults(body["spec"])
+        return self.address_template.format(service=n.child_name(meta["name"], n.ROUTER),
+                                            namespace=meta["namespace"],
+                                            port=spec["router"]["service"]["port"])
+
+    def fetch(self, address: str) -> dict[str, Any] | None:
+        from specd.proto.v1 import serving_pb2, serving_pb2_grpc
+
+        try:
+            with grpc.insecure_channel(address) as channel:
+                stats = serving_pb2_grpc.SpecdStub(channel).Stats(serving_pb2.RouterStatsRequest(),
+                                                                  timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            log.debug("router %s did not answer Stats: %s", address, exc.code())
+            return None
+        return figures(stats)
+
+    def refresh(self, body: dict[str, Any]) -> None:
+        """Copy the router's figures into the status of one resource (when it is Ready)."""
+        if not ready(body) or body["metadata"].get("deletionTimestamp"):
+            return
+        new = self.fetch(self.address(body))
+        if new is not None and status.status_changed(body.get("status") or {}, new):
+            meta = body["metadata"]
+            self.kube.patch_status(crd.KIND, meta["namespace"], meta["name"], new)

@@ -1,0 +1,29 @@
+"""Live figures: where the operator reaches a router and what it writes (the e2e test in
+tests/k8s checks the whole path against a real router and API server)."""
+
+from __future__ import annotations
+
+from specd.operator import live
+from specd.proto.v1 import serving_pb2
+
+BODY = {"metadata": {"name": "demo", "namespace": "team-a"},
+        "spec": {"target": {"model": {"uri": "/m"}}, "draft": {"method": "model", "model": {"uri": "/d"}}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_router_address_is_the_services_dns_name_or_the_given_template() -> None:
+    assert live.LiveFigures(kube=None).address(BODY) == "demo-router.team-a.svc:50051"
+    assert live.LiveFigures(kube=None, address_template="127.0.0.1:{port}").address(BODY) == "127.0.0.1:50051"
+
+
+def test_figures_leave_out_acceptance_until_drafts_were_verified() -> None:
+    stats = serving_pb2.RouterStats(acceptance_rate=0.81234, goodput_tokens_per_s=312.345, current_k=5,
+                                    drafted_tokens=40)
+    assert live.figures(stats) == {"acceptanceRate": 0.812, "goodput": 312.3, "currentK": 5}
+    assert live.figures(serving_pb2.RouterStats(current_k=0))["acceptanceRate"] is None
+
+
+def test_only_ready_resources_are_asked() -> None:
+    assert live.ready(BODY)
+    assert not live.ready({**BODY, "status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+    assert not live.ready({**BODY, "status": {}})
