@@ -39,8 +39,8 @@ PIPELINE_DEPTH = RouterConfig().pipeline_depth  # the routers run with the defau
 class Settings:
     loads: list[float] = field(default_factory=lambda: [0.6, 0.9, 0.95])  # fractions of capacity
     rates: list[float] | None = None  # absolute arrival rates (requests/s) instead of loads
-    requests: int = 192
-    repeats: int = 1
+    requests: int = 96
+    repeats: int = 2
     policies: list[str] = field(default_factory=lambda: ["fcfs", "laps-sd"])
     speculations: list[str] = field(default_factory=lambda: ["off", "fixed:2", "fixed:4", "goodput"])
     compare_speculations: list[str] = field(default_factory=lambda: ["goodput"])

@@ -1,5 +1,5 @@
-"""Serving-plane commands: `specd worker`, `specd router`, `specd up`, `specd bench serve`, and
-`generate_remote` (what `specd generate --address` runs). Heavy imports stay inside handlers."""
+"""Serving-plane commands: `specd worker`, `specd router`, `specd up`, `specd stats`, `specd bench serve`,
+and `generate_remote` (what `specd generate --address` runs). Heavy imports stay inside handlers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def register(subparsers, bench_subparsers) -> None:
     _register_worker(subparsers)
     _register_router(subparsers)
     _register_up(subparsers)
+    _register_stats(subparsers)
     _register_bench(bench_subparsers)
 
 
@@ -197,6 +198,40 @@ def _up(args) -> int:
     return 0
 
 
+# -- specd stats ---------------------------------------------------------------------------------
+
+def _register_stats(subparsers) -> None:
+    p = subparsers.add_parser("stats", help="a router's live figures: acceptance, goodput, k, queue",
+                              description="Ask a running router (specd up, specd router, or a router Service "
+                                          "reached through kubectl port-forward) for its live figures.")
+    p.add_argument("--address", default="127.0.0.1:50051", help="router HOST:PORT (default: 127.0.0.1:50051)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_stats)
+
+
+def _stats(args) -> int:
+    import dataclasses
+    import json
+
+    from specd.client import Client, SpecdClientError
+
+    try:
+        with Client(args.address) as client:
+            stats = client.stats(timeout=5)
+    except SpecdClientError as exc:
+        raise SpecdError(f"router {args.address}: {exc}") from None
+    if args.json:
+        print(json.dumps(dataclasses.asdict(stats)))
+        return 0
+    acceptance = "-" if stats.acceptance_rate is None else f"{stats.acceptance_rate:.3f}"
+    print(f"policy {stats.policy}, speculation {stats.speculation}, current k {stats.current_k}\n"
+          f"acceptance {acceptance}, goodput {stats.goodput_tokens_per_s:.1f} tokens/s (last minute)\n"
+          f"requests: {stats.running_requests} running, {stats.queued_requests} queued, "
+          f"{stats.finished_requests} finished\n"
+          f"workers: {stats.live_targets} target, {stats.live_drafts} draft")
+    return 0
+
+
 # -- specd bench serve ---------------------------------------------------------------------------
 
 def _register_bench(bench_subparsers) -> None:
@@ -212,11 +247,10 @@ def _register_bench(bench_subparsers) -> None:
     p.add_argument("--loads", default="0.6,0.9,0.95",
                    help="offered load as fractions of the measured capacity, comma-separated (default: 0.6,0.9,0.95)")
     p.add_argument("--rates", help="absolute arrival rates in requests/s instead of --loads, comma-separated")
-    p.add_argument("--requests", type=int, default=192,
-                   help="requests per run, 2-256; long runs let queues reach their steady state (default: 192)")
-    p.add_argument("--repeats", type=int, default=1,
+    p.add_argument("--requests", type=int, default=96, help="requests per run, 2-256 (default: 96)")
+    p.add_argument("--repeats", type=int, default=2,
                    help="runs per rate and configuration with new arrival patterns, configurations taking turns "
-                        "(default: 1)")
+                        "(default: 2)")
     p.add_argument("--policies", default="fcfs,laps-sd", help="policies compared under each of "
                    "--compare-speculation (default: fcfs,laps-sd)")
     p.add_argument("--speculations", default="off,fixed:2,fixed:4,goodput",

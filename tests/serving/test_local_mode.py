@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,11 @@ def test_up_serves_and_drains_on_sigterm(models, reference, tokenizer, capsys):
 
         assert generate_remote(argparse.Namespace(address=address, prompt=PROMPTS[0], max_tokens=8, k=2)) == 0
         assert capsys.readouterr().out.strip()
+        stats = subprocess.run([sys.executable, "-m", "specd.cli", "stats", "--address", address, "--json"],
+                               capture_output=True, text=True, timeout=60)
+        figures = json.loads(stats.stdout)
+        assert figures["finished_requests"] == 1 and figures["speculation"] == "fixed:2", stats.stderr
+        assert figures["live_targets"] == figures["live_drafts"] == 1
 
         # a long stream is under way when SIGTERM arrives: it must finish, whole
         result = {}
