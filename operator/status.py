@@ -114,7 +114,7 @@ def compute_status(*, name: str, namespace: str, generation: int, spec: dict[str
     """The operator-owned part of the status, and the conditions that changed.
 
     `spec` is defaulted; `deployments` maps each desired role to its observed Deployment
-    (None when not found). Live speculation figures (acceptanceRate, ...) are not touched.
+    (None when not found). Live speculation figures (acceptanceRate, ...) are left to `live.LiveFigures`.
     `apply_error`: the API server refused a child of this generation; the status then keeps
     the previous observedGeneration and reports Degraded/ApplyFailed.
     """
