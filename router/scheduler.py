@@ -194,11 +194,18 @@ class Scheduler:
             self._signal.fire()
             await self.pool.changed.wait()
 
-    async def stop(self) -> None:
-        tasks = [t for lanes in self._lanes.values() for t in lanes] + list(self._background)
-        for task in tasks:
+    async def stop(self, release_timeout_s: float = 5.0) -> None:
+        """Stop the lanes; let the Release calls under way land first (else the workers would keep
+        the caches of requests that finished just before the stop)."""
+        lanes = [t for lanes in self._lanes.values() for t in lanes]
+        for task in lanes:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*lanes, return_exceptions=True)
+        if self._background:
+            _, late = await asyncio.wait(list(self._background), timeout=release_timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     async def _lane(self, replica: Replica) -> None:
         while replica.live:

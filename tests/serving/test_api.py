@@ -74,6 +74,31 @@ def test_cancelled_stream_frees_worker_kv(address, workers):
     assert_released(workers.cores["target"], workers.cores["draft"])
 
 
+def test_stopping_the_router_lets_pending_releases_land(workers, start_router, loop):
+    from specd.proto.v1 import common_pb2
+    from specd.router.request import Request
+
+    start_router(RouterConfig(policy="fcfs").with_speculation("off"), [workers.addresses["target"]])
+    router = start_router.routers.pop()
+    scheduler = router.scheduler
+    target_core = workers.cores["target"]
+
+    async def finish_then_stop():
+        r = Request("finished-at-stop", [5, 6, 7], 4, common_pb2.SamplingParams(), max_k=0, stop_token=None,
+                    predicted_length=4.0)
+        target = scheduler.pool.live("target")[0]
+        scheduler._pin(r, "target", target)
+        scheduler.requests[r.id] = r
+        await scheduler._prefill(target, [r])
+        assert "finished-at-stop" in target_core.mirrors
+        scheduler._retire(r)  # what a finished request gets: its Release is scheduled, not yet sent ...
+        await scheduler.stop()  # ... when the router shuts its scheduler down
+        await router.stop(grace_s=0)
+
+    loop.run(finish_then_stop())
+    assert "finished-at-stop" not in target_core.mirrors and target_core.runner.kv.used_tokens() == 0
+
+
 def test_async_client_stream_cancel_and_deadline(address, workers, loop):
     async def scenario():
         async with AsyncClient(address) as client:
