@@ -258,6 +258,9 @@ class Scheduler:
         ks = self.speculation.choose(batch, [r.draft in live_drafts for r in batch],
                                      overlapped=self._busy.get(target.address, 0) > 1)
         proposals = await self._propose(batch, ks)
+        batch = [r for r in batch if not r.done]  # failed by a draft worker (retired) or cancelled meanwhile
+        if not batch:
+            return
         items = []
         for r in batch:
             tokens, probs = proposals.get(r.id, ([], b""))
