@@ -317,6 +317,25 @@ def burst_capacity(address: str, items: list[Item], slots: int) -> float:
     return saturated_throughput(asyncio.run(drive(address, items, BURST_RATE)), slots)
 
 
+def sweep(schedule: dict[float, list[Config]], workloads: list[list[Item]], addresses: dict[Config, str]) -> list[dict]:
+    """Every (rate, configuration) of the schedule over every workload; a result per pair."""
+    results = []
+    for rate, configs in schedule.items():
+        runs: dict[Config, list[list[Outcome]]] = {config: [] for config in configs}
+        for rep, items in enumerate(workloads):
+            shift = rep % len(configs)
+            for config in configs[shift:] + configs[:shift]:
+                runs[config].append(asyncio.run(drive(addresses[config], items, rate)))
+        for config in configs:
+            r = summarize(*config, rate, runs[config])
+            results.append(r)
+            _progress(f"rate {rate:g}/s {r['policy']:8s} {r['speculation']:9s} mean {r['mean_latency_s']:.3f}s "
+                      f"(short {r['short_mean_latency_s']}s, long {r['long_mean_latency_s']}s) "
+                      f"p99 {r['p99_latency_s']:.3f}s ttft {r['mean_ttft_s']:.3f}s mean_k {r['mean_k']:.2f} "
+                      f"acc {r['acceptance_rate']:.2f} {r['tokens_per_s']:.1f} tok/s")
+    return results
+
+
 def run(s: Settings, target_dir: Path, draft_dir: Path) -> dict:
     from specd.worker.tokenizer import Tokenizer
 
@@ -326,7 +345,6 @@ def run(s: Settings, target_dir: Path, draft_dir: Path) -> dict:
     if s.log_dir:
         s.log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    results = []
     try:
         for _ in range(s.targets):
             stack.start_worker("target", target_dir, log_dir=s.log_dir)
@@ -351,20 +369,7 @@ def run(s: Settings, target_dir: Path, draft_dir: Path) -> dict:
             return figures
 
         capacity = measure_capacity("before")
-        schedule = plan(s, capacity, mean_tokens)
-        runs: dict[tuple[str, str, float], list[list[Outcome]]] = {}
-        for rate, rate_configs in schedule.items():
-            for rep, items in enumerate(workloads):
-                shift = rep % len(rate_configs)
-                for config in rate_configs[shift:] + rate_configs[:shift]:
-                    runs.setdefault((*config, rate), []).append(asyncio.run(drive(routers[config].address, items, rate)))
-            for config in rate_configs:
-                r = summarize(*config, rate, runs[(*config, rate)])
-                results.append(r)
-                _progress(f"rate {rate:g}/s {r['policy']:8s} {r['speculation']:9s} mean {r['mean_latency_s']:.3f}s "
-                          f"(short {r['short_mean_latency_s']}s, long {r['long_mean_latency_s']}s) "
-                          f"p99 {r['p99_latency_s']:.3f}s ttft {r['mean_ttft_s']:.3f}s mean_k {r['mean_k']:.2f} "
-                          f"acc {r['acceptance_rate']:.2f} {r['tokens_per_s']:.1f} tok/s")
+        results = sweep(plan(s, capacity, mean_tokens), workloads, {c: r.address for c, r in routers.items()})
         after = measure_capacity("after")
         capacity = {spec: round(min(capacity[spec], after[spec]), 2) for spec in capacity}
     finally:

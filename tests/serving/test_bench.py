@@ -73,3 +73,26 @@ def test_workload_mix_is_exact():
     assert sum(i.kind == "code" for i in items) == 10
     assert sum(i.max_new_tokens >= 96 for i in items) == sum(i.long for i in items) == 5
     assert all(8 <= i.max_new_tokens <= 24 or 96 <= i.max_new_tokens <= 160 for i in items)
+
+
+def test_bench_serve_prints_the_issue_keys_end_to_end(models):
+    """`specd bench serve --json` on a real local stack (tiny models, a tiny sweep)."""
+    import json
+    import subprocess
+    import sys
+
+    target, draft = models
+    done = subprocess.run([sys.executable, "-m", "specd.cli", "bench", "serve", "--json", "--requests", "6",
+                           "--repeats", "1", "--loads", "0.5", "--speculations", "off", "--target-model", str(target),
+                           "--draft-model", str(draft)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    keys = {"policy", "speculation", "rate", "mean_latency_s", "p50_latency_s", "p99_latency_s", "mean_ttft_s",
+            "tokens_per_s", "goodput_tokens_per_s", "mean_k", "requests", "load"}
+    assert {(r["policy"], r["speculation"]) for r in report["results"]} == {
+        ("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "off")}
+    for r in report["results"]:
+        assert keys <= set(r) and r["requests"] == 6 and r["mean_latency_s"] > 0
+    assert report["capacity_tokens_per_s"]["goodput"] > 0
+    assert report["goals"]["laps_sd_vs_fcfs"][0]["speculation"] == "goodput"
+    assert report["grpc_overhead"]["target_step_s"] > 0
