@@ -3,7 +3,9 @@
 `manifests/crd.yaml` and `helm/specd/crds/specdecodingservices.specd.io.yaml` are generated from
 this module (`python -m specd.operator.crd --write`); a unit test checks they are up to date.
 `apply_defaults` mirrors the API server's structural defaulting so builders and tests read a
-fully defaulted spec without repeating the default values anywhere else.
+fully defaulted spec without repeating the default values anywhere else. The enums, bounds and
+defaults come from `specd.contract`, which the router and the workers check against too: the
+schema admits exactly what they run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import pathlib
 import sys
 from typing import Any
 
+from specd import contract as c
+
 GROUP = "specd.io"
 VERSION = "v1alpha1"
 KIND = "SpecDecodingService"
@@ -22,10 +26,11 @@ SINGULAR = "specdecodingservice"
 SHORT_NAMES = ["sds"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
-DRAFT_METHODS = ["model", "early-exit", "ngram", "none"]
-POLICIES = ["laps-sd", "fcfs", "las", "sjf"]
-SPECULATION_MODES = ["goodput", "fixed", "off"]
-TENSOR_PARALLEL_SIZES = [1, 2, 4, 8, 16, 32, 64]
+DRAFT_METHODS = list(c.DRAFT_METHODS)
+POLICIES = list(c.POLICIES)
+SPECULATION_MODES = list(c.SPECULATION_MODES)  # canonical spellings only (no aliases, no booleans)
+TENSOR_PARALLEL_SIZES = list(c.TENSOR_PARALLEL_SIZES)
+SERVICE_TYPES = ["ClusterIP", "NodePort", "LoadBalancer"]
 # pvc://<claim>/<path inside the claim>, or an absolute path already present in the container.
 # A resource.Quantity (the pattern Kubernetes' own CRDs use for int-or-string quantities).
 QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
@@ -33,15 +38,15 @@ QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numk
 MODEL_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^\s]+|/[^\s]*)$"
 
 
-def _int(default: int | None = None, minimum: int | None = None, maximum: int | None = None,
-         description: str = "") -> dict[str, Any]:
+def _int(bounds: c.Range, description: str, default: int | None = None) -> dict[str, Any]:
+    """An integer with the contract's bounds and default (`default` overrides the contract's)."""
     schema: dict[str, Any] = {"type": "integer", "description": description}
+    default = bounds.default if default is None else default
     if default is not None:
         schema["default"] = default
-    if minimum is not None:
-        schema["minimum"] = minimum
-    if maximum is not None:
-        schema["maximum"] = maximum
+    schema["minimum"] = bounds.minimum
+    if bounds.maximum is not None:
+        schema["maximum"] = bounds.maximum
     return schema
 
 
@@ -112,50 +117,47 @@ def _spec_schema() -> dict[str, Any]:
         "properties": {
             "model": _model("The target model."),
             "tensorParallelSize": {
-                **_int(1, 1, 64, "GPUs per target pod; the tensor-parallel processes of one "
-                                 "replica run in one pod."),
+                **_int(c.TENSOR_PARALLEL_SIZE, "GPUs per target pod; the tensor-parallel processes "
+                                               "of one replica run in one pod."),
                 "x-kubernetes-validations": [{
                     "rule": f"self in {TENSOR_PARALLEL_SIZES}",
-                    "message": "tensorParallelSize must be a power of two (1, 2, 4, ..., 64)",
+                    "message": "tensorParallelSize must be a power of two (1, 2, 4, ..., "
+                               f"{TENSOR_PARALLEL_SIZES[-1]})",
                 }],
             },
-            "replicas": _int(1, 0, 1024, "Number of target pods (the scale subresource)."),
+            "replicas": _int(c.TARGET_REPLICAS, "Number of target pods (the scale subresource)."),
             "resources": _resources("Resources of a target pod; nvidia.com/gpu is set to "
                                     "tensorParallelSize by the operator."),
             **_placement(),
         },
     }
+    # No CEL rule on this node: the API server checks an object's default against the rules of
+    # its node, and the default ({method: model}, without a model) must pass. The rule that
+    # method 'model' needs a model sits on the spec.
     draft = {
         "type": "object",
         "description": "How drafts are proposed.",
         "default": {},
         "properties": {
-            "method": _enum(DRAFT_METHODS, "ngram",
-                            "model: a separate draft pool; early-exit and ngram run inside the "
-                            "target worker; none: plain decoding."),
+            "method": _enum(DRAFT_METHODS, c.DEFAULT_DRAFT_METHOD,
+                            "model: a separate pool of draft workers; none: plain decoding."),
             "model": _model("The draft model (required when method is 'model')."),
-            "replicas": _int(1, 0, 1024, "Number of draft pods (method 'model' only)."),
-            "gpus": _int(1, 0, 8, "GPUs per draft pod (method 'model' only)."),
+            "replicas": _int(c.DRAFT_REPLICAS, "Number of draft pods (method 'model' only)."),
+            "gpus": _int(c.DRAFT_GPUS, "GPUs per draft pod (method 'model' only)."),
             "resources": _resources("Resources of a draft pod."),
             **_placement(),
         },
-        "x-kubernetes-validations": [{
-            "rule": "self.method != 'model' || has(self.model)",
-            "message": "draft.model is required when draft.method is 'model'",
-            "fieldPath": ".model",
-            "reason": "FieldValueRequired",
-        }],
     }
     speculation = {
         "type": "object",
         "default": {},
         "description": "Speculation length control.",
         "properties": {
-            "mode": _enum(SPECULATION_MODES, "goodput",
+            "mode": _enum(SPECULATION_MODES, c.DEFAULT_SPECULATION_MODE,
                           "goodput: k chosen per batch to maximise goodput; fixed: always k; "
-                          "off: no speculation."),
-            "k": _int(4, 0, 32, "Speculation length (the starting point in goodput mode)."),
-            "maxK": _int(8, 1, 32, "Upper bound of k."),
+                          "none: no speculation."),
+            "k": _int(c.K, "Speculation length (the starting point in goodput mode)."),
+            "maxK": _int(c.MAX_K_RANGE, "Upper bound of k."),
         },
         "x-kubernetes-validations": [
             {"rule": "self.k <= self.maxK", "message": "k must be less than or equal to maxK",
@@ -169,8 +171,9 @@ def _spec_schema() -> dict[str, Any]:
         "default": {},
         "description": "Router scheduling.",
         "properties": {
-            "policy": _enum(POLICIES, "laps-sd", "Request scheduling policy of the router."),
-            "maxBatchSize": _int(32, 1, 4096, "Most requests in one iteration batch."),
+            "policy": _enum(POLICIES, c.DEFAULT_POLICY, "Request scheduling policy of the router."),
+            "maxBatchSize": _int(c.MAX_BATCH_SIZE, "Most requests in one iteration batch.",
+                                 default=c.CLUSTER_MAX_BATCH_SIZE_DEFAULT),
             "speculation": speculation,
         },
     }
@@ -179,15 +182,14 @@ def _spec_schema() -> dict[str, Any]:
         "default": {},
         "description": "The router (public gRPC endpoint and scheduler).",
         "properties": {
-            "replicas": _int(1, 1, 64, "Number of router pods."),
+            "replicas": _int(c.ROUTER_REPLICAS, "Number of router pods."),
             "resources": _resources("Resources of a router pod."),
             "service": {
                 "type": "object",
                 "default": {},
                 "properties": {
-                    "type": _enum(["ClusterIP", "NodePort", "LoadBalancer"], "ClusterIP",
-                                  "Type of the router Service."),
-                    "port": _int(50051, 1, 65535, "Port of the router Service."),
+                    "type": _enum(SERVICE_TYPES, "ClusterIP", "Type of the router Service."),
+                    "port": _int(c.ROUTER_PORT, "Port of the router Service."),
                 },
             },
         },
@@ -203,9 +205,16 @@ def _spec_schema() -> dict[str, Any]:
             "scheduling": scheduling,
             "router": router,
         },
+        # draft and scheduling are always there: both default to objects.
         "x-kubernetes-validations": [{
-            "rule": "self.draft.method != 'none' || self.scheduling.speculation.mode == 'off'",
-            "message": "scheduling.speculation.mode must be 'off' when draft.method is 'none'",
+            "rule": "self.draft.method != 'model' || has(self.draft.model)",
+            "message": "draft.model is required when draft.method is 'model' (the default); use "
+                       "draft.method: none for plain decoding",
+            "fieldPath": ".draft.model",
+            "reason": "FieldValueRequired",
+        }, {
+            "rule": "self.draft.method != 'none' || self.scheduling.speculation.mode == 'none'",
+            "message": "scheduling.speculation.mode must be 'none' when draft.method is 'none'",
             "fieldPath": ".scheduling.speculation.mode",
         }],
     }

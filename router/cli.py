@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from specd import contract
+from specd.contract import DRAFT_METHODS, MAX_BATCH_SIZE, POLICIES
 from specd.demo.paths import resolve_model_dirs
 from specd.errors import SpecdError
-
-POLICIES = ("laps-sd", "fcfs", "las", "sjf")
-DRAFT_METHODS = ("model", "early-exit", "ngram")
 
 
 def register(subparsers, bench_subparsers) -> None:
@@ -22,20 +21,38 @@ def register(subparsers, bench_subparsers) -> None:
 
 
 def _speculation(value: str) -> str:
-    mode, _, k = value.partition(":")
-    if value in ("off", "goodput") or (mode == "fixed" and k.isdigit()):
+    """A speculation mode as the command line writes it, canonical: `off` becomes `none`."""
+    try:
+        mode, k = contract.parse_speculation(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return contract.speculation_label(mode, k)
+
+
+def _bounded(flag: str, bounds: contract.Range):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: expected an integer, got {text!r}") from None
+        if value not in bounds:
+            raise argparse.ArgumentTypeError(f"{flag} must be in {bounds.describe()}, got {value}")
         return value
-    raise argparse.ArgumentTypeError(f"{value!r}: use off, goodput or fixed:K (e.g. fixed:4)")
+    return parse
 
 
 def add_scheduling_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """--policy/--speculation/--max-batch-size; without defaults they only override a config file."""
-    parser.add_argument("--policy", choices=POLICIES, default="laps-sd" if defaults else None,
-                        help="scheduling policy" + (" (default: laps-sd)" if defaults else ""))
-    parser.add_argument("--speculation", type=_speculation, default="goodput" if defaults else None,
-                        help="speculation length control: off, fixed:K or goodput" + (" (default: goodput)" if defaults else ""))
-    parser.add_argument("--max-batch-size", type=int, default=8 if defaults else None,
-                        help="requests per iteration batch" + (" (default: 8)" if defaults else ""))
+    policy, speculation, batch = contract.DEFAULT_POLICY, contract.DEFAULT_SPECULATION_MODE, MAX_BATCH_SIZE.default
+    parser.add_argument("--policy", choices=POLICIES, default=policy if defaults else None,
+                        help="scheduling policy" + (f" (default: {policy})" if defaults else ""))
+    parser.add_argument("--speculation", type=_speculation, default=speculation if defaults else None,
+                        help="speculation length control: none (alias off), fixed:K (K in "
+                             f"{contract.K.describe()}) or goodput" + (f" (default: {speculation})" if defaults else ""))
+    parser.add_argument("--max-batch-size", type=_bounded("--max-batch-size", MAX_BATCH_SIZE),
+                        default=batch if defaults else None,
+                        help=f"requests per iteration batch, {MAX_BATCH_SIZE.describe()}"
+                             + (f" (default: {batch})" if defaults else ""))
 
 
 def _logging() -> None:
@@ -55,8 +72,9 @@ def _register_worker(subparsers) -> None:
     p.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="target only: processes the model is sharded over")
-    p.add_argument("--draft-method", choices=DRAFT_METHODS, default="model",
-                   help="how drafts are made: a separate draft model (the only method implemented so far)")
+    p.add_argument("--draft-method", choices=DRAFT_METHODS, default=contract.DEFAULT_DRAFT_METHOD,
+                   help="how drafts are made: model (a separate draft worker proposes them) or none (plain "
+                        f"decoding); a target worker serves either way (default: {contract.DEFAULT_DRAFT_METHOD})")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: more threads thrash on a shared CPU)")
     p.add_argument("--kv-budget-mib", type=float, default=512, help="KV cache memory budget (default: 512)")
@@ -71,8 +89,9 @@ def _worker(args) -> int:
 
     from specd.worker.servers.service import load_core, serve_worker
 
-    if args.draft_method != "model":
-        raise SpecdError(f"--draft-method {args.draft_method} is not implemented yet; use --draft-method model")
+    if args.role == "draft" and args.draft_method not in contract.DRAFT_POOL_METHODS:
+        raise SpecdError(f"a draft worker makes drafts with a model: --draft-method {args.draft_method} "
+                         "is for target workers")
     if args.threads < 1:
         raise SpecdError("--threads must be at least 1")
     torch.set_num_threads(args.threads)
@@ -90,7 +109,8 @@ def _register_router(subparsers) -> None:
                                           "Workers come from --target/--draft, or from Kubernetes EndpointSlices "
                                           "when the config has a discovery block.")
     p.add_argument("--config", help="router YAML (policy, speculation, maxBatchSize, discovery, ...)")
-    p.add_argument("--port", type=int, default=50051, help="port to listen on (default: 50051)")
+    p.add_argument("--port", type=int, default=contract.ROUTER_PORT.default,
+                   help=f"port to listen on (default: {contract.ROUTER_PORT.default}; 0: any free port)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     p.add_argument("--target", action="append", default=[], metavar="HOST:PORT", help="a target worker (repeatable)")
     p.add_argument("--draft", action="append", default=[], metavar="HOST:PORT", help="a draft worker (repeatable)")
@@ -110,7 +130,7 @@ def router_config(args):
         config = replace(config, policy=args.policy)
     if args.speculation:
         config = config.with_speculation(args.speculation)
-    if args.max_batch_size:
+    if args.max_batch_size is not None:
         config = replace(config, max_batch_size=args.max_batch_size)
     return config
 
@@ -155,7 +175,8 @@ def _register_up(subparsers) -> None:
     p.add_argument("--targets", type=int, default=1, help="target worker replicas (default: 1)")
     p.add_argument("--drafts", type=int, default=1, help="draft worker replicas (default: 1; 0: no speculation)")
     add_scheduling_flags(p, defaults=True)
-    p.add_argument("--port", type=int, default=50051, help="router port (default: 50051; 0: any free port)")
+    p.add_argument("--port", type=int, default=contract.ROUTER_PORT.default,
+                   help=f"router port (default: {contract.ROUTER_PORT.default}; 0: any free port)")
     p.add_argument("--target-model", help="target model directory (default: the demo target)")
     p.add_argument("--draft-model", help="draft model directory (default: the demo draft)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process (default: 1)")
@@ -204,7 +225,8 @@ def _register_stats(subparsers) -> None:
     p = subparsers.add_parser("stats", help="a router's live figures: acceptance, goodput, k, queue",
                               description="Ask a running router (specd up, specd router, or a router Service "
                                           "reached through kubectl port-forward) for its live figures.")
-    p.add_argument("--address", default="127.0.0.1:50051", help="router HOST:PORT (default: 127.0.0.1:50051)")
+    address = f"127.0.0.1:{contract.ROUTER_PORT.default}"
+    p.add_argument("--address", default=address, help=f"router HOST:PORT (default: {address})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_stats)
 
@@ -242,7 +264,7 @@ def _register_bench(bench_subparsers) -> None:
                     "same mixed workload (Python code and English prose prompts, mostly short outputs and a few "
                     "long ones) with Poisson arrivals at each load (a fraction of that capacity). Prints latency, "
                     "TTFT, throughput and goodput per run, the goals (laps-sd vs fcfs at the highest load where "
-                    "fcfs is stable; goodput vs fixed:K and off) and the gRPC overhead per iteration.")
+                    "fcfs is stable; goodput vs fixed:K and none) and the gRPC overhead per iteration.")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
     p.add_argument("--loads", default="0.6,0.9,0.95",
                    help="offered load as fractions of the measured capacity, comma-separated (default: 0.6,0.9,0.95)")
@@ -253,12 +275,14 @@ def _register_bench(bench_subparsers) -> None:
                         "(default: 2)")
     p.add_argument("--policies", default="fcfs,laps-sd", help="policies compared under each of "
                    "--compare-speculation (default: fcfs,laps-sd)")
-    p.add_argument("--speculations", default="off,fixed:2,fixed:4,goodput",
-                   help="speculation modes compared under laps-sd (default: off,fixed:2,fixed:4,goodput)")
+    p.add_argument("--speculations", default="none,fixed:2,fixed:4,goodput",
+                   help="speculation modes compared under laps-sd, none (alias off) meaning no speculation "
+                        "(default: none,fixed:2,fixed:4,goodput)")
     p.add_argument("--compare-speculation", default="goodput",
                    help="speculation modes under which the policies are compared, each at loads of its own "
                         "capacity (default: goodput)")
-    p.add_argument("--max-batch-size", type=int, default=2, help="router batch size (default: 2)")
+    p.add_argument("--max-batch-size", type=_bounded("--max-batch-size", MAX_BATCH_SIZE), default=2,
+                   help="router batch size (default: 2)")
     p.add_argument("--long-fraction", type=float, default=0.25, help="share of long requests (default: 0.25)")
     p.add_argument("--short-tokens", default="8,24", metavar="LOW,HIGH",
                    help="output length range of short requests (default: 8,24)")
@@ -288,8 +312,9 @@ def _bench_serve(args) -> int:
         loads=_positive_floats("--loads", args.loads),
         rates=_positive_floats("--rates", args.rates) if args.rates else None,
         requests=args.requests, repeats=args.repeats,
-        policies=args.policies.split(","), speculations=[_speculation(s) for s in args.speculations.split(",")],
-        compare_speculations=[_speculation(x) for x in args.compare_speculation.split(",")],
+        policies=_policies("--policies", args.policies),
+        speculations=_speculations("--speculations", args.speculations),
+        compare_speculations=_speculations("--compare-speculation", args.compare_speculation),
         max_batch_size=args.max_batch_size,
         short_tokens=_length_range("--short-tokens", args.short_tokens),
         long_tokens=_length_range("--long-tokens", args.long_tokens),
@@ -301,6 +326,21 @@ def _bench_serve(args) -> int:
     else:
         print(bench.format_report(report))
     return 0
+
+
+def _policies(flag: str, text: str) -> list[str]:
+    policies = text.split(",")
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise SpecdError(f"{flag}: {', '.join(unknown)} not among {', '.join(POLICIES)}")
+    return policies
+
+
+def _speculations(flag: str, text: str) -> list[str]:
+    try:
+        return [_speculation(value) for value in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise SpecdError(f"{flag}: {exc}") from None
 
 
 def _length_range(flag: str, text: str) -> tuple[int, int]:

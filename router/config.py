@@ -1,8 +1,11 @@
 """Router configuration: the YAML file the operator mounts (/etc/specd/router.yaml) and its defaults.
 
-Keys (camelCase, as in the SpecDecodingService's `scheduling` block):
+The file's keys, values, bounds and defaults are declared in `specd.contract` (which also builds
+the CRD from them); keys are camelCase, as in the SpecDecodingService's `scheduling` block:
   policy: laps-sd | fcfs | las | sjf
-  speculation: {mode: goodput | fixed | off, k: 4, maxK: 8}      (`fixed:K` is accepted as a mode)
+  speculation: {mode: goodput | fixed | none, k: 4, maxK: 8}
+      mode `off` (or YAML's false) is an alias of none; `fixed:K` is accepted as a mode; k in
+      [0, 16], maxK in [1, 16]
   maxBatchSize: 8                 requests in one iteration batch
   maxQueuedRequests: 256          admitted and unfinished requests; beyond -> RESOURCE_EXHAUSTED
   pipelineDepth: 2                batches in flight per target replica (drafting overlaps verifying)
@@ -16,11 +19,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from specd import contract
+from specd.contract import (DISCOVERY_DRAFT_PORT, DISCOVERY_TARGET_PORT, FIRST_QUANTUM, K, MAX_BATCH_SIZE, MAX_K_RANGE,
+                            MAX_QUEUED_REQUESTS, PIPELINE_DEPTH, POLICIES, QUANTUM_GROWTH, QUEUES, SPECULATION_MODES,
+                            STABILITY_THRESHOLD, STABILITY_WINDOW)
 from specd.errors import SpecdError
-
-POLICIES = ("laps-sd", "fcfs", "las", "sjf")
-SPECULATION_MODES = ("goodput", "fixed", "off")
-MAX_K_LIMIT = 16  # the engine's MAX_K
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,12 @@ class QueueSettings:
     first_quantum * growth**i iterations in it. Also used by the acceptance-blind `las` policy.
     """
 
-    queues: int = 4
-    first_quantum: int = 8
-    growth: float = 2.0
+    queues: int = QUEUES.default
+    first_quantum: int = FIRST_QUANTUM.default
+    growth: float = QUANTUM_GROWTH.default
     # a request is "perceptible" once its acceptance EMA moved less than `threshold` over `window` iterations
-    stability_window: int = 8
-    stability_threshold: float = 0.02
+    stability_window: int = STABILITY_WINDOW.default
+    stability_threshold: float = STABILITY_THRESHOLD.default
 
     def level(self, attained_iterations: int) -> int:
         bound, quantum = 0.0, float(self.first_quantum)
@@ -53,112 +56,88 @@ class Discovery:
     namespace: str = ""
     target_service: str = ""
     draft_service: str = ""
-    target_port: int = 50052
-    draft_port: int = 50053
+    target_port: int = DISCOVERY_TARGET_PORT.default
+    draft_port: int = DISCOVERY_DRAFT_PORT.default
 
 
 @dataclass(frozen=True)
 class RouterConfig:
-    policy: str = "laps-sd"
-    speculation: str = "goodput"  # off | fixed | goodput
-    k: int = 4  # fixed mode's k
-    max_k: int = 8  # goodput's upper bound
-    max_batch_size: int = 8
-    max_queued_requests: int = 256
-    pipeline_depth: int = 2
+    """The router's settings. Every instance is checked against the contract (so are the copies
+    `dataclasses.replace` makes), and `speculation` holds the canonical mode (`off` -> `none`)."""
+
+    policy: str = contract.DEFAULT_POLICY
+    speculation: str = contract.DEFAULT_SPECULATION_MODE  # none | fixed | goodput
+    k: int = K.default  # fixed mode's k
+    max_k: int = MAX_K_RANGE.default  # goodput's upper bound
+    max_batch_size: int = MAX_BATCH_SIZE.default
+    max_queued_requests: int = MAX_QUEUED_REQUESTS.default
+    pipeline_depth: int = PIPELINE_DEPTH.default
     queues: QueueSettings = field(default_factory=QueueSettings)
     discovery: Discovery | None = None
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise SpecdError(f"policy {self.policy!r} is not one of {', '.join(POLICIES)}")
-        if self.speculation not in SPECULATION_MODES:
-            raise SpecdError(f"speculation mode {self.speculation!r} is not one of {', '.join(SPECULATION_MODES)}")
-        for name, value, low, high in [("speculation.k", self.k, 0, MAX_K_LIMIT),
-                                       ("speculation.maxK", self.max_k, 0, MAX_K_LIMIT),
-                                       ("maxBatchSize", self.max_batch_size, 1, 4096),
-                                       ("maxQueuedRequests", self.max_queued_requests, 1, 10**6),
-                                       ("pipelineDepth", self.pipeline_depth, 1, 8)]:
-            if not low <= value <= high:
-                raise SpecdError(f"router config: {name} must be in [{low}, {high}], got {value}")
+        checked = contract.parse_router_config(self.to_dict())
+        object.__setattr__(self, "speculation", checked.speculation.mode)
+        object.__setattr__(self, "k", checked.speculation.k)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration file's form (camelCase keys) of this configuration."""
+        q, d = self.queues, self.discovery
+        raw: dict[str, Any] = {
+            "policy": self.policy,
+            "speculation": {"mode": self.speculation, "k": self.k, "maxK": self.max_k},
+            "maxBatchSize": self.max_batch_size, "maxQueuedRequests": self.max_queued_requests,
+            "pipelineDepth": self.pipeline_depth,
+            "lapsSd": {"queues": q.queues, "firstQuantum": q.first_quantum, "quantumGrowth": q.growth,
+                       "stabilityWindow": q.stability_window, "stabilityThreshold": q.stability_threshold},
+        }
+        if d is not None:
+            raw["discovery"] = {"namespace": d.namespace, "targetService": d.target_service,
+                                "draftService": d.draft_service, "targetPort": d.target_port,
+                                "draftPort": d.draft_port}
+        return raw
 
     @property
     def speculation_label(self) -> str:
-        return f"fixed:{self.k}" if self.speculation == "fixed" else self.speculation
+        return contract.speculation_label(self.speculation, self.k)
 
     def with_speculation(self, spec: str) -> "RouterConfig":
-        """`off`, `goodput` or `fixed:K` (as on the command line)."""
-        mode, _, k = spec.partition(":")
-        if mode == "fixed":
-            if not k.isdigit():
-                raise SpecdError(f"speculation {spec!r}: write fixed:K, e.g. fixed:4")
-            return replace(self, speculation="fixed", k=int(k))
-        if k:
-            raise SpecdError(f"speculation {spec!r}: only fixed takes a k (fixed:K)")
-        return replace(self, speculation=mode)
-
-
-def _pick(raw: dict[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = raw.get(key, default)
-    if value is None:
-        return default
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        kinds = {int: "an integer", float: "a number", str: "a string"}
-        raise SpecdError(f"router config: {key} must be {kinds.get(kind, kind.__name__)}, got {value!r}") from None
+        """`none` (alias `off`), `goodput` or `fixed:K` (as on the command line)."""
+        try:
+            mode, k = contract.parse_speculation(spec)
+        except ValueError as exc:
+            raise SpecdError(f"speculation {exc}") from None
+        return replace(self, speculation=mode, k=self.k if k is None else k)
 
 
 def load_config(path: str | Path) -> RouterConfig:
     import yaml
 
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise SpecdError(f"router config not found: {path}") from None
     except yaml.YAMLError as exc:
         raise SpecdError(f"router config {path} is not valid YAML: {exc}") from None
-    return config_from_dict(raw)
+    return config_from_dict({} if raw is None else raw)
 
 
 def config_from_dict(raw: dict[str, Any]) -> RouterConfig:
-    if not isinstance(raw, dict):
-        raise SpecdError("router config must be a mapping")
-    d = RouterConfig()
-    spec = raw.get("speculation") or {}
-    mode = str(spec.get("mode", d.speculation))
-    config = RouterConfig(
-        policy=_pick(raw, "policy", str, d.policy),
-        k=_pick(spec, "k", int, d.k),
-        max_k=_pick(spec, "maxK", int, d.max_k),
-        max_batch_size=_pick(raw, "maxBatchSize", int, d.max_batch_size),
-        max_queued_requests=_pick(raw, "maxQueuedRequests", int, d.max_queued_requests),
-        pipeline_depth=_pick(raw, "pipelineDepth", int, d.pipeline_depth),
-        queues=_queues(raw.get("lapsSd") or {}),
-        discovery=_discovery(raw["discovery"]) if raw.get("discovery") else None,
-    )
-    if mode.startswith("fixed:"):
-        return config.with_speculation(mode)
-    return replace(config, speculation=mode)
+    """A RouterConfig from the parsed YAML; SpecdError naming the field when a value is refused."""
+    return _from_file(contract.parse_router_config(raw))
 
 
-def _queues(raw: dict[str, Any]) -> QueueSettings:
-    d = QueueSettings()
-    return QueueSettings(queues=_pick(raw, "queues", int, d.queues),
-                         first_quantum=_pick(raw, "firstQuantum", int, d.first_quantum),
-                         growth=_pick(raw, "quantumGrowth", float, d.growth),
-                         stability_window=_pick(raw, "stabilityWindow", int, d.stability_window),
-                         stability_threshold=_pick(raw, "stabilityThreshold", float, d.stability_threshold))
-
-
-def _discovery(raw: dict[str, Any]) -> Discovery:
-    d = Discovery()
-    return Discovery(namespace=_pick(raw, "namespace", str, d.namespace),
-                     target_service=_pick(raw, "targetService", str, d.target_service),
-                     draft_service=_pick(raw, "draftService", str, d.draft_service),
-                     target_port=_pick(raw, "targetPort", int, d.target_port),
-                     draft_port=_pick(raw, "draftPort", int, d.draft_port))
+def _from_file(f: contract.RouterConfigFile) -> RouterConfig:
+    s, q, d = f.speculation, f.laps_sd, f.discovery
+    return RouterConfig(
+        policy=f.policy, speculation=s.mode, k=s.k, max_k=s.max_k, max_batch_size=f.max_batch_size,
+        max_queued_requests=f.max_queued_requests, pipeline_depth=f.pipeline_depth,
+        queues=QueueSettings(queues=q.queues, first_quantum=q.first_quantum, growth=q.quantum_growth,
+                             stability_window=q.stability_window, stability_threshold=q.stability_threshold),
+        discovery=None if d is None else Discovery(namespace=d.namespace, target_service=d.target_service,
+                                                   draft_service=d.draft_service, target_port=d.target_port,
+                                                   draft_port=d.draft_port))
 
 
 __all__ = ["RouterConfig", "QueueSettings", "Discovery", "load_config", "config_from_dict", "POLICIES",
-           "SPECULATION_MODES", "fields"]
+           "SPECULATION_MODES"]

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import grpc
 
+from specd.contract import MAX_K
 from specd.errors import SpecdError
 from specd.proto import server as grpc_server
 from specd.proto.v1 import serving_pb2, serving_pb2_grpc, worker_pb2
-from specd.router.config import MAX_K_LIMIT, RouterConfig
+from specd.router.config import RouterConfig
 from specd.router.discovery import Discovery
 from specd.router.replicas import ReplicaPool
 from specd.router.request import Request
@@ -80,8 +81,8 @@ class RequestBuilder:
             raise invalid("sampling.temperature", f"must be a finite number >= 0, got {s.temperature}")
         if not 0 <= s.top_p <= 1:
             raise invalid("sampling.top_p", f"must be in (0, 1] (0 means 1), got {s.top_p}")
-        if msg.speculation.max_k > MAX_K_LIMIT:
-            raise invalid("speculation.max_k", f"must be at most {MAX_K_LIMIT}, got {msg.speculation.max_k}")
+        if msg.speculation.max_k > MAX_K:
+            raise invalid("speculation.max_k", f"must be at most {MAX_K}, got {msg.speculation.max_k}")
         if len(msg.request_id) > 128:
             raise invalid("request_id", "longer than 128 characters")
         limit = self.config.k if self.config.speculation == "fixed" else self.config.max_k

@@ -1,6 +1,6 @@
 """Speculation control: how many tokens each request drafts in the next iteration.
 
-- off: k = 0.
+- none (alias off): k = 0.
 - fixed:K: k = K (capped by the request's own limit and its remaining tokens).
 - goodput (SmartSpec, Liu et al. 2024): each iteration evaluates k = 0..maxK for the whole batch
   and takes the k that maximises goodput(k) = sum_i E[tokens_i(k)] / T(k), where
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from specd.contract import speculation_mode
 from specd.router.request import Acceptance, Request
 
 REFINE_SWEEPS = 3  # rounds of per-request +-1 moves (bounded: the choice runs every iteration)
@@ -108,7 +109,7 @@ def expected_tokens(alpha: float, k: int) -> float:
 
 class SpeculationControl:
     def __init__(self, mode: str, k: int, max_k: int, costs: CostModel) -> None:
-        self.mode = mode
+        self.mode = speculation_mode(mode)  # canonical: `off` is `none`
         self.k = k
         self.max_k = max_k
         self.costs = costs
@@ -122,7 +123,7 @@ class SpeculationControl:
         overlapped: another batch is in flight on the same target replica (see CostModel.iteration).
         """
         caps = [max(0, min(r.max_k, r.remaining - 1)) if ok else 0 for r, ok in zip(batch, drafting)]
-        if self.mode == "off" or not any(caps):
+        if self.mode == "none" or not any(caps):
             return [0] * len(batch)
         if self.mode == "fixed":
             return [min(self.k, cap) for cap in caps]

@@ -30,6 +30,8 @@ MODEL_DRAFT = {"target": {"model": {"uri": "pvc://models/llama-70b"}, "tensorPar
                "draft": {"method": "model", "model": {"uri": "pvc://small/llama-1b"},
                          "replicas": 4},
                "scheduling": {"speculation": {"k": 3, "maxK": 6}}}
+# plain decoding: no draft pool, no draft model needed (draft.method defaults to model)
+PLAIN = {"draft": {"method": "none"}, "scheduling": {"speculation": {"mode": "none"}}}
 
 
 def test_model_draft_service_has_every_child_with_owner_and_labels() -> None:
@@ -99,27 +101,18 @@ def test_draft_pool_pod() -> None:
     assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
 
 
-@pytest.mark.parametrize("method", ["early-exit", "ngram"])
-def test_in_target_drafting_has_no_draft_pool(method: str) -> None:
-    spec = {"target": {"model": {"uri": "/opt/model"}, "tensorParallelSize": 2},
-            "draft": {"method": method}}
+def test_plain_decoding_has_no_draft_pool_and_passes_no_draft_method() -> None:
+    spec = {"target": {"model": {"uri": "/opt/model"}, "tensorParallelSize": 2}, **PLAIN}
     children = _by_kind_name(builders.build_children(_body(spec), CONFIG))
     assert not [key for key in children if key[1] == "svc-draft"]
     (container,) = children[("Deployment", "svc-target")]["spec"]["template"]["spec"][
         "containers"]
-    assert container["command"][-2:] == ["--draft-method", method]
+    assert "--draft-method" not in container["command"]
     assert "--model" in container["command"] and "/opt/model" in container["command"]
     assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
     config = yaml.safe_load(children[("ConfigMap", "svc-router-config")]["data"]["router.yaml"])
     assert config["discovery"]["draftService"] is None
-
-
-def test_plain_decoding_passes_no_draft_method() -> None:
-    spec = {"target": {"model": {"uri": "/m"}}, "draft": {"method": "none"},
-            "scheduling": {"speculation": {"mode": "off"}}}
-    target = _by_kind_name(builders.build_children(_body(spec), CONFIG))[
-        ("Deployment", "svc-target")]
-    assert "--draft-method" not in target["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert config["speculation"]["mode"] == "none"
 
 
 def test_router_config_is_the_contract_with_specd_router() -> None:
@@ -176,7 +169,7 @@ def test_worker_services_are_headless_and_router_service_follows_spec() -> None:
 def test_user_gpu_resources_are_overridden_by_tensor_parallel_size() -> None:
     spec = {"target": {"model": {"uri": "/m"}, "tensorParallelSize": 4,
                        "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "1Gi"},
-                                     "requests": {"nvidia.com/gpu": 1}}}}
+                                     "requests": {"nvidia.com/gpu": 1}}}, **PLAIN}
     target = _by_kind_name(builders.build_children(_body(spec), CONFIG))[
         ("Deployment", "svc-target")]
     resources = target["spec"]["template"]["spec"]["containers"][0]["resources"]
@@ -184,7 +177,7 @@ def test_user_gpu_resources_are_overridden_by_tensor_parallel_size() -> None:
 
 
 def test_spec_image_overrides_operator_default() -> None:
-    spec = {"image": "mine/specd:1", "target": {"model": {"uri": "/m"}}}
+    spec = {"image": "mine/specd:1", "target": {"model": {"uri": "/m"}}, **PLAIN}
     for child in builders.build_children(_body(spec), CONFIG):
         if child["kind"] == "Deployment":
             assert child["spec"]["template"]["spec"]["containers"][0]["image"] == "mine/specd:1"
@@ -221,7 +214,7 @@ def test_bad_model_uris_are_user_errors(uri: str) -> None:
         parse_model_uri(uri)
 
 
-@pytest.mark.parametrize("method", ["model", "early-exit", "ngram", "none"])
+@pytest.mark.parametrize("method", ["model", "none"])
 def test_pod_commands_and_router_config_are_accepted_by_the_serving_plane(method: str) -> None:
     """The contract with `specd worker` / `specd router`: their own parsers accept what the
     operator puts into pods, and the router reads the ConfigMap's configuration."""
@@ -230,7 +223,7 @@ def test_pod_commands_and_router_config_are_accepted_by_the_serving_plane(method
     from specd.cli import build_parser
 
     spec = {**MODEL_DRAFT, "draft": {**MODEL_DRAFT["draft"], "method": method},
-            "scheduling": {"speculation": {"mode": "off" if method == "none" else "fixed",
+            "scheduling": {"speculation": {"mode": "none" if method == "none" else "fixed",
                                            "k": 3, "maxK": 6}}}
     children = _by_kind_name(builders.build_children(_body(spec), CONFIG))
     parser = build_parser()

@@ -60,14 +60,15 @@ def test_cross_field_rules_are_cel_validations() -> None:
     rules = [r["rule"] for _, node in _walk(_schema())
              for r in node.get("x-kubernetes-validations", [])]
     assert "self.k <= self.maxK" in rules
-    assert "self.method != 'model' || has(self.model)" in rules
+    assert "self.draft.method != 'model' || has(self.draft.model)" in rules
+    assert "self.draft.method != 'none' || self.scheduling.speculation.mode == 'none'" in rules
     assert "self in [1, 2, 4, 8, 16, 32, 64]" in rules  # tensorParallelSize: a power of two
 
 
 def test_apply_defaults_fills_nested_defaults_like_the_api_server() -> None:
     spec = crd.apply_defaults({"target": {"model": {"uri": "/m"}}})
     assert spec["target"]["replicas"] == 1 and spec["target"]["tensorParallelSize"] == 1
-    assert spec["draft"]["method"] == "ngram"
+    assert spec["draft"]["method"] == "model"
     assert spec["scheduling"]["speculation"] == {"mode": "goodput", "k": 4, "maxK": 8}
     assert spec["router"]["service"] == {"type": "ClusterIP", "port": 50051}
     assert "model" not in spec["draft"]  # objects without a default stay absent

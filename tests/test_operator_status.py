@@ -75,7 +75,8 @@ def test_failed_rollout_is_degraded() -> None:
 
 
 def test_scaled_to_zero() -> None:
-    spec = crd.apply_defaults({"target": {"model": {"uri": "/m"}, "replicas": 0}})
+    spec = crd.apply_defaults({"target": {"model": {"uri": "/m"}, "replicas": 0},
+                               "draft": {"method": "none"}})
     st, _ = status.compute_status(name="svc", namespace="ns", generation=1, spec=spec,
                                   deployments={"target": deployment(0, 0),
                                                "router": deployment(1, 1)},

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from specd.contract import MAX_K
 from specd.errors import SpecdError
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams
 from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
-
-MAX_K = 16
 
 
 @dataclass

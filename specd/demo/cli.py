@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from specd import contract
+
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
@@ -22,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
         "demo",
         help="start the local stack on the demo models and stream one generation through it",
         description="The quick start's main job: start a target worker, a draft worker and a router "
-                    "(laps-sd scheduling, goodput speculation) as processes on loopback, stream a "
-                    "generation back through the client SDK, then stop them all.",
+                    f"({contract.DEFAULT_POLICY} scheduling, {contract.DEFAULT_SPECULATION_MODE} speculation) "
+                    "as processes on loopback, stream a generation back through the client SDK, then stop "
+                    "them all.",
     )
     demo.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to continue (default: a Python snippet)")
     demo.add_argument("--max-tokens", type=int, default=96, help="tokens to generate (default: 96)")
@@ -61,14 +64,15 @@ def _demo(args: argparse.Namespace) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     stack = LocalStack()
     try:
-        print(f"starting the local stack: target worker, draft worker, router (laps-sd, goodput); "
+        policy, speculation = contract.DEFAULT_POLICY, contract.DEFAULT_SPECULATION_MODE
+        print(f"starting the local stack: target worker, draft worker, router ({policy}, {speculation}); "
               f"logs in {log_dir}", file=sys.stderr)
         workers = [stack.start_worker("target", target_dir, log_dir=log_dir),
                    stack.start_worker("draft", draft_dir, log_dir=log_dir)]
         for worker in workers:
             stack.wait_serving(worker, 300)
             print(f"  {worker.name} worker serving on {worker.address}", file=sys.stderr)
-        router = stack.start_router("laps-sd", "goodput", max_batch_size=8, log_dir=log_dir)
+        router = stack.start_router(policy, speculation, contract.MAX_BATCH_SIZE.default, log_dir=log_dir)
         stack.wait_serving(router, 120)
         print(f"  router serving on {router.address}; streaming a generation:\n", file=sys.stderr)
         args.address = router.address

@@ -78,7 +78,7 @@ def test_stopping_the_router_lets_pending_releases_land(workers, start_router, l
     from specd.proto.v1 import common_pb2
     from specd.router.request import Request
 
-    start_router(RouterConfig(policy="fcfs").with_speculation("off"), [workers.addresses["target"]])
+    start_router(RouterConfig(policy="fcfs").with_speculation("none"), [workers.addresses["target"]])
     router = start_router.routers.pop()
     scheduler = router.scheduler
     target_core = workers.cores["target"]

@@ -27,26 +27,26 @@ def test_saturated_throughput_stops_when_batches_can_no_longer_be_full():
 
 
 def test_summary_pools_latencies_and_sums_times_over_runs():
-    r = summarize("fcfs", "off", 2.0, [[outcome(0, 1), outcome(0, 3)], [outcome(0, 2)]])
+    r = summarize("fcfs", "none", 2.0, [[outcome(0, 1), outcome(0, 3)], [outcome(0, 2)]])
     assert r["requests"] == 3 and r["mean_latency_s"] == pytest.approx(2.0)
     assert r["tokens_per_s"] == pytest.approx(30 / 5) and r["mean_k"] == 2.0
     assert r["offered_tokens_per_s"] == pytest.approx(20.0)
     assert r["goodput_tokens_per_s"] == pytest.approx(30 / 5)  # busy 2 s + 3 s (each run's own)
     assert r["short_mean_latency_s"] == pytest.approx(2.0) and r["long_mean_latency_s"] is None
-    assert not is_stable(r, {"off": 20.0})  # 2/s x 10 tokens = 20 tokens/s offered, not below capacity
-    assert is_stable(r, {"off": 25.0})
+    assert not is_stable(r, {"none": 20.0})  # 2/s x 10 tokens = 20 tokens/s offered, not below capacity
+    assert is_stable(r, {"none": 25.0})
 
 
 def test_rates_are_loads_of_each_modes_capacity():
-    s = Settings(loads=[0.5, 0.9], compare_speculations=["goodput", "off"], speculations=["off", "goodput"])
-    runs = plan(s, {"goodput": 400.0, "off": 200.0}, mean_tokens=40.0)
-    # goodput: 5/s and 9/s (policies, and the speculation modes under laps-sd); off: 2.5/s and 4.5/s (policies)
-    assert runs == {2.5: [("fcfs", "off"), ("laps-sd", "off")], 4.5: [("fcfs", "off"), ("laps-sd", "off")],
-                    5.0: [("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "off")],
-                    9.0: [("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "off")]}
+    s = Settings(loads=[0.5, 0.9], compare_speculations=["goodput", "none"], speculations=["none", "goodput"])
+    runs = plan(s, {"goodput": 400.0, "none": 200.0}, mean_tokens=40.0)
+    # goodput: 5/s and 9/s (policies, and the speculation modes under laps-sd); none: 2.5/s and 4.5/s (policies)
+    assert runs == {2.5: [("fcfs", "none"), ("laps-sd", "none")], 4.5: [("fcfs", "none"), ("laps-sd", "none")],
+                    5.0: [("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "none")],
+                    9.0: [("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "none")]}
     absolute = plan(Settings(rates=[3.0], speculations=["fixed:2"]), {"goodput": 400.0}, mean_tokens=40.0)
     assert absolute == {3.0: [("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "fixed:2")]}
-    assert router_configs(s) == [("fcfs", "goodput"), ("fcfs", "off"), ("laps-sd", "goodput"), ("laps-sd", "off")]
+    assert router_configs(s) == [("fcfs", "goodput"), ("fcfs", "none"), ("laps-sd", "goodput"), ("laps-sd", "none")]
 
 
 def test_goals_compare_at_the_highest_stable_rate():
@@ -57,13 +57,13 @@ def test_goals_compare_at_the_highest_stable_rate():
     results = [row("fcfs", "goodput", 1, 1.0), row("laps-sd", "goodput", 1, 0.9),
                row("fcfs", "goodput", 2, 2.0), row("laps-sd", "goodput", 2, 1.0),  # 2/s: 20 offered < 30
                row("fcfs", "goodput", 4, 9.0), row("laps-sd", "goodput", 4, 3.0),  # 4/s: 40 offered > 30
-               row("laps-sd", "off", 2, 2.2), row("laps-sd", "fixed:2", 2, 0.98)]
+               row("laps-sd", "none", 2, 2.2), row("laps-sd", "fixed:2", 2, 0.98)]
     g = goals(results, {"goodput": 30.0}, Settings(compare_speculations=["goodput"]))
     [policy] = g["laps_sd_vs_fcfs"]
     assert (policy["rate"], policy["ratio"], policy["met"]) == (2, 0.5, True)
     assert policy["fcfs_stable_rates"] == [1, 2] and len(policy["ratios_by_load"]) == 3
     at_2 = next(r for r in g["goodput_speculation"] if r["rate"] == 2)
-    assert at_2["best_fixed"] == "fixed:2" and at_2["met_vs_fixed"] and at_2["met_vs_off"]
+    assert at_2["best_fixed"] == "fixed:2" and at_2["met_vs_fixed"] and at_2["met_vs_none"]
     unstable = goals(results, {"goodput": 5.0}, Settings(compare_speculations=["goodput"]))
     assert unstable["laps_sd_vs_fcfs"][0]["met"] is False  # no stable rate: nothing to claim
 
@@ -90,7 +90,7 @@ def test_bench_serve_prints_the_issue_keys_end_to_end(models):
     keys = {"policy", "speculation", "rate", "mean_latency_s", "p50_latency_s", "p99_latency_s", "mean_ttft_s",
             "tokens_per_s", "goodput_tokens_per_s", "mean_k", "requests", "load"}
     assert {(r["policy"], r["speculation"]) for r in report["results"]} == {
-        ("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "off")}
+        ("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "none")}
     for r in report["results"]:
         assert keys <= set(r) and r["requests"] == 6 and r["mean_latency_s"] > 0
     assert report["capacity_tokens_per_s"]["goodput"] > 0

@@ -28,16 +28,34 @@ def test_defaults_and_command_line_forms():
     assert config.queues.queues == 4 and config.queues.first_quantum == 8
     assert RouterConfig().with_speculation("fixed:5").k == 5
     assert config_from_dict({"speculation": {"mode": "fixed:2"}}).k == 2
+    assert RouterConfig().with_speculation("off").speculation == "none"  # the alias
+
+
+def test_direct_construction_and_replace_are_checked_too():
+    from dataclasses import replace
+
+    with pytest.raises(SpecdError, match="speculation.maxK must be ≤ 16, got 20"):
+        RouterConfig(max_k=20)
+    with pytest.raises(SpecdError, match="maxBatchSize must be ≥ 1"):
+        replace(RouterConfig(), max_batch_size=0)
+    assert RouterConfig(speculation="off").speculation == "none"
+    with pytest.raises(SpecdError, match="fixed:K"):
+        RouterConfig().with_speculation("fixed:17")
     custom = config_from_dict({"lapsSd": {"queues": 2, "firstQuantum": 3, "stabilityWindow": 4}})
     assert (custom.queues.queues, custom.queues.first_quantum, custom.queues.stability_window) == (2, 3, 4)
 
 
 @pytest.mark.parametrize("raw,message", [
-    ({"policy": "random"}, "policy 'random'"),
-    ({"speculation": {"mode": "sometimes"}}, "speculation mode 'sometimes'"),
-    ({"speculation": {"k": 99}}, "speculation.k"),
-    ({"maxBatchSize": 0}, "maxBatchSize"),
-    ({"maxBatchSize": "lots"}, "maxBatchSize must be an integer"),
+    ({"policy": "random"}, "router config: policy must be one of laps-sd, fcfs, las, sjf, got 'random'"),
+    ({"speculation": {"mode": "sometimes"}}, "speculation.mode must be one of goodput, fixed, none"),
+    ({"speculation": {"k": 99}}, "speculation.k must be ≤ 16, got 99"),
+    ({"maxBatchSize": 0}, "maxBatchSize must be ≥ 1, got 0"),
+    ({"maxBatchSize": "lots"}, "maxBatchSize must be an integer, got 'lots'"),
+    ({"maxBatchSize": True}, "maxBatchSize must be an integer, got True"),
+    ({"speculation": {"mode": "fixed:x"}}, "speculation mode 'fixed:x'"),
+    ({"discovery": {"targetPort": 0}}, "discovery.targetPort must be ≥ 1, got 0"),
+    ({"lapsSd": {"queues": 0}}, "lapsSd.queues must be ≥ 1, got 0"),
+    ([1, 2], "router config must be a mapping"),
 ])
 def test_bad_values_are_named(raw, message):
     with pytest.raises(SpecdError, match=message):

@@ -12,7 +12,7 @@ from specd.router.config import RouterConfig
 
 
 @pytest.mark.parametrize("speculation,draft", [("fixed:3", "draft"), ("goodput", "draft"), ("fixed:4", "echo"),
-                                                ("off", None)])
+                                                ("none", None)])
 def test_greedy_equals_plain_target_decoding(workers, start_router, reference, tokenizer, speculation, draft):
     config = RouterConfig(policy="laps-sd", max_batch_size=4).with_speculation(speculation)
     address = start_router(config, [workers.addresses["target"]], [workers.addresses[draft]] if draft else [])
@@ -27,7 +27,7 @@ def test_greedy_equals_plain_target_decoding(workers, start_router, reference, t
             if draft == "echo":  # the draft is the target itself: every greedy draft is accepted
                 assert result.usage.draft_tokens_accepted == result.usage.draft_tokens_proposed
                 assert result.usage.iterations < 24
-            if speculation == "off":
+            if speculation == "none":
                 assert result.usage.draft_tokens_proposed == 0 and result.usage.iterations == 24
 
 

@@ -52,7 +52,7 @@ def test_full_kv_preempts_and_recomputes_without_losing_requests(small_target, w
 
 def test_a_request_too_large_for_the_kv_budget_fails_with_resource_exhausted(small_target, workers, start_router):
     address, core = small_target
-    router = start_router(RouterConfig(policy="fcfs").with_speculation("off"), [address])
+    router = start_router(RouterConfig(policy="fcfs").with_speculation("none"), [address])
     with Client(router, timeout=60) as client:
         with pytest.raises(Overloaded, match="KV cache"):  # prompt + output > the whole budget
             client.generate(PROMPTS[0], core.runner.kv.budget_tokens, ignore_eos=True)

@@ -39,7 +39,8 @@ def test_k_respects_caps_and_draft_availability():
     control = SpeculationControl("fixed", 4, 8, costs(0.001))
     assert control.choose([request(remaining=3), request(max_k=2), request(), request()], [True, True, True, False]) \
         == [2, 2, 4, 0]  # room for 3 tokens = 2 drafts + bonus; per-request cap; no draft replica
-    assert SpeculationControl("off", 4, 8, costs(0.001)).choose([request()], [True]) == [0]
+    assert SpeculationControl("none", 4, 8, costs(0.001)).choose([request()], [True]) == [0]
+    assert SpeculationControl("off", 4, 8, costs(0.001)).mode == "none"  # the alias
 
 
 def test_request_acceptance_starts_from_the_global_prior_then_learns():

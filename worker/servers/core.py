@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from specd.contract import MAX_K
 from specd.errors import SpecdError
 from specd.proto.v1 import common_pb2, worker_pb2
 from specd.worker.runner import ForwardItem, ModelRunner
@@ -20,6 +21,11 @@ from specd.worker.sampling import SamplingParams
 from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
 
 COST_WINDOW = 256  # forward passes kept for the step-cost fit
+
+
+def _check_k(request_id: str, k: int) -> None:
+    if not 0 <= k <= MAX_K:
+        raise SpecdError(f"request {request_id!r}: k must be in [0, {MAX_K}], got {k}")
 
 
 class StaleRequest(SpecdError):
@@ -133,6 +139,7 @@ class WorkerCore:
     def propose(self, items: list[worker_pb2.ProposeItem]) -> tuple[list[worker_pb2.Proposal], worker_pb2.StepCost]:
         requests = []
         for item in items:
+            _check_k(item.delta.request_id, item.k)
             mirror = self.apply(item.delta)
             requests.append(DraftRequest(item.delta.request_id, mirror.committed, item.k, mirror.params, mirror.generator))
         # the first pass feeds what each cache misses, every later pass one token per request
@@ -145,6 +152,7 @@ class WorkerCore:
         vocab = self.runner.config.vocab_size
         requests = []
         for item in items:
+            _check_k(item.delta.request_id, len(item.draft_tokens))
             mirror = self.apply(item.delta)
             drafts = list(item.draft_tokens)
             probs = probs_from_bytes(item.draft_probs, len(drafts), vocab)

@@ -1,0 +1,264 @@
+"""The serving contract, declared once: what a SpecDecodingService, the router configuration file,
+the command lines and the workers accept.
+
+- enums: scheduling policies, speculation modes, draft methods;
+- bounds and defaults of every number a user sets (k, maxK, maxBatchSize, replicas, ports, ...);
+- the router configuration file (`specd router --config`, the ConfigMap the operator renders):
+  pydantic models with the camelCase keys of the resource's `scheduling` block, and
+  `parse_router_config`, whose errors name the field (`speculation.maxK must be ≤ 16, got 20`).
+
+`operator/crd.py` builds the CRD schema from these values, `router/config.py` parses with these
+models, the CLIs take their choices and defaults from here and the worker engine its k limit, so
+the schema admits exactly what the router and the workers run. Light on purpose: the standard
+library and pydantic only (the operator image imports it; no torch, no grpc).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from specd.errors import SpecdError
+
+# --- enums ------------------------------------------------------------------------------------
+
+POLICIES = ("laps-sd", "fcfs", "las", "sjf")
+DEFAULT_POLICY = "laps-sd"
+
+# "none": no speculation (as draft.method none). The CRD admits only these spellings; the router
+# configuration and the command lines also take the aliases (YAML reads an unquoted `off` as the
+# boolean false, which the router configuration reads as "none" too).
+SPECULATION_MODES = ("goodput", "fixed", "none")
+SPECULATION_MODE_ALIASES = {"off": "none"}
+DEFAULT_SPECULATION_MODE = "goodput"
+
+# Only what is implemented; early-exit and ngram (drafting inside the target worker) are added with their implementation.
+DRAFT_METHODS = ("model", "none")
+DEFAULT_DRAFT_METHOD = "model"
+# the methods whose drafts come from a separate pool of draft workers
+DRAFT_POOL_METHODS = ("model",)
+
+
+# --- bounds and defaults ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Range:
+    """An inclusive range of a number and its default (None: no upper bound / no default)."""
+
+    minimum: int | float
+    maximum: int | float | None = None
+    default: int | float | None = None
+
+    def __contains__(self, value: object) -> bool:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= self.minimum
+                and (self.maximum is None or value <= self.maximum))
+
+    def describe(self) -> str:
+        return f"[{self.minimum}, {self.maximum}]" if self.maximum is not None else f"≥ {self.minimum}"
+
+
+MAX_K = 16  # the engine's limit on draft tokens per request and iteration
+K = Range(0, MAX_K, default=4)  # speculation.k: fixed mode's k (0: no drafts), goodput's starting point
+MAX_K_RANGE = Range(1, MAX_K, default=8)  # speculation.maxK: goodput's upper bound
+MAX_BATCH_SIZE = Range(1, 4096, default=8)  # requests in one iteration batch (router and local CLIs)
+# A SpecDecodingService's default batch: GPU targets batch more than the CPU-sized local default.
+CLUSTER_MAX_BATCH_SIZE_DEFAULT = 32
+MAX_QUEUED_REQUESTS = Range(1, 10**6, default=256)  # admitted, unfinished requests per router
+PIPELINE_DEPTH = Range(1, 8, default=2)  # batches in flight per target replica
+# LAPS-SD's multi-level feedback queues (router config `lapsSd`)
+QUEUES = Range(1, 64, default=4)
+FIRST_QUANTUM = Range(1, 10**6, default=8)
+QUANTUM_GROWTH = Range(1.0, None, default=2.0)
+STABILITY_WINDOW = Range(1, 10**6, default=8)
+STABILITY_THRESHOLD = Range(0.0, None, default=0.02)
+
+TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 16, 32, 64)  # GPUs of one target pod: powers of two
+TENSOR_PARALLEL_SIZE = Range(1, 64, default=1)
+TARGET_REPLICAS = Range(0, 1024, default=1)
+DRAFT_REPLICAS = Range(0, 1024, default=1)
+DRAFT_GPUS = Range(0, 8, default=1)  # GPUs per draft pod (0: CPU)
+ROUTER_REPLICAS = Range(1, 64, default=1)
+PORT = Range(1, 65535)
+ROUTER_PORT = Range(1, 65535, default=50051)  # the router's gRPC port (Service and `specd router`)
+# worker ports the router's EndpointSlice discovery dials when the configuration names none
+DISCOVERY_TARGET_PORT = Range(1, 65535, default=50052)
+DISCOVERY_DRAFT_PORT = Range(1, 65535, default=50053)
+
+
+# --- speculation spellings ----------------------------------------------------------------------
+
+def speculation_mode(value: Any) -> str:
+    """The canonical speculation mode of `value`: an alias (`off`) or YAML's `false` read as "none"."""
+    if value is False:
+        return "none"
+    if isinstance(value, str):
+        mode = SPECULATION_MODE_ALIASES.get(value, value)
+        if mode in SPECULATION_MODES:
+            return mode
+    aliases = ", ".join(f"{alias} = {mode}" for alias, mode in SPECULATION_MODE_ALIASES.items())
+    raise ValueError(f"must be one of {', '.join(SPECULATION_MODES)} (alias {aliases}), got {value!r}")
+
+
+def parse_speculation(text: Any) -> tuple[str, int | None]:
+    """A command-line speculation: `goodput`, `none` (alias `off`) or `fixed:K` -> (mode, K or None).
+
+    Raises ValueError with a message meant for the user.
+    """
+    mode, colon, k = str(text).partition(":") if isinstance(text, str) else (text, "", "")
+    if mode == "fixed":
+        if not (k.isdigit() and int(k) in K):
+            raise ValueError(f"{text!r}: write fixed:K with K in {K.describe()}, e.g. fixed:4")
+        return "fixed", int(k)
+    if colon:
+        raise ValueError(f"{text!r}: only fixed takes a k (fixed:K)")
+    try:
+        return speculation_mode(mode), None
+    except ValueError:
+        raise ValueError(f"{text!r}: use {', '.join(m for m in SPECULATION_MODES if m != 'fixed')}, fixed:K "
+                         f"(e.g. fixed:4) or the alias {', '.join(SPECULATION_MODE_ALIASES)}") from None
+
+
+def speculation_label(mode: str, k: int) -> str:
+    """The command-line spelling of a configured mode: `fixed:K`, `goodput`, `none`."""
+    return f"fixed:{k}" if mode == "fixed" else mode
+
+
+# --- the router configuration file --------------------------------------------------------------
+
+def _no_bool(kind: str):
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):  # pydantic would read true as 1
+            raise ValueError(f"must be {kind}, got {value!r}")
+        return value
+    return BeforeValidator(check)
+
+
+def _int(r: Range) -> Any:
+    return Field(default=r.default, ge=r.minimum, le=r.maximum)
+
+
+Int = Annotated[int, _no_bool("an integer")]
+Float = Annotated[float, _no_bool("a number")]
+
+
+class _Section(BaseModel):
+    """Keys in camelCase (as in the SpecDecodingService); null means the default; unknown keys are
+    ignored (an operator newer than the router image may render more)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class SpeculationConfig(_Section):
+    """`speculation: {mode, k, maxK}`; also `mode: fixed:K`, and a bare mode (`speculation: none`)."""
+
+    mode: Literal[SPECULATION_MODES] = DEFAULT_SPECULATION_MODE
+    k: Int = _int(K)
+    max_k: Int = _int(MAX_K_RANGE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, data: Any) -> Any:
+        if isinstance(data, (str, bool)):
+            data = {"mode": data}
+        if isinstance(data, dict) and isinstance(data.get("mode"), str) and data["mode"].startswith("fixed:"):
+            try:
+                mode, k = parse_speculation(data["mode"])
+            except ValueError as exc:
+                raise ValueError(f"mode {exc}") from None
+            data = {**data, "mode": mode, "k": k}
+        return data
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _canonical_mode(cls, value: Any) -> str:
+        return speculation_mode(value)
+
+
+class LapsSdConfig(_Section):
+    """`lapsSd`: LAPS-SD's queues on attained service (also used by `las`)."""
+
+    queues: Int = _int(QUEUES)
+    first_quantum: Int = _int(FIRST_QUANTUM)
+    quantum_growth: Float = Field(default=QUANTUM_GROWTH.default, ge=QUANTUM_GROWTH.minimum)
+    stability_window: Int = _int(STABILITY_WINDOW)
+    stability_threshold: Float = Field(default=STABILITY_THRESHOLD.default, ge=STABILITY_THRESHOLD.minimum)
+
+
+class DiscoveryConfig(_Section):
+    """`discovery`: the worker Services whose EndpointSlices the router watches."""
+
+    namespace: str = ""
+    target_service: str = ""
+    draft_service: str = ""  # empty (null) without a draft pool
+    target_port: Int = _int(DISCOVERY_TARGET_PORT)
+    draft_port: Int = _int(DISCOVERY_DRAFT_PORT)
+
+
+class RouterConfigFile(_Section):
+    """The router configuration file, as `specd router --config` reads it."""
+
+    policy: Literal[POLICIES] = DEFAULT_POLICY
+    speculation: SpeculationConfig = SpeculationConfig()
+    max_batch_size: Int = _int(MAX_BATCH_SIZE)
+    max_queued_requests: Int = _int(MAX_QUEUED_REQUESTS)
+    pipeline_depth: Int = _int(PIPELINE_DEPTH)
+    laps_sd: LapsSdConfig = LapsSdConfig()
+    discovery: DiscoveryConfig | None = None
+
+
+def parse_router_config(raw: Any, what: str = "router config") -> RouterConfigFile:
+    """Validate a router configuration (the parsed YAML); SpecdError naming each bad field."""
+    if not isinstance(raw, dict):
+        raise SpecdError(f"{what} must be a mapping, got {type(raw).__name__}")
+    try:
+        return RouterConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecdError(f"{what}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+_TYPE_MESSAGES = {
+    "int_type": "must be an integer", "int_parsing": "must be an integer", "int_from_float": "must be an integer",
+    "float_type": "must be a number", "float_parsing": "must be a number", "string_type": "must be a string",
+    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping", "dict_type": "must be a mapping",
+}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """`speculation.maxK must be ≤ 16, got 20` from one pydantic error (its loc uses the aliases)."""
+    field = ".".join(str(part) for part in error["loc"])
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "less_than_equal":
+        text = f"must be ≤ {ctx['le']}"
+    elif kind == "greater_than_equal":
+        text = f"must be ≥ {ctx['ge']}"
+    elif kind == "literal_error":
+        text = f"must be one of {ctx['expected'].replace(chr(39), '').replace(' or ', ', ')}"
+    elif kind == "value_error":  # our validators' messages read on from the field's name
+        text = str(ctx.get("error", error["msg"]))
+    else:
+        text = _TYPE_MESSAGES.get(kind) or f"is invalid ({error['msg']})"
+    if ", got " not in text and "input" in error and not isinstance(error["input"], dict):
+        text += f", got {error['input']!r}"
+    return f"{field} {text}" if field else text
+
+
+__all__ = [
+    "POLICIES", "DEFAULT_POLICY", "SPECULATION_MODES", "SPECULATION_MODE_ALIASES", "DEFAULT_SPECULATION_MODE",
+    "DRAFT_METHODS", "DEFAULT_DRAFT_METHOD", "DRAFT_POOL_METHODS", "Range", "MAX_K", "K", "MAX_K_RANGE",
+    "MAX_BATCH_SIZE", "CLUSTER_MAX_BATCH_SIZE_DEFAULT", "MAX_QUEUED_REQUESTS", "PIPELINE_DEPTH", "QUEUES",
+    "FIRST_QUANTUM", "QUANTUM_GROWTH", "STABILITY_WINDOW", "STABILITY_THRESHOLD", "TENSOR_PARALLEL_SIZES",
+    "TENSOR_PARALLEL_SIZE", "TARGET_REPLICAS", "DRAFT_REPLICAS", "DRAFT_GPUS", "ROUTER_REPLICAS", "PORT",
+    "ROUTER_PORT", "DISCOVERY_TARGET_PORT", "DISCOVERY_DRAFT_PORT", "speculation_mode", "parse_speculation",
+    "speculation_label", "SpeculationConfig", "LapsSdConfig", "DiscoveryConfig", "RouterConfigFile",
+    "parse_router_config",
+]
