@@ -17,7 +17,7 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # The distribution declares the serving plane's dependencies too; the operator needs only these.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir "kopf>=1.37" "kubernetes>=29" "pyyaml>=6" \
+    pip install --no-cache-dir "kopf>=1.37" "kubernetes>=29" "pyyaml>=6" "pydantic>=2" \
  && pip install --no-cache-dir --no-deps /wheels/*.whl
 USER 65532:65532
 ENTRYPOINT ["specd"]
