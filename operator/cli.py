@@ -33,9 +33,11 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
                         help="copy each Ready router's live figures (acceptance, goodput, k) into "
                              "its resource's status this often; 0 turns it off (default 30)")
     parser.add_argument("--router-address", default=ROUTER_ADDRESS_TEMPLATE, metavar="TEMPLATE",
-                        help="where to reach a resource's router, with {service}, {namespace} and "
-                             "{port} filled in (default: %(default)s; outside the cluster, e.g. "
-                             "127.0.0.1:{port} through kubectl port-forward)")
+                        help="where to reach a resource's router, with {cluster_ip} (of the router "
+                             "Service), {service}, {namespace} and {port} filled in (default: "
+                             "%(default)s; e.g. {service}.{namespace}.svc:{port} through cluster "
+                             "DNS, or 127.0.0.1:{port} through kubectl port-forward outside the "
+                             "cluster)")
     parser.add_argument("--liveness", metavar="URL",
                         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -59,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if args.stats_seconds < 0:
         raise SpecdError("--stats-seconds must be 0 (off) or positive")
     try:
-        args.router_address.format(service="s", namespace="n", port=1)
+        args.router_address.format(service="s", namespace="n", port=1, cluster_ip="10.0.0.1")
     except (KeyError, IndexError, ValueError) as exc:
-        raise SpecdError(f"--router-address {args.router_address!r}: use only {{service}}, {{namespace}} "
-                         f"and {{port}} ({exc})") from None
+        raise SpecdError(f"--router-address {args.router_address!r}: use only {{cluster_ip}}, "
+                         f"{{service}}, {{namespace}} and {{port}} ({exc})") from None
     kube = Kube.connect(args.kubeconfig, args.context)
     reconciler = Reconciler(kube, OperatorConfig(args.image, args.image_pull_policy))
     loops = [resync(reconciler, args.namespaces, args.resync_seconds)]

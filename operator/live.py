@@ -40,11 +40,19 @@ class LiveFigures:
         self.address_template = address_template
         self.timeout_s = timeout_s
 
-    def address(self, body: dict[str, Any]) -> str:
+    def address(self, body: dict[str, Any]) -> str | None:
+        """The router's address from the template; None while its Service has no ClusterIP."""
         meta, spec = body["metadata"], crd.apply_defaults(body["spec"])
-        return self.address_template.format(service=n.child_name(meta["name"], n.ROUTER),
-                                            namespace=meta["namespace"],
-                                            port=spec["router"]["service"]["port"])
+        service = n.child_name(meta["name"], n.ROUTER)
+        cluster_ip = None
+        if "{cluster_ip}" in self.address_template:
+            found = self.kube.get("Service", meta["namespace"], service)
+            cluster_ip = ((found or {}).get("spec") or {}).get("clusterIP")
+            if not cluster_ip or cluster_ip == "None":
+                return None
+        return self.address_template.format(service=service, namespace=meta["namespace"],
+                                            port=spec["router"]["service"]["port"],
+                                            cluster_ip=cluster_ip)
 
     def fetch(self, address: str) -> dict[str, Any] | None:
         from specd.proto.v1 import serving_pb2, serving_pb2_grpc
@@ -62,7 +70,8 @@ class LiveFigures:
         """Copy the router's figures into the status of one resource (when it is Ready)."""
         if not ready(body) or body["metadata"].get("deletionTimestamp"):
             return
-        new = self.fetch(self.address(body))
+        address = self.address(body)
+        new = self.fetch(address) if address else None
         if new is not None and status.status_changed(body.get("status") or {}, new):
             meta = body["metadata"]
             self.kube.patch_status(crd.KIND, meta["namespace"], meta["name"], new)

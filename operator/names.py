@@ -11,8 +11,9 @@ ROLES = (TARGET, DRAFT, ROUTER)
 TARGET_PORT = 50061
 DRAFT_PORT = 50062
 ROUTER_PORT = 50051
-# where the operator reaches a resource's router (live figures): in a cluster, the Service's DNS name
-ROUTER_ADDRESS_TEMPLATE = "{service}.{namespace}.svc:{port}"
+# where the operator reaches a resource's router (live figures): in a cluster, the router
+# Service's ClusterIP, read from the Service itself (no dependency on cluster DNS)
+ROUTER_ADDRESS_TEMPLATE = "{cluster_ip}:{port}"
 ROUTER_CONFIG_KEY = "router.yaml"
 ROUTER_CONFIG_DIR = "/etc/specd"
 MODELS_DIR = "/models"

@@ -11,8 +11,22 @@ BODY = {"metadata": {"name": "demo", "namespace": "team-a"},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
 
 
-def test_router_address_is_the_services_dns_name_or_the_given_template() -> None:
-    assert live.LiveFigures(kube=None).address(BODY) == "demo-router.team-a.svc:50051"
+class _Services:
+    """Answers Kube.get for the router Service only (as the API server would)."""
+
+    def __init__(self, cluster_ip: str | None) -> None:
+        self.cluster_ip = cluster_ip
+
+    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        assert (kind, namespace, name) == ("Service", "team-a", "demo-router")
+        return {"spec": {"clusterIP": self.cluster_ip}} if self.cluster_ip else None
+
+
+def test_router_address_is_the_services_cluster_ip_or_the_given_template() -> None:
+    assert live.LiveFigures(kube=_Services("10.96.4.7")).address(BODY) == "10.96.4.7:50051"
+    assert live.LiveFigures(kube=_Services(None)).address(BODY) is None  # no Service yet
+    assert live.LiveFigures(kube=None, address_template="{service}.{namespace}.svc:{port}").address(BODY) \
+        == "demo-router.team-a.svc:50051"
     assert live.LiveFigures(kube=None, address_template="127.0.0.1:{port}").address(BODY) == "127.0.0.1:50051"
 
 
