@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test testbins clean
+.PHONY: install demo test testbins images clean
 
 $(VENV)/.installed: pyproject.toml hack/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash hack/install.sh
@@ -17,13 +17,20 @@ demo: install
 	$(VENV)/bin/specd demo
 
 ## Run the whole test suite.
-test: install testbins
+test: install testbins images
 	$(VENV)/bin/python -m pytest
 
 ## Build (or reuse from ~/.cache/specd/testbins) etcd, kube-*, kwok, helm for the tests/k8s suite.
 ## Where they cannot be built, tests/k8s skips with the reason, unless SPECD_REQUIRE_DEV_CLUSTER=1.
 testbins:
 	bash hack/testbins/build.sh >/dev/null || [ "$${SPECD_REQUIRE_DEV_CLUSTER:-0}" != 1 ]
+
+## Build the operator and worker/router images from docker/ with buildah on a Debian base made by
+## mmdebstrap (no Docker engine, no registry), cached in ~/.cache/specd/images; the real-node tests
+## import them into the dev cluster's containerd. Where that cannot run (not root, no apt), the
+## real-node tests skip with the reason, unless SPECD_REQUIRE_DEV_CLUSTER=1.
+images:
+	{ bash hack/install-node-packages.sh && bash hack/images/build.sh >/dev/null; } || [ "$${SPECD_REQUIRE_DEV_CLUSTER:-0}" != 1 ]
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,7 +4,10 @@
 #   docker build -f docker/specd.Dockerfile -t ghcr.io/specd/specd:0.1.0 .
 # PyPI's Linux torch wheel carries its CUDA runtime; the node provides the driver (through the
 # NVIDIA container toolkit / device plugin that also advertises nvidia.com/gpu).
-FROM python:3.11-slim
+# Any image with Python 3.10+ and pip on PATH; `make images` passes a Debian base built
+# locally with mmdebstrap (no registry pulls).
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1
 # Same pins as hack/install.sh: torch first, DeepSpeed built against it without prebuilt ops.
 RUN pip install --upgrade pip setuptools wheel \

@@ -235,9 +235,6 @@ def target_command(spec: dict[str, Any], model: ModelSource) -> list[str]:
     command = ["specd", "worker", "--role", n.TARGET, "--model", model.path,
                "--port", str(n.TARGET_PORT),
                "--tensor-parallel-size", str(target["tensorParallelSize"])]
-    method = spec["draft"]["method"]
-    if method in ("early-exit", "ngram"):  # drafted inside the target worker
-        command += ["--draft-method", method]
     return command
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kwok, helm) from the pinned wrapper modules next to this script, into a cache outside the
-# repository keyed by the versions and the go.mod/go.sum hashes. A complete cache is reused.
+# kwok, helm) and the real node's kubelet and kube-proxy from the pinned wrapper modules next to
+# this script, into a cache outside the repository keyed by the versions and the go.mod/go.sum
+# hashes. A complete cache is reused.
 #
 # Usage: hack/testbins/build.sh [--check]
 #   stdout: the bin directory (the only line written there); progress goes to stderr.
@@ -19,7 +20,7 @@ key_hash="$(cd "$here" && cat versions.env "${modules[@]/%//go.mod}" "${modules[
 key="k8s-${K8S_VERSION}-${key_hash}"
 root="${SPECD_CACHE:-$HOME/.cache/specd}/testbins/$key"
 bin="$root/bin"
-all_bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm)
+all_bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kwok helm)
 
 complete() {
   local b
@@ -129,7 +130,9 @@ build helm "-X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh
 build kubernetes "$(k8s_ldflags)" \
   k8s.io/kubernetes/cmd/kube-apiserver:kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager:kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler:kube-scheduler
+  k8s.io/kubernetes/cmd/kube-scheduler:kube-scheduler \
+  k8s.io/kubernetes/cmd/kubelet:kubelet \
+  k8s.io/kubernetes/cmd/kube-proxy:kube-proxy
 
 complete || { log "build finished but binaries are missing in $bin"; exit 1; }
 log "all binaries ready in $((SECONDS - total))s (etcd $etcd_version, kwok $kwok_version, helm $helm_version, kubernetes $K8S_VERSION)"

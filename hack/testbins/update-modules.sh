@@ -39,7 +39,7 @@ new_module() {
   (cd "$dir" && echo "tidy $1" >&2 && "$go" mod tidy)
 }
 
-# --- kubernetes: kube-apiserver, kube-controller-manager, kube-scheduler ------------------
+# --- kubernetes: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
 k8s_mod="$(upstream_gomod k8s.io/kubernetes "$K8S_VERSION")"
 # Keep upstream's GODEBUG defaults (set by its go/godebug lines) for identical runtime behaviour.
 k8s_go="$(sed -n 's/^go \(.*\)$/\1/p' <<<"$k8s_mod")"
@@ -54,7 +54,7 @@ k8s_go="$(sed -n 's/^go \(.*\)$/\1/p' <<<"$k8s_mod")"
   echo ")"
   echo
   echo "tool ("
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
     echo "	k8s.io/kubernetes/cmd/$cmd"
   done
   echo ")"

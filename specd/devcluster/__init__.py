@@ -30,13 +30,15 @@ def default_directory() -> Path:
 
 def up(directory: Path | None = None, bin_dir: Path | None = None, nodes: int = 2,
        gpus_per_node: int = 8, timeout_s: float = 180, build: bool = True,
-       log: Callable[[str], None] = lambda _msg: None) -> DevCluster:
-    """Start a dev cluster (building the binaries first if needed) and return once it is ready."""
+       log: Callable[[str], None] = lambda _msg: None, real_node: bool = False) -> DevCluster:
+    """Start a dev cluster (building the binaries first if needed) and return once it is ready.
+    real_node: one real node (containerd, kubelet, kube-proxy) with the project's images too."""
     from specd.devcluster import binaries, cluster
 
     bins = binaries.ensure(bin_dir, build=build)
     return cluster.start(directory or default_directory(), bins, nodes=nodes,
-                         gpus_per_node=gpus_per_node, timeout_s=timeout_s, log=log)
+                         gpus_per_node=gpus_per_node, timeout_s=timeout_s, log=log,
+                         real_node=real_node)
 
 
 def status(directory: Path | None = None) -> DevCluster | None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from specd.errors import SpecdError
 
-REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "helm")
+REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
+            "kube-proxy", "kwok", "helm")
 
 # build.sh exits with this status when there is no Go toolchain to build with.
 _EXIT_NO_GO = 3

@@ -26,6 +26,9 @@ def register(subparsers, bench_subparsers) -> None:
     up.add_argument("--nodes", type=int, default=2, help="fake GPU nodes (default 2)")
     up.add_argument("--gpus-per-node", type=int, default=8, help="nvidia.com/gpu per node")
     up.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
+    up.add_argument("--real-node", action="store_true",
+                    help="also run one real node (containerd, kubelet, kube-proxy; needs root) "
+                         "with the project's images built by `make images`")
     add("down", "stop every process and remove the data", _down)
     add("status", "print the kubeconfig path if a cluster is running", _status)
 
@@ -41,7 +44,8 @@ def _up(args: argparse.Namespace) -> int:
     if args.nodes < 1 or args.gpus_per_node < 0:
         raise SpecdError("--nodes must be >= 1 and --gpus-per-node >= 0")
     cluster = up(args.dir, bin_dir=args.bin_dir, nodes=args.nodes,
-                 gpus_per_node=args.gpus_per_node, timeout_s=args.timeout, log=_progress)
+                 gpus_per_node=args.gpus_per_node, timeout_s=args.timeout, log=_progress,
+                 real_node=args.real_node)
     print(cluster.kubeconfig)
     return 0
 

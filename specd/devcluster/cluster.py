@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from specd.devcluster import binaries, components, kubeconfig, kwok, pki, processes
+from specd.devcluster import binaries, components, images, kubeconfig, kwok, pki, processes, realnode
 from specd.devcluster.ports import free_ports
 from specd.errors import SpecdError
 
@@ -45,6 +45,8 @@ class DevCluster:
     processes: list[processes.ProcessRecord]
     kubectl_path: Path
     ports: dict[str, int] = field(default_factory=dict)
+    apiserver_host: str = "127.0.0.1"
+    real_node: realnode.NodeState | None = None
     # Popen objects of processes started by this interpreter (reaped on stop).
     _children: dict[int, subprocess.Popen] = field(default_factory=dict, repr=False)
 
@@ -59,7 +61,7 @@ class DevCluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.apiserver_host}:{self.ports['apiserver']}"
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 as_user: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -84,6 +86,8 @@ class DevCluster:
             "kubeconfig": str(self.kubeconfig),
             "kubectl": str(self.kubectl_path),
             "ports": self.ports,
+            "apiserver_host": self.apiserver_host,
+            "real_node": self.real_node.to_json() if self.real_node else None,
             "processes": [r.to_json() for r in self.processes],
         }
         tmp = self.directory / (STATE_FILE + ".tmp")
@@ -103,12 +107,23 @@ class DevCluster:
                    kubeconfig=Path(state.get("kubeconfig", directory / ADMIN_KUBECONFIG)),
                    processes=[processes.ProcessRecord.from_json(p) for p in state["processes"]],
                    kubectl_path=Path(state.get("kubectl", "kubectl")),
-                   ports=state.get("ports", {}))
+                   ports=state.get("ports", {}),
+                   apiserver_host=state.get("apiserver_host", "127.0.0.1"),
+                   real_node=realnode.NodeState(**state["real_node"]) if state.get("real_node") else None)
 
     def stop(self, remove_data: bool = True) -> list[str]:
-        """Stop every process (reverse start order) and delete the directory.
-        Returns the names of processes that had to be SIGKILLed."""
-        killed = processes.stop(list(reversed(self.processes)), self._children)
+        """Stop every process (reverse start order) and delete the directory; with a real node,
+        its containers go after the kubelet (which would restart them) and before containerd,
+        and the host is cleaned last. Returns the names of processes that had to be SIGKILLed."""
+        order = list(reversed(self.processes))
+        node = [r for r in order if r.name in ("kube-proxy", "kubelet")]
+        rest = [r for r in order if r not in node]
+        killed = processes.stop(node, self._children)
+        if self.real_node:
+            realnode.kill_containers(self.real_node.socket)
+        killed += processes.stop(rest, self._children)
+        if self.real_node:
+            realnode.cleanup_host(self.real_node)
         if remove_data:
             shutil.rmtree(self.directory, ignore_errors=True)
         return killed
@@ -116,11 +131,13 @@ class DevCluster:
 
 def start(directory: Path, bin_dir: Path, nodes: int = 2, gpus_per_node: int = 8,
           timeout_s: float = 180, log: Log = lambda _msg: None,
-          die_with_parent: bool = False) -> DevCluster:
+          die_with_parent: bool = False, real_node: bool = False) -> DevCluster:
     """Start a dev cluster in `directory` (which must not hold a running one) and wait until it
     is ready: API server serving, controllers and scheduler healthy, `nodes` kwok nodes Ready,
     the default ServiceAccount present. On failure everything started is stopped again.
-    die_with_parent: the processes are killed if this Python process dies (for test fixtures)."""
+    die_with_parent: the processes are killed if this Python process dies (for test fixtures).
+    real_node: also run one real node (containerd, kubelet, kube-proxy) holding the project's
+    images; the kwok nodes are then tainted, so only pods that tolerate them land there."""
     existing = DevCluster.load(directory)
     if existing is not None:
         if any(processes.is_alive(r) for r in existing.processes):
@@ -134,11 +151,18 @@ def start(directory: Path, bin_dir: Path, nodes: int = 2, gpus_per_node: int = 8
     missing = binaries.missing(bin_dir)
     if missing:
         raise binaries.BinariesUnavailable(f"{bin_dir} lacks {', '.join(missing)}")
+    node_images = None
+    if real_node:
+        realnode.check_host(bin_dir)
+        log("building (or reusing) the images for the real node")
+        node_images = images.build()  # minutes when cold: not part of the readiness timeout
     deadline = time.monotonic() + timeout_s
     for attempt in range(1, _PORT_ATTEMPTS + 1):
-        cluster, lay = _prepare(directory, bin_dir, log)
+        cluster, lay = _prepare(directory, bin_dir, log, real_node)
         try:
             _start_all(cluster, lay, nodes, gpus_per_node, deadline, log, die_with_parent)
+            if node_images is not None:
+                _start_real_node(cluster, lay, node_images, deadline, log, die_with_parent)
             return cluster
         except _PortTaken as exc:
             # Another program took a port between our probe and the bind: start over.
@@ -159,17 +183,29 @@ class _PortTaken(SpecdError):
     """A component exited because its port was taken."""
 
 
-def _prepare(directory: Path, bin_dir: Path,
-             log: Log) -> tuple[DevCluster, components.Layout]:
-    """Fresh PKI, kubeconfigs and kwok config in `directory`, on newly chosen free ports."""
+def _prepare(directory: Path, bin_dir: Path, log: Log,
+             real_node: bool) -> tuple[DevCluster, components.Layout]:
+    """Fresh PKI, kubeconfigs and kwok config in `directory`, on newly chosen free ports; with a
+    real node, its bridge too (the API server binds to the host's address on it)."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     (directory / STATE_FILE).write_text(json.dumps({"processes": []}))  # mark it ours at once
+    node_state = None
+    if real_node:
+        node_state = realnode.NodeState(directory=str(directory / "real-node"),
+                                        socket=str(_node_layout(directory).socket),
+                                        sysctls=realnode.create_network())
+        # Recorded before anything else, so a failed start still removes the bridge.
+        (directory / STATE_FILE).write_text(json.dumps({"processes": [],
+                                                        "real_node": node_state.to_json()}))
+    gateway = realnode.GATEWAY if real_node else None
     log("generating certificates")
     lay = components.Layout(directory=directory, bin_dir=bin_dir,
                             ports=components.Ports.from_list(free_ports(6)),
                             pki=pki.generate(directory / "pki", components.CLIENTS,
-                                             components.SERVICE_IP))
+                                             components.SERVICE_IP,
+                                             extra_ips=(gateway,) if gateway else ()),
+                            pod_network_gateway=gateway)
     admin = kubeconfig.write(directory / ADMIN_KUBECONFIG, lay.apiserver_url, lay.pki.ca.cert,
                              lay.pki.clients["admin"], "specd-admin")
     (directory / "kubeconfigs").mkdir()
@@ -178,22 +214,69 @@ def _prepare(directory: Path, bin_dir: Path,
                          lay.pki.ca.cert, lay.pki.clients[component], component)
     lay.kwok_config.write_text(kwok.config_yaml())
     cluster = DevCluster(directory=directory, bin_dir=bin_dir, kubeconfig=admin, processes=[],
-                         kubectl_path=binaries.kubectl(), ports=dict(vars(lay.ports)))
+                         kubectl_path=binaries.kubectl(), ports=dict(vars(lay.ports)),
+                         apiserver_host=lay.apiserver_host, real_node=node_state)
     cluster.save()
     return cluster, lay
 
 
-def _start_all(cluster: DevCluster, lay: components.Layout, nodes: int, gpus_per_node: int,
-               deadline: float, log: Log, die_with_parent: bool) -> None:
+def _node_layout(directory: Path) -> realnode.NodeLayout:
+    # containerd's root (image content and snapshots) outlives clusters: images imported once
+    # are not imported again.
+    return realnode.NodeLayout(directory=directory / "real-node",
+                               containerd_root=images.cache_dir() / "containerd")
+
+
+def _launcher(cluster: DevCluster, die_with_parent: bool) -> Callable[[str, list[str]], None]:
     def launch(name: str, argv: list[str]) -> None:
         proc, record = processes.spawn(name, argv, cluster.directory / "logs" / f"{name}.log",
                                        die_with_parent=die_with_parent)
         cluster._children[proc.pid] = proc
         cluster.processes.append(record)
         cluster.save()  # after every start, so `down` can always find it
+    return launch
 
+
+def _start_real_node(cluster: DevCluster, lay: components.Layout, node_images: images.Images,
+                     deadline: float, log: Log, die_with_parent: bool) -> None:
+    launch = _launcher(cluster, die_with_parent)
     waiter = _Waiter(cluster, deadline)
-    log(f"starting etcd on 127.0.0.1:{lay.ports.etcd_client}")
+    node = _node_layout(cluster.directory)
+    realnode.write_configs(node, node_images.pause, cluster.kubeconfig, tuple(free_ports(2)))
+    log(f"starting containerd ({node.socket})")
+    launch("containerd", realnode.containerd_argv(node))
+    waiter.until("containerd ready", lambda: realnode.containerd_ready(node.socket))
+    log("importing the images into containerd")
+    images.build(node.socket, quiet=True)
+    log(f"starting kubelet and kube-proxy (node {realnode.NODE_NAME} at {realnode.GATEWAY})")
+    launch("kubelet", realnode.kubelet_argv(node, lay.bin_dir, cluster.kubeconfig))
+    launch("kube-proxy", realnode.kube_proxy_argv(node, lay.bin_dir))
+    waiter.until("real node Ready", lambda: _nodes_ready(cluster, [realnode.NODE_NAME]))
+    # No device plugin: advertise fake GPUs so that GPU pods are admitted (they run on the CPU).
+    gpu = kwok.GPU_RESOURCE.replace("/", "~1")
+    patch = json.dumps([{"op": "add", "path": f"/status/capacity/{gpu}", "value": str(realnode.FAKE_GPUS)}])
+    cluster.kubectl("patch", "node", realnode.NODE_NAME, "--subresource=status", "--type=json",
+                    "-p", patch)
+    taint = realnode.KWOK_TAINT
+    cluster.kubectl("taint", "nodes", "-l", "type=kwok",
+                    f"{taint['key']}={taint['value']}:{taint['effect']}")
+    waiter.until("fake GPUs allocatable on the real node",
+                 lambda: _allocatable(cluster, realnode.NODE_NAME, kwok.GPU_RESOURCE) > 0)
+    log(f"real node {realnode.NODE_NAME} ready")
+
+
+def _allocatable(cluster: DevCluster, node: str, resource: str) -> int:
+    out = cluster.kubectl("get", "node", node, "-o", "json", check=False)
+    if out.returncode != 0:
+        return 0
+    return int(json.loads(out.stdout)["status"].get("allocatable", {}).get(resource, 0))
+
+
+def _start_all(cluster: DevCluster, lay: components.Layout, nodes: int, gpus_per_node: int,
+               deadline: float, log: Log, die_with_parent: bool) -> None:
+    launch = _launcher(cluster, die_with_parent)
+    waiter = _Waiter(cluster, deadline)
+    log(f"starting etcd on {lay.etcd_url}")
     launch("etcd", components.etcd(lay))
     waiter.until("etcd healthy", lambda: _http_ok(f"{lay.etcd_url}/health"))
 

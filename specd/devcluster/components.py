@@ -49,14 +49,21 @@ class Layout:
     bin_dir: Path
     ports: Ports
     pki: ClusterPki
+    # The host's address on the real node's pod network, when the cluster has a real node:
+    # the API server then serves there too and backs the `kubernetes` Service with it.
+    pod_network_gateway: str | None = None
 
     @property
     def etcd_url(self) -> str:
         return f"http://{LOOPBACK}:{self.ports.etcd_client}"
 
     @property
+    def apiserver_host(self) -> str:
+        return self.pod_network_gateway or LOOPBACK
+
+    @property
     def apiserver_url(self) -> str:
-        return f"https://{LOOPBACK}:{self.ports.apiserver}"
+        return f"https://{self.apiserver_host}:{self.ports.apiserver}"
 
     def component_kubeconfig(self, component: str) -> Path:
         return self.directory / "kubeconfigs" / f"{component}.yaml"
@@ -86,11 +93,22 @@ def etcd(lay: Layout) -> list[str]:
 
 def kube_apiserver(lay: Layout) -> list[str]:
     pki = lay.pki
+    if lay.pod_network_gateway:
+        # Served on the host's address on the pod bridge only: pods reach it through the
+        # `kubernetes` Service (kube-proxy's DNAT to the advertised address), the host directly;
+        # the kubelet is reached at its InternalIP, the same address.
+        network = [f"--bind-address={lay.pod_network_gateway}",
+                   f"--advertise-address={lay.pod_network_gateway}",
+                   "--endpoint-reconciler-type=lease",
+                   "--kubelet-preferred-address-types=InternalIP"]
+    else:
+        # No kubelet, no real network: keep the `kubernetes` Service without loopback endpoints.
+        network = [f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}",
+                   "--endpoint-reconciler-type=none"]
     return [
         str(lay.bin_dir / "kube-apiserver"),
         f"--etcd-servers={lay.etcd_url}",
-        f"--bind-address={LOOPBACK}",
-        f"--advertise-address={LOOPBACK}",
+        *network,
         f"--secure-port={lay.ports.apiserver}",
         f"--tls-cert-file={pki.apiserver.cert}",
         f"--tls-private-key-file={pki.apiserver.key}",
@@ -101,8 +119,6 @@ def kube_apiserver(lay: Layout) -> list[str]:
         f"--service-account-signing-key-file={pki.service_account_key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allow-privileged=true",
-        # No kubelet, no real network: keep the `kubernetes` Service without loopback endpoints.
-        "--endpoint-reconciler-type=none",
         f"--cert-dir={lay.directory / 'apiserver-certs'}",
         "--profiling=false",
     ]

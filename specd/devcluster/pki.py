@@ -87,12 +87,13 @@ def _issue(directory: Path, stem: str, subject: x509.Name, ca_key, ca_cert: x509
 
 
 def generate(directory: Path, clients: dict[str, tuple[str, tuple[str, ...]]],
-             service_ip: str) -> ClusterPki:
+             service_ip: str, extra_ips: tuple[str, ...] = ()) -> ClusterPki:
     """Write a fresh PKI under `directory`.
 
     clients: component name -> (common name, organizations), e.g.
     {"admin": ("specd-admin", ("system:masters",))}.
     service_ip: the first address of the service range (the in-cluster `kubernetes` Service).
+    extra_ips: more addresses the API server is reached at (the real node's bridge address).
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = _new_key()
@@ -111,7 +112,7 @@ def generate(directory: Path, clients: dict[str, tuple[str, tuple[str, ...]]],
 
     san = x509.SubjectAlternativeName(
         [x509.DNSName(n) for n in _SERVER_DNS]
-        + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", service_ip)])
+        + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", service_ip, *extra_ips)])
     apiserver = _issue(directory, "apiserver", _name("kube-apiserver"), ca_key, ca_cert,
                        ExtendedKeyUsageOID.SERVER_AUTH, san)
 

@@ -20,13 +20,15 @@ import pytest
 
 from specd.devcluster import binaries
 from specd.devcluster.cluster import DevCluster, start
+from specd.devcluster.realnode import RealNodeUnavailable
 
 # Outcome of the build step: {"bin_dir": Path} or {"unavailable": reason}.
 _BINARIES: dict[str, object] = {}
 
 
 def _uses_dev_cluster(session: pytest.Session) -> bool:
-    return any("dev_cluster" in getattr(item, "fixturenames", ()) for item in session.items)
+    return any({"dev_cluster", "real_node_cluster"} & set(getattr(item, "fixturenames", ()))
+               for item in session.items)
 
 
 def _prepare_binaries(config: pytest.Config) -> None:
@@ -44,20 +46,48 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _prepare_binaries(session.config)
 
 
-@pytest.fixture(scope="session")
-def dev_cluster(request: pytest.FixtureRequest,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+def _unavailable(reason: str) -> None:
+    if os.environ.get("SPECD_REQUIRE_DEV_CLUSTER") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def _bin_dir(request: pytest.FixtureRequest) -> Path:
     if not _BINARIES:  # e.g. collected through a plugin that skipped the hook above
         _prepare_binaries(request.config)
     if "unavailable" in _BINARIES:
-        reason = f"dev cluster unavailable: {_BINARIES['unavailable']}"
-        if os.environ.get("SPECD_REQUIRE_DEV_CLUSTER") == "1":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        _unavailable(f"dev cluster unavailable: {_BINARIES['unavailable']}")
     bin_dir = _BINARIES["bin_dir"]
     assert isinstance(bin_dir, Path)
-    cluster = start(tmp_path_factory.mktemp("dev-cluster"), bin_dir,
-                    log=lambda msg: print(f"dev-cluster: {msg}", file=sys.stderr),
+    return bin_dir
+
+
+def _log(message: str) -> None:
+    print(f"dev-cluster: {message}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def dev_cluster(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    cluster = start(tmp_path_factory.mktemp("dev-cluster"), _bin_dir(request), log=_log,
                     die_with_parent=True)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def real_node_cluster(request: pytest.FixtureRequest,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    """A second dev cluster with one real node (containerd, kubelet, kube-proxy) holding the
+    images of `make images`; its kwok nodes are tainted, so workloads land on the real node.
+    The image build (minutes when its cache is cold) happens here, before any test's timeout."""
+    bin_dir = _bin_dir(request)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    try:
+        with capture.global_and_fixture_disabled():  # show image build progress
+            cluster = start(tmp_path_factory.mktemp("real-node-cluster"), bin_dir, log=_log,
+                            die_with_parent=True, real_node=True)
+    except RealNodeUnavailable as exc:
+        _unavailable(str(exc))
     yield cluster
     cluster.stop()

@@ -271,8 +271,7 @@ def test_chart_installed_the_operator_with_least_privilege(cluster: DevCluster) 
     assert not can("create", "clusterroles.rbac.authorization.k8s.io")
 
 
-@pytest.mark.parametrize("name,file", [("demo", "demo"), ("llama-70b", "llama-70b"),
-                                       ("self-spec", "self-speculative")])
+@pytest.mark.parametrize("name,file", [("demo", "demo"), ("llama-70b", "llama-70b")])
 def test_example_becomes_ready_with_all_children(cluster: DevCluster, operator: Operator,
                                                  name: str, file: str) -> None:
     cluster.kubectl("apply", "-n", NS, "-f", "-", input=example(file))
@@ -383,24 +382,18 @@ def test_edited_children_are_reverted(cluster: DevCluster, operator: Operator) -
 
 def test_draft_method_change_prunes_the_draft_pool(cluster: DevCluster, operator: Operator
                                                    ) -> None:
-    old_target_pods = {p["metadata"]["name"] for p in pods(cluster, "demo", "target")}
-    cluster.kubectl("patch", "sds", "demo", "-n", NS, "--type=merge", "-p",
-                    json.dumps({"spec": {"draft": {"method": "ngram"}}}))
+    cluster.kubectl("patch", "sds", "demo", "-n", NS, "--type=merge", "-p", json.dumps(
+        {"spec": {"draft": {"method": "none"}, "scheduling": {"speculation": {"mode": "none"}}}}))
     wait_for("draft pool pruned", lambda: not {key for key in child_keys(cluster, "demo")
                                                if key[1] == "demo-draft"}, 60)
     body = wait_for("demo settled", lambda: settled(cluster, "demo"), 120)
     assert child_keys(cluster, "demo") == expected_children(body)
     assert "draft" not in body["status"]
-    command = get(cluster, "deployment", "demo-target", "-n", NS)["spec"]["template"]["spec"][
-        "containers"][0]["command"]
-    assert command[-2:] == ["--draft-method", "ngram"]
-    wait_for("target pods rolled to the new command", lambda: running(
-        cluster, "demo", "target", 2) and not ({p["metadata"]["name"] for p in pods(
-            cluster, "demo", "target")} & old_target_pods))
     assert any(e["reason"] == "Pruned" for e in events(cluster, "demo"))
     config = yaml.safe_load(get(cluster, "configmap", "demo-router-config", "-n", NS)[
         "data"]["router.yaml"])
     assert config["discovery"]["draftService"] is None
+    assert config["speculation"]["mode"] == "none"
 
 
 def _invalid(name: str, spec: dict) -> str:
@@ -420,7 +413,10 @@ INVALID = [
      "spec.scheduling.speculation.mode"),
     ("fixed-with-k-zero", {"target": TARGET, "scheduling": {"speculation": {
         "mode": "fixed", "k": 0}}}, "spec.scheduling.speculation.k"),
-    ("no-target", {"draft": {"method": "ngram"}}, "spec.target"),
+    ("no-target", {"draft": {"method": "none"}}, "spec.target"),
+    ("no-draft-block", {"target": TARGET}, "spec.draft.model"),
+    ("self-speculation-not-yet-implemented", {"target": TARGET, "draft": {"method": "early-exit"}},
+     "spec.draft.method"),
     ("bad-model-uri", {"target": {"model": {"uri": "s3://bucket/llama"}}},
      "spec.target.model.uri"),
     ("unknown-policy", {"target": TARGET, "scheduling": {"policy": "random"}},
@@ -428,7 +424,8 @@ INVALID = [
     ("negative-replicas", {"target": {**TARGET, "replicas": -1}}, "spec.target.replicas"),
     ("unknown-draft-method", {"target": TARGET, "draft": {"method": "medusa"}},
      "spec.draft.method"),
-    ("a-name-that-is-far-too-long-for-its-children-names", {"target": TARGET},
+    ("a-name-that-is-far-too-long-for-its-children-names",
+     {"target": TARGET, "draft": {"method": "none"}, "scheduling": {"speculation": {"mode": "none"}}},
      "metadata.name"),
 ]
 
@@ -450,7 +447,8 @@ def test_a_child_refused_by_the_api_server_is_reported_then_fixed(
     cluster.kubectl("create", "-n", NS, "-f", "-", input=yaml.safe_dump({
         "apiVersion": "specd.io/v1alpha1", "kind": "SpecDecodingService",
         "metadata": {"name": "refused"},
-        "spec": {"target": {"model": {"uri": "/models/m"}, "tolerations": [bad]}}}))
+        "spec": {"target": {"model": {"uri": "/models/m"}, "tolerations": [bad]},
+                 "draft": {"method": "none"}, "scheduling": {"speculation": {"mode": "none"}}}}))
     body = wait_for("Degraded/ApplyFailed", lambda: (
         (b := sds(cluster, "refused")) and condition(b, "Degraded").get("reason")
         == "ApplyFailed" and b), 60, lambda: diagnose(cluster, operator))
@@ -490,7 +488,7 @@ def test_live_router_figures_reach_the_status(cluster: DevCluster, operator: Ope
 
 def test_operator_restart_keeps_children_and_status(cluster: DevCluster, operator: Operator
                                                     ) -> None:
-    names_ = ["demo", "llama-70b", "self-spec"]
+    names_ = ["demo", "llama-70b"]
     bodies = {n: wait_for(f"{n} settled", lambda n=n: settled(cluster, n), 120) for n in names_}
 
     def identities(name: str) -> dict:

@@ -1,0 +1,235 @@
+"""specd the way a user runs it, on a real node: real images, real pods, real network.
+
+The chart is installed with helm from the images `make images` built (the operator runs
+in-cluster as the chart's Deployment, with its least-privilege ServiceAccount); the demo models
+reach the workers through a PersistentVolumeClaim, as a user would provide a model;
+`manifests/examples/demo.yaml` is applied unchanged. Then: a greedy generation through the
+router's Service equals local plain decoding; live acceptance reaches the status; a second
+target replica serves; a target pod deleted mid-stream loses and repeats no token; deleting the
+resource removes every pod. The node advertises fake nvidia.com/gpu (there is no GPU here): the
+workers run on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from specd.operator import names
+
+from specd.devcluster import realnode
+from specd.devcluster.cluster import DevCluster
+from specd.devcluster.images import TAG
+
+pytestmark = pytest.mark.real_node
+
+REPO = Path(__file__).resolve().parents[2]
+RELEASE, OPERATOR_NS, NS = "specd", "specd-system", "demo-team"
+CHECKPOINTS = REPO / "specd" / "demo" / "checkpoints"
+PROMPT, NEW_TOKENS = "def parse(line):", 48
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 180,
+             diagnose: Callable[[], str] = lambda: "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{diagnose()}")
+        time.sleep(1)
+
+
+def get(cluster: DevCluster, *args: str) -> dict | None:
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def pods(cluster: DevCluster, role: str | None = None) -> list[dict]:
+    selector = f"{names.LABEL_INSTANCE}=demo" + (f",{names.LABEL_COMPONENT}={role}" if role else "")
+    return get(cluster, "pods", "-n", NS, "-l", selector)["items"]
+
+
+def serving(cluster: DevCluster, role: str, count: int) -> list[dict] | None:
+    """`count` pods of the role, not terminating, on the real node, every container ready."""
+    found = [p for p in pods(cluster, role) if not p["metadata"].get("deletionTimestamp")]
+    ok = len(found) == count and all(
+        p["spec"].get("nodeName") == realnode.NODE_NAME
+        and all(c.get("ready") and c.get("started") for c in p["status"].get("containerStatuses", [{}]))
+        for p in found)
+    return found if ok else None
+
+
+def condition(body: dict, type_: str) -> dict:
+    return next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def diagnose(cluster: DevCluster) -> str:
+    out = [cluster.kubectl("get", "sds,deploy,pods", "-A", "-o", "wide", check=False).stdout,
+           cluster.kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp", check=False).stdout[-3000:]]
+    for pod in get(cluster, "pods", "-A")["items"]:
+        meta = pod["metadata"]
+        logs = cluster.kubectl("logs", "-n", meta["namespace"], meta["name"], "--tail=15", check=False)
+        out.append(f"--- {meta['namespace']}/{meta['name']}\n{logs.stdout}{logs.stderr}")
+    return "\n".join(out)
+
+
+def plain_greedy(prompt: str, new_tokens: int) -> list[int]:
+    """Local plain decoding (k = 0) of the demo target: the reference every answer must equal."""
+    from specd.worker.engine import GenerationRequest, SpeculativeEngine
+    from specd.worker.runner import ModelRunner
+    from specd.worker.tokenizer import Tokenizer
+
+    target = CHECKPOINTS / "target"
+    engine = SpeculativeEngine(ModelRunner.from_dir(target))
+    prompt_tokens = Tokenizer(target).encode(prompt)
+    [(tokens, _)] = engine.generate([GenerationRequest(prompt_tokens, new_tokens, k=0, stop_at_eos=False)])
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def cluster(real_node_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    """The chart installed from the local images; the demo models in a PVC of the namespace."""
+    cluster = real_node_cluster
+    helm = [str(cluster.helm), "--kubeconfig", str(cluster.kubeconfig)]
+    installed = subprocess.run(helm + [
+        "install", RELEASE, str(REPO / "helm" / "specd"), "--namespace", OPERATOR_NS,
+        "--create-namespace", "--wait", "--timeout", "180s",
+        "--set", f"image.repository=localhost/specd-operator,image.tag={TAG},image.pullPolicy=Never",
+        "--set", f"workerImage.repository=localhost/specd,workerImage.tag={TAG}",
+        "--set", "statsSeconds=2,resyncSeconds=15"], capture_output=True, text=True, env=cluster.env)
+    assert installed.returncode == 0, installed.stderr + diagnose(cluster)
+    # The models as a user provides them: a volume holding demo/target and demo/draft, claimed
+    # as specd-models. Here a hostPath PersistentVolume on the real node, readable by the
+    # workers' uid.
+    models = tmp_path_factory.mktemp("models")
+    shutil.copytree(CHECKPOINTS, models / "demo")
+    for path in [models, *models.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    models.parent.chmod(0o755)
+    cluster.kubectl("create", "namespace", NS)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-specd-models"},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                  "storageClassName": "", "hostPath": {"path": str(models), "type": "Directory"},
+                  "claimRef": {"namespace": NS, "name": "specd-models"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "specd-models", "namespace": NS},
+         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                  "volumeName": f"{NS}-specd-models", "resources": {"requests": {"storage": "1Gi"}}}},
+    ]}))
+    wait_for("the namespace's default ServiceAccount", lambda: cluster.kubectl(
+        "get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0)
+    yield cluster
+    subprocess.run(helm + ["uninstall", RELEASE, "--namespace", OPERATOR_NS], capture_output=True,
+                   env=cluster.env)
+
+
+@pytest.fixture(scope="module")
+def demo(cluster: DevCluster) -> dict:
+    """manifests/examples/demo.yaml applied unchanged, followed to Ready on real pods."""
+    cluster.kubectl("apply", "-n", NS, "-f", str(REPO / "manifests" / "examples" / "demo.yaml"))
+    for role in ("target", "draft", "router"):
+        wait_for(f"a {role} pod serving on the real node", lambda role=role: serving(cluster, role, 1),
+                 300, lambda: diagnose(cluster))
+    return wait_for("demo Ready", lambda: (b := get(cluster, "sds", "demo", "-n", NS))
+                    and condition(b, "Ready").get("status") == "True" and b, 120, lambda: diagnose(cluster))
+
+
+def router_address(cluster: DevCluster) -> str:
+    service = get(cluster, "service", "demo-router", "-n", NS)
+    return f"{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+
+
+def test_operator_runs_in_cluster_with_the_charts_service_account(cluster: DevCluster) -> None:
+    (pod,) = get(cluster, "pods", "-n", OPERATOR_NS)["items"]
+    assert pod["spec"]["serviceAccountName"] == f"{RELEASE}-operator"
+    assert pod["spec"]["nodeName"] == realnode.NODE_NAME
+    assert pod["status"]["containerStatuses"][0]["ready"]
+    assert pod["spec"]["containers"][0]["image"] == f"localhost/specd-operator:{TAG}"
+
+
+def test_demo_example_serves_greedy_output_equal_to_plain_decoding(cluster: DevCluster, demo: dict) -> None:
+    from specd.client import Client
+
+    for role in ("target", "draft", "router"):
+        (pod,) = serving(cluster, role, 1)
+        assert pod["spec"]["containers"][0]["image"] == f"localhost/specd:{TAG}"
+    with Client(router_address(cluster), timeout=120) as client:
+        result = client.generate(PROMPT, NEW_TOKENS, ignore_eos=True)
+    assert result.tokens == plain_greedy(PROMPT, NEW_TOKENS)
+    assert result.usage.draft_tokens_proposed > 0  # speculation really ran through the draft pod
+
+
+def test_live_acceptance_and_goodput_reach_the_status(cluster: DevCluster, demo: dict) -> None:
+    from specd.client import Client
+
+    with Client(router_address(cluster), timeout=120) as client:
+        client.generate("import os\n", 32, ignore_eos=True)
+
+    def reported() -> dict | None:
+        status = (get(cluster, "sds", "demo", "-n", NS) or {}).get("status", {})
+        return status if status.get("acceptanceRate") is not None and status.get("goodput") else None
+
+    status = wait_for("acceptanceRate and goodput in the status", reported, 60, lambda: diagnose(cluster))
+    assert 0 < status["acceptanceRate"] <= 1 and status["goodput"] > 0
+
+
+def test_scaling_adds_a_real_target_that_serves(cluster: DevCluster, demo: dict) -> None:
+    from specd.client import Client
+
+    cluster.kubectl("scale", "sds", "demo", "-n", NS, "--replicas", "2")
+    wait_for("two target pods serving", lambda: serving(cluster, "target", 2), 300, lambda: diagnose(cluster))
+    with Client(router_address(cluster), timeout=60) as client:
+        wait_for("the router sees both targets", lambda: client.stats().live_targets == 2, 60,
+                 lambda: diagnose(cluster))
+
+
+def test_deleting_a_target_pod_mid_stream_loses_and_repeats_no_token(cluster: DevCluster, demo: dict) -> None:
+    """Two concurrent streams (the router places them on the two targets, least pinned first);
+    one target pod is deleted once both streamed their first tokens: both still equal plain
+    decoding, and the router logs that a request moved to the other target."""
+    from specd.client import Client
+
+    victims = [p["metadata"]["name"] for p in
+               wait_for("two target pods serving", lambda: serving(cluster, "target", 2), 300,
+                        lambda: diagnose(cluster))]
+    started = threading.Barrier(3, timeout=120)
+    outputs: dict[int, list[int]] = {}
+
+    def stream(slot: int) -> None:
+        tokens: list[int] = []
+        with Client(router_address(cluster), timeout=180) as client:
+            for chunk in client.stream(PROMPT, 96, ignore_eos=True):
+                if not tokens:
+                    started.wait()
+                tokens.extend(chunk.tokens)
+        outputs[slot] = tokens
+
+    threads = [threading.Thread(target=stream, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    cluster.kubectl("delete", "pod", victims[0], "-n", NS, "--wait=false")
+    for thread in threads:
+        thread.join(timeout=240)
+    reference = plain_greedy(PROMPT, 96)
+    assert outputs == {0: reference, 1: reference}
+    (router,) = serving(cluster, "router", 1)
+    log = cluster.kubectl("logs", "-n", NS, router["metadata"]["name"]).stdout
+    assert "moves to target" in log, log[-2000:]
+    wait_for("the deployment replaced the deleted pod", lambda: (found := serving(cluster, "target", 2))
+             and victims[0] not in {p["metadata"]["name"] for p in found}, 300, lambda: diagnose(cluster))
+
+
+def test_deleting_the_resource_removes_every_pod(cluster: DevCluster, demo: dict) -> None:
+    cluster.kubectl("delete", "sds", "demo", "-n", NS, "--wait=true", "--timeout=120s")
+    wait_for("every demo pod gone", lambda: not pods(cluster), 180, lambda: diagnose(cluster))
