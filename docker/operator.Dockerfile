@@ -30,6 +30,9 @@ RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 # the read-only root file system.
 ENV SPECD_PROTO_CACHE=/opt/specd/proto
 RUN python -c "import specd.proto" && chmod -R a+rX /opt/specd
+# A passwd entry for the uid: kopf (and torch's caches) ask getpass.getuser(), which fails without.
+RUN echo 'specd:x:65532:65532:specd:/tmp:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'specd:x:65532:' >> /etc/group
 USER 65532:65532
 ENTRYPOINT ["specd"]
 CMD ["operator"]

@@ -29,5 +29,8 @@ RUN python -c "import specd.proto" && chmod -R a+rX /opt/specd
 WORKDIR /
 # uid 65532 has no home directory: caches of torch, Triton and DeepSpeed go under /tmp.
 ENV HOME=/tmp
+# A passwd entry for the uid: kopf (and torch's caches) ask getpass.getuser(), which fails without.
+RUN echo 'specd:x:65532:65532:specd:/tmp:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'specd:x:65532:' >> /etc/group
 USER 65532:65532
 ENTRYPOINT ["specd"]

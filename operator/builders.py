@@ -297,6 +297,9 @@ def router_deployment(owner: Owner, spec: dict[str, Any], image: str, pull_polic
         "command": ["specd", "router", "--config", config_path, "--port", str(n.ROUTER_PORT)],
         "ports": [{"name": "grpc", "containerPort": n.ROUTER_PORT, "protocol": "TCP"}],
         "resources": _resources(router.get("resources"), 0),
+        # The router serves once a target worker does, which may take as long as loading the
+        # target's checkpoint: liveness waits for that (found on the real node).
+        "startupProbe": _grpc_probe(n.ROUTER_PORT, 5, 720),
         "readinessProbe": _grpc_probe(n.ROUTER_PORT, 5, 3),
         "livenessProbe": _grpc_probe(n.ROUTER_PORT, 20, 3),
         # Read-only root: the only writable place is /tmp (Python temporary files).

@@ -74,22 +74,27 @@ if ! "${buildah[@]}" inspect --type image "$pause" >/dev/null 2>&1; then
 fi
 
 # --- the project's images, from the Dockerfiles users build with `docker build`
-build() { # dockerfile image
-  log "building $2 from $1"
-  (cd "$repo" && "${buildah[@]}" bud --quiet --layers --pull=never --network host \
+build() { # dockerfile image; the build's output goes to a log, shown when it fails
+  local out="$cache/build-${2//[\/:]/_}.log" start=$SECONDS
+  if ! (cd "$repo" && "${buildah[@]}" bud --layers --pull=never --network host \
     -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
-    --build-arg "BASE=$base" -f "$1" -t "$2" . >&2)
+    --build-arg "BASE=$base" -f "$1" -t "$2" . >"$out" 2>&1); then
+    tail -40 "$out" >&2
+    log "building $2 from $1 failed (whole log: $out)"
+    exit 1
+  fi
+  log "built $2 from $1 in $((SECONDS - start))s"
 }
 build docker/specd.Dockerfile "localhost/specd:$tag"
 build docker/operator.Dockerfile "localhost/specd-operator:$tag"
 images=("localhost/specd:$tag" "localhost/specd-operator:$tag" "$pause")
 
-# --- into containerd, unless it already holds the same image (same image id). Only the blobs it
-# lacks travel: buildah keeps a `dir:` copy of each image with uncompressed layers (blob digests
-# are the layers' diff ids; a blob already there is not written again), and the OCI archive
-# given to `ctr images import` holds the manifest, the config and only the layers containerd does
-# not have (it finds the others in its content store). A source change so moves one small layer,
-# not the 7 GiB of torch and CUDA libraries.
+# --- into containerd, unless it already holds the same image (same image id). Only the layers
+# it lacks travel: buildah writes the image as a `dir:` copy with uncompressed layers (so blob
+# digests are the layers' diff ids, as containerd stores them), and the OCI archive given to
+# `ctr images import` holds the manifest, the config and only the layers containerd does not
+# have (it finds the others in its content store). After a source change one small layer goes
+# in, not the 7 GiB of torch and CUDA libraries (buildah still writes the whole copy: ~1.5 min).
 if [[ -n "$containerd_socket" ]]; then
   ctr=(ctr --address "$containerd_socket" -n k8s.io)
   for image in "${images[@]}"; do
@@ -99,14 +104,14 @@ if [[ -n "$containerd_socket" ]]; then
       continue
     fi
     log "importing $image into containerd"
-    copy="$cache/dir/${image//[\/:]/_}"
-    mkdir -p "$copy"
+    copy="$cache/dir-copy"
+    rm -rf "$copy"
     "${buildah[@]}" push --quiet --disable-compression --format oci "$image" "dir:$copy" >&2
     python3 "$here/oci_archive.py" "$copy" "$image" "$cache/import.tar" \
       <("${ctr[@]}" content ls -q 2>/dev/null)
     "${ctr[@]}" images import "$cache/import.tar" >/dev/null
     "${ctr[@]}" images label "$image" "specd.io/image-id=$id" >/dev/null
-    rm -f "$cache/import.tar"
+    rm -rf "$cache/import.tar" "$copy"
   done
 fi
 printf '%s\n' "${images[@]}"

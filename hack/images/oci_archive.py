@@ -3,7 +3,6 @@ blobs containerd lacks (it resolves the others from its content store).
 
 Usage: oci_archive.py COPY_DIR IMAGE_NAME OUT.tar HAVE_FILE
   HAVE_FILE: the digests containerd holds, one per line (`ctr content ls -q`).
-Blobs of the copy that the current manifest no longer references are deleted (old layers).
 """
 
 from __future__ import annotations
@@ -38,10 +37,6 @@ def main(copy: Path, image: str, out: Path, have_file: Path) -> None:
         for digest in blobs:
             if digest not in have or digest == manifest["config"]["digest"]:
                 tar.add(copy / digest[7:], arcname=f"blobs/sha256/{digest[7:]}")
-    keep = {d[7:] for d in blobs} | {"manifest.json", "version"}
-    for path in copy.iterdir():
-        if path.name not in keep:
-            path.unlink()
 
 
 if __name__ == "__main__":

@@ -193,8 +193,8 @@ def _prepare(directory: Path, bin_dir: Path, log: Log,
     node_state = None
     if real_node:
         node_state = realnode.NodeState(directory=str(directory / "real-node"),
-                                        socket=str(_node_layout(directory).socket),
-                                        sysctls=realnode.create_network())
+                                        socket=str(_node_layout(directory).socket), sysctls={})
+        realnode.create_network(node_state, owner_alive=_cluster_alive)
         # Recorded before anything else, so a failed start still removes the bridge.
         (directory / STATE_FILE).write_text(json.dumps({"processes": [],
                                                         "real_node": node_state.to_json()}))
@@ -218,6 +218,12 @@ def _prepare(directory: Path, bin_dir: Path, log: Log,
                          apiserver_host=lay.apiserver_host, real_node=node_state)
     cluster.save()
     return cluster, lay
+
+
+def _cluster_alive(node_directory: str) -> bool:
+    """Whether the cluster owning a real node (recorded by its node directory) still runs."""
+    cluster = DevCluster.load(Path(node_directory).parent)
+    return cluster is not None and any(processes.is_alive(r) for r in cluster.processes)
 
 
 def _node_layout(directory: Path) -> realnode.NodeLayout:

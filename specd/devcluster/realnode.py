@@ -17,8 +17,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +37,9 @@ CNI_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 FAKE_GPUS = 8
 KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 _SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}
+# Which cluster holds the host's real node (the bridge, iptables, sysctls): a run killed before
+# its teardown leaves them behind, and the next start cleans them up from this record.
+OWNER_FILE = Path("/run/specd-real-node.json")
 _HOST_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip",
                "mount", "umount")
 
@@ -104,22 +109,31 @@ def bridge_exists() -> bool:
     return _run("ip", "link", "show", BRIDGE, check=False).returncode == 0
 
 
-def create_network() -> dict[str, str]:
+def create_network(state: NodeState, owner_alive: Callable[[str], bool]) -> dict[str, str]:
     """The bridge with the gateway address (the node IP must exist before kubelet starts) and
-    the sysctls pods need; returns the sysctls' previous values."""
-    if bridge_exists():
-        raise SpecdError(f"bridge {BRIDGE} exists: another real node is running "
-                         "(stop it with `specd dev-cluster down`)")
+    the sysctls pods need; returns the sysctls' previous values. Leftovers of a real node whose
+    cluster died without its teardown are removed first; a live one is refused."""
+    if OWNER_FILE.exists():
+        previous = NodeState(**json.loads(OWNER_FILE.read_text()))
+        if owner_alive(previous.directory):
+            raise SpecdError(f"another real node is running (cluster {Path(previous.directory).parent}); "
+                             "stop it with `specd dev-cluster down`")
+        cleanup_host(previous)
+    elif bridge_exists():
+        raise SpecdError(f"bridge {BRIDGE} exists but no dev cluster owns it; remove it with "
+                         f"`ip link del {BRIDGE}`")
     _run("ip", "link", "add", BRIDGE, "type", "bridge")
     _run("ip", "addr", "add", f"{GATEWAY}/16", "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")
-    previous = {}
+    saved = {}
     for key, value in _SYSCTLS.items():
         path = Path("/proc/sys") / key.replace(".", "/")
         if path.exists():
-            previous[key] = path.read_text().strip()
+            saved[key] = path.read_text().strip()
             path.write_text(value)
-    return previous
+    state.sysctls = saved
+    OWNER_FILE.write_text(json.dumps(state.to_json()))
+    return saved
 
 
 def _remove_network(sysctls: dict[str, str]) -> None:
@@ -285,15 +299,40 @@ def kill_containers(socket: Path | str) -> None:
 
 
 def cleanup_host(state: NodeState) -> None:
-    """After every process stopped: mounts, network namespaces, the bridge, iptables chains,
-    cgroups. Safe to run twice."""
+    """After every process stopped: stray container processes and shims, mounts, network
+    namespaces, the bridge, iptables chains, cgroups. Safe to run twice."""
     directory = Path(state.directory)
+    _kill_strays(directory)
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
               if line.split()[1].startswith(str(directory))]
     for mount in sorted(mounts, key=len, reverse=True):  # innermost first
         _run("umount", "-l", mount, check=False)
     _remove_network(state.sysctls)
     _remove_cgroups()
+    OWNER_FILE.unlink(missing_ok=True)
+
+
+def _kill_strays(directory: Path) -> None:
+    """What outlives a containerd killed without teardown: the processes of the pods' cgroups
+    and the runc shims started for this node's containerd."""
+    pids = set()
+    for procs in Path("/sys/fs/cgroup").glob("*/kubepods/**/cgroup.procs"):
+        pids.update(int(p) for p in procs.read_text().split())
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "containerd-shim" in cmdline and str(directory) in cmdline:
+                pids.add(int(proc.name))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if pids:
+        time.sleep(0.5)
 
 
 def _remove_cgroups() -> None:

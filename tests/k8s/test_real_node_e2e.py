@@ -153,7 +153,9 @@ def test_operator_runs_in_cluster_with_the_charts_service_account(cluster: DevCl
     (pod,) = get(cluster, "pods", "-n", OPERATOR_NS)["items"]
     assert pod["spec"]["serviceAccountName"] == f"{RELEASE}-operator"
     assert pod["spec"]["nodeName"] == realnode.NODE_NAME
-    assert pod["status"]["containerStatuses"][0]["ready"]
+    wait_for("the operator pod ready", lambda: all(
+        c["ready"] for c in get(cluster, "pod", pod["metadata"]["name"], "-n", OPERATOR_NS)["status"]
+        .get("containerStatuses", [{"ready": False}])), 120, lambda: diagnose(cluster))
     assert pod["spec"]["containers"][0]["image"] == f"localhost/specd-operator:{TAG}"
 
 
