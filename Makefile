@@ -16,8 +16,9 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/specd demo
 
-## Run the whole test suite.
-test: install testbins images
+## Run the whole test suite. The Go builds (CPU) and the image build (network, disk) overlap.
+test: install
+	$(MAKE) --no-print-directory -j2 testbins images
 	$(VENV)/bin/python -m pytest
 
 ## Build (or reuse from ~/.cache/specd/testbins) etcd, kube-*, kwok, helm for the tests/k8s suite.

@@ -19,6 +19,10 @@ from specd.proto.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 PROBE_INTERVAL_S = 0.5
+# How long the channel of a replica dropped by discovery stays open: an iteration that picked it
+# just before may still call it, and must get the worker's own answer (its tokens, or UNAVAILABLE
+# once it is gone, which fails the requests over) rather than "Channel is closed".
+DRAIN_S = 60.0
 
 
 @dataclass(eq=False)
@@ -44,6 +48,7 @@ class ReplicaPool:
     def __init__(self) -> None:
         self.replicas: dict[str, Replica] = {}  # address -> replica
         self._probes: dict[str, asyncio.Task] = {}
+        self._draining: set[Replica] = set()  # dropped by discovery, channel still open
         self.changed = asyncio.Event()  # set whenever a replica comes or goes
 
     def live(self, role: str) -> list[Replica]:
@@ -58,7 +63,7 @@ class ReplicaPool:
         wanted = {(role, address) for role, addresses in endpoints.items() for address in addresses}
         dropped = [r for r in self.replicas.values() if (r.role, r.address) not in wanted]
         for replica in dropped:
-            self._forget(replica)
+            self._forget(replica, drain_s=DRAIN_S)
         for role, address in wanted:
             if address not in self.replicas:
                 channel = grpc.aio.insecure_channel(address, options=grpc_server.CHANNEL_OPTIONS)
@@ -78,13 +83,22 @@ class ReplicaPool:
         if replica.address in self.replicas:
             self._probe(replica)
 
-    def _forget(self, replica: Replica) -> None:
+    def _forget(self, replica: Replica, drain_s: float = 0.0) -> None:
         self.replicas.pop(replica.address, None)
         probe = self._probes.pop(replica.address, None)
         if probe:
             probe.cancel()
         replica.live = False
-        asyncio.ensure_future(replica.close())
+        if drain_s:
+            self._draining.add(replica)
+            asyncio.get_running_loop().call_later(drain_s, self._close_drained, replica)
+        else:
+            asyncio.ensure_future(replica.close())
+
+    def _close_drained(self, replica: Replica) -> None:
+        if replica in self._draining:
+            self._draining.discard(replica)
+            asyncio.ensure_future(replica.close())
 
     def _probe(self, replica: Replica) -> None:
         task = self._probes.get(replica.address)
@@ -113,4 +127,6 @@ class ReplicaPool:
     async def close(self) -> None:
         for replica in list(self.replicas.values()):
             self._forget(replica)
+        for replica in list(self._draining):
+            self._close_drained(replica)
         await asyncio.sleep(0)

@@ -89,3 +89,97 @@ def test_killed_draft_falls_back_to_plain_decoding(stack, start_router, referenc
         result = client.generate(PROMPTS[3], 12, ignore_eos=True)
     assert result.tokens == reference(tokenizer.encode(PROMPTS[3]), 12)
     assert result.usage.draft_tokens_proposed == 0
+
+
+class MovingDiscovery:
+    """Discovery whose endpoints the test changes, as EndpointSlices change when a pod is
+    deleted (the pod may still be serving while it terminates)."""
+
+    def __init__(self, targets: list[str], drafts: list[str]) -> None:
+        self.endpoints = {"target": list(targets), "draft": list(drafts)}
+        self.callbacks = []
+
+    def current(self):
+        return {role: list(addresses) for role, addresses in self.endpoints.items()}
+
+    def subscribe(self, callback) -> None:
+        self.callbacks.append(callback)
+
+    def publish(self, targets: list[str]) -> None:
+        self.endpoints["target"] = list(targets)
+        for callback in self.callbacks:
+            callback(self.current())
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_target_dropped_by_discovery_mid_iteration_loses_no_token(stack, loop, reference, tokenizer):
+    """Found on the real node: a target pod deleted under a stream left discovery while an
+    iteration had already picked it, and the router's next call on the closed channel failed the
+    stream with INTERNAL "Channel is closed". Dropping and re-adding the serving target many
+    times while streaming must leave the output equal to plain decoding."""
+    import threading
+    import time
+
+    from specd.router.service import start_router
+
+    targets = [w.address for w in stack.workers if w.name.startswith("target")]
+    drafts = [w.address for w in stack.workers if w.name.startswith("draft")]
+    discovery = MovingDiscovery(targets, drafts)
+    router = loop.run(start_router(RouterConfig(), discovery, ready_timeout_s=30))
+    try:
+        done = threading.Event()
+
+        def churn() -> None:  # drop each target in turn: every other drop hits the stream's
+            while not done.is_set():
+                for dropped in targets:
+                    discovery.publish([a for a in targets if a != dropped])
+                    time.sleep(0.05)
+                    discovery.publish(targets)
+                    time.sleep(0.15)
+
+        prompt = PROMPTS[0]
+        tokens = []
+        mover = threading.Thread(target=churn, daemon=True)
+        try:
+            with Client(f"127.0.0.1:{router.port}", timeout=60) as client:
+                for chunk in client.stream(prompt, N, ignore_eos=True):
+                    tokens += chunk.tokens
+                    if mover.ident is None:  # after the first tokens
+                        mover.start()
+        finally:
+            done.set()
+            mover.join(10)
+        assert tokens == reference(tokenizer.encode(prompt), N)
+    finally:
+        loop.run(router.stop(grace_s=1))
+
+
+def test_a_replica_dropped_by_discovery_keeps_answering_calls_already_routed_to_it(loop, workers):
+    """The mechanism behind the test above, deterministically: right after discovery drops a
+    replica, a call an iteration already routed to it still reaches the worker (the channel
+    drains instead of closing at once, which made such calls fail with "Channel is closed")."""
+    import asyncio
+
+    from specd.router.replicas import ReplicaPool
+
+    address = workers.addresses["target"]
+
+    async def scenario() -> int:
+        pool = ReplicaPool()
+        pool.set_endpoints({"target": [address], "draft": []})
+        while not pool.live("target"):
+            await asyncio.sleep(0.05)
+        replica = pool.replicas[address]
+        pool.set_endpoints({"target": [], "draft": []})
+        await asyncio.sleep(0.1)  # a close scheduled by the drop has run by now
+        assert not replica.live and address not in pool.replicas
+        info = await replica.stub.Info(worker_pb2.InfoRequest(), timeout=10)
+        await pool.close()
+        return info.vocab_size
+
+    assert loop.run(scenario()) > 0
