@@ -57,7 +57,7 @@ def ensure(bin_dir: Path | None = None, build: bool = True, quiet: bool = False)
     if not build:
         raise BinariesUnavailable(
             f"control-plane binaries are not built; run `make testbins` (or {script})")
-    returncode, stdout, last_lines = _run_showing_progress([bash, str(script)], quiet)
+    returncode, stdout, last_lines = run_showing_progress([bash, str(script)], quiet)
     if returncode == _EXIT_NO_GO:
         raise BinariesUnavailable("no Go toolchain to build the control-plane binaries "
                                   "(install Go >= 1.24 or set GO=/path/to/go)")
@@ -68,7 +68,7 @@ def ensure(bin_dir: Path | None = None, build: bool = True, quiet: bool = False)
     return Path(stdout.strip().splitlines()[-1])
 
 
-def _run_showing_progress(argv: list[str], quiet: bool) -> tuple[int, str, list[str]]:
+def run_showing_progress(argv: list[str], quiet: bool) -> tuple[int, str, list[str]]:
     """Run argv; echo its stderr (unless quiet) and keep the last lines for error messages."""
     tail: deque[str] = deque(maxlen=15)
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from specd.devcluster.binaries import _run_showing_progress
+from specd.devcluster.binaries import run_showing_progress
 from specd.devcluster.realnode import RealNodeUnavailable
 
 TAG = "dev"
@@ -39,7 +39,7 @@ def build(containerd_socket: Path | None = None, quiet: bool = False) -> Images:
     argv = [shutil.which("bash") or "/bin/bash", str(build_script()), "--tag", TAG]
     if containerd_socket is not None:
         argv += ["--containerd", str(containerd_socket)]
-    returncode, stdout, last_lines = _run_showing_progress(argv, quiet)
+    returncode, stdout, last_lines = run_showing_progress(argv, quiet)
     if returncode == _EXIT_TOOL_MISSING:
         raise RealNodeUnavailable("cannot build images here: " + " ".join(last_lines[-1:]))
     if returncode != 0:

@@ -40,8 +40,7 @@ _SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1
 # Which cluster holds the host's real node (the bridge, iptables, sysctls): a run killed before
 # its teardown leaves them behind, and the next start cleans them up from this record.
 OWNER_FILE = Path("/run/specd-real-node.json")
-_HOST_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip",
-               "mount", "umount")
+_HOST_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip", "umount")
 
 
 class RealNodeUnavailable(SpecdError):
@@ -286,15 +285,8 @@ def kill_containers(socket: Path | str) -> None:
     """Every task and container of the k8s.io namespace (what kubelet left behind)."""
     if not Path(socket).exists():
         return
-    ids = ctr(socket, "containers", "ls", "-q", check=False).stdout.split()
-    for cid in ids:
-        ctr(socket, "tasks", "kill", "-s", "SIGKILL", cid, check=False)
-    deadline = time.monotonic() + 10
-    for cid in ids:
-        while ctr(socket, "tasks", "delete", "-f", cid, check=False).returncode != 0:
-            if "not found" in ctr(socket, "tasks", "ls", check=False).stdout or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+    for cid in ctr(socket, "containers", "ls", "-q", check=False).stdout.split():
+        ctr(socket, "tasks", "delete", "--force", cid, check=False)  # kills a running task
         ctr(socket, "containers", "delete", cid, check=False)
 
 

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))  # tests/k8s/k8s_support.py
+
 import pytest
 
 from specd.devcluster import binaries

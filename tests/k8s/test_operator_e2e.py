@@ -16,11 +16,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from k8s_support import condition, get, wait_for
 import yaml
 from specd.operator import builders, names
 
@@ -40,18 +40,6 @@ CLAIMS = ["specd-models", "llama-models"]  # the PVCs the examples' model URIs n
 KINDS = "deployments,services,configmaps,serviceaccounts,roles,rolebindings,poddisruptionbudgets"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 90,
-             diagnose: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{diagnose()}")
-        time.sleep(0.5)
-
-
 def diagnose(cluster: DevCluster, operator: Operator) -> str:
     state = cluster.kubectl("get", "sds,deployments,pods", "-n", NS, "-o", "wide",
                             check=False).stdout
@@ -59,18 +47,8 @@ def diagnose(cluster: DevCluster, operator: Operator) -> str:
     return f"{state}\n{statuses[-3000:]}\noperator log:\n{operator.tail()}"
 
 
-def get(cluster: DevCluster, *args: str) -> dict | None:
-    result = cluster.kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else None
-
-
 def sds(cluster: DevCluster, name: str) -> dict | None:
     return get(cluster, "sds", name, "-n", NS)
-
-
-def condition(body: dict, type_: str) -> dict:
-    return next((c for c in body.get("status", {}).get("conditions", [])
-                 if c["type"] == type_), {})
 
 
 def settled(cluster: DevCluster, name: str) -> dict | None:

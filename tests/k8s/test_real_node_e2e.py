@@ -16,12 +16,11 @@ import json
 import shutil
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from k8s_support import condition, get, wait_for
 from specd.operator import names
 
 from specd.devcluster import realnode
@@ -34,23 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 RELEASE, OPERATOR_NS, NS = "specd", "specd-system", "demo-team"
 CHECKPOINTS = REPO / "specd" / "demo" / "checkpoints"
 PROMPT, NEW_TOKENS = "def parse(line):", 48
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 180,
-             diagnose: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{diagnose()}")
-        time.sleep(1)
-
-
-def get(cluster: DevCluster, *args: str) -> dict | None:
-    result = cluster.kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else None
 
 
 def pods(cluster: DevCluster, role: str | None = None) -> list[dict]:
@@ -66,10 +48,6 @@ def serving(cluster: DevCluster, role: str, count: int) -> list[dict] | None:
         and all(c.get("ready") and c.get("started") for c in p["status"].get("containerStatuses", [{}]))
         for p in found)
     return found if ok else None
-
-
-def condition(body: dict, type_: str) -> dict:
-    return next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == type_), {})
 
 
 def diagnose(cluster: DevCluster) -> str:
