@@ -73,6 +73,10 @@ class RequestBuilder:
                 raise invalid(f"prompt_tokens[{i}]", f"token id {token} is outside the vocabulary [0, {tok.vocab_size})")
         if msg.max_new_tokens < 1:
             raise invalid("max_new_tokens", "must be at least 1")
+        if len(prompt) >= tok.max_context:  # no room for even one new token: the prompt is at fault
+            raise invalid("prompt_tokens" if msg.prompt_tokens else "prompt",
+                          f"{len(prompt)} tokens leave no room for new tokens in the model's context of "
+                          f"{tok.max_context} tokens")
         if len(prompt) + msg.max_new_tokens > tok.max_context:
             raise invalid("max_new_tokens", f"prompt ({len(prompt)} tokens) + max_new_tokens ({msg.max_new_tokens}) "
                                             f"exceeds the model's context of {tok.max_context} tokens")

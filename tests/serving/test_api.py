@@ -26,6 +26,8 @@ def address(workers, start_router):
     ({"prompt": "x", "max_new_tokens": 0}, "max_new_tokens"),
     ({"prompt": "x", "max_new_tokens": 100000}, "max_new_tokens"),
     ({"prompt": [5, 100000], "max_new_tokens": 4}, "prompt_tokens[1]"),
+    ({"prompt": [5] * 512, "max_new_tokens": 1}, "prompt_tokens"),  # the model's whole context
+    ({"prompt": "x " * 600, "max_new_tokens": 1}, "prompt"),
     ({"prompt": "x", "max_new_tokens": 4, "temperature": -1.0}, "sampling.temperature"),
     ({"prompt": "x", "max_new_tokens": 4, "top_p": 1.5}, "sampling.top_p"),
     ({"prompt": "x", "max_new_tokens": 4, "max_k": 99}, "speculation.max_k"),
