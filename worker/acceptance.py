@@ -5,6 +5,12 @@ p_1..p_{k+1} from one verification pass, accept x_i with probability min(1, p_i(
 at the first rejection emit y ~ normalize(max(0, p_i - q_i)); if all k pass, emit a bonus
 token y ~ p_{k+1}. The emitted sequence is distributed exactly as sampling from p alone.
 Greedy decoding is the limit: accept while x_i == argmax p_i, then emit argmax p.
+
+Seeded requests use the Gumbel-max coupling instead: the draft proposed x_i = argmax(log q_i +
+G_i) and the target's token is y_i = argmax(log p_i + G_i) with the same noise G_i of that
+position; accept while x_i == y_i, then emit y_i. Each y_i is an exact sample of p_i, and it does
+not depend on k, so a seed reproduces its output under any speculation length. The price is a
+lower acceptance than the rejection rule's sum of min(p, q) (measured in the session notes).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specd.worker.sampling import SamplingParams, probabilities, sample
+from specd.worker.sampling import SamplingParams, gumbel_choice, probabilities, sample
 
 
 @dataclass(frozen=True)
@@ -22,12 +28,16 @@ class Acceptance:
     tokens: list[int]  # the accepted drafted tokens followed by one correction or bonus token
 
 
-def accept_greedy(draft_tokens: list[int], target_logits: torch.Tensor) -> Acceptance:
-    best = target_logits.argmax(-1).tolist()  # k+1 entries
+def accept_matching(draft_tokens: list[int], choices: list[int]) -> Acceptance:
+    """Accept drafts while they equal the target's own choices (k+1 of them), then emit its next."""
     accepted = 0
-    while accepted < len(draft_tokens) and draft_tokens[accepted] == best[accepted]:
+    while accepted < len(draft_tokens) and draft_tokens[accepted] == choices[accepted]:
         accepted += 1
-    return Acceptance(accepted, draft_tokens[:accepted] + [best[accepted]])
+    return Acceptance(accepted, draft_tokens[:accepted] + [choices[accepted]])
+
+
+def accept_greedy(draft_tokens: list[int], target_logits: torch.Tensor) -> Acceptance:
+    return accept_matching(draft_tokens, target_logits.argmax(-1).tolist())
 
 
 def accept_sampled(draft_tokens: list[int], draft_probs: torch.Tensor, target_probs: torch.Tensor,
@@ -52,10 +62,13 @@ def accept_sampled(draft_tokens: list[int], draft_probs: torch.Tensor, target_pr
 
 
 def accept(draft_tokens: list[int], draft_probs: torch.Tensor | None, target_logits: torch.Tensor,
-           params: SamplingParams, generator: torch.Generator) -> Acceptance:
+           params: SamplingParams, generator: torch.Generator, position: int) -> Acceptance:
+    """position: the sequence index of the first verified token (the committed length)."""
     if params.greedy:
         return accept_greedy(draft_tokens, target_logits)
     target_probs = probabilities(target_logits, params)
+    if params.seed is not None:
+        return accept_matching(draft_tokens, gumbel_choice(target_probs, params.seed, position))
     if draft_probs is None:
         draft_probs = target_probs.new_zeros(0, target_probs.shape[-1])
     return accept_sampled(draft_tokens, draft_probs, target_probs, generator)

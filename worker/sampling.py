@@ -2,6 +2,10 @@
 
 Losslessness needs the draft and the target distributions to go through the exact same
 temperature / top-k / top-p transform before the acceptance test, so there is one function.
+
+A seeded request samples by the Gumbel-max trick with noise keyed by (seed, position): the
+token at position t is argmax(log p_t + G_t), whatever the speculation length that produced it,
+so a seed reproduces its output whichever k the router picks (see acceptance.py).
 """
 
 from __future__ import annotations
@@ -60,6 +64,22 @@ def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scaled = scaled.masked_fill(drop, float("-inf"))
     return scaled.softmax(-1)
+
+
+def gumbel_noise(seed: int, position: int, vocab: int) -> torch.Tensor:
+    """[vocab] Gumbel(0, 1) noise of one position of a seeded request; the draft and the target
+    derive the same noise, which couples their choices (that is the point)."""
+    gen = torch.Generator()
+    gen.manual_seed((seed * 0x9E3779B97F4A7C15 + position * 0xBF58476D1CE4E5B9) % 2**63)
+    uniform = torch.rand(vocab, generator=gen).clamp_min(torch.finfo(torch.float32).tiny)
+    return -(-uniform.log()).log()
+
+
+def gumbel_choice(probs: torch.Tensor, seed: int, first_position: int) -> list[int]:
+    """Row i of [n, vocab] probabilities -> its token under the noise of position first_position + i:
+    an exact sample of that row (Gumbel-max), and the same token for the same (seed, position)."""
+    noise = torch.stack([gumbel_noise(seed, first_position + i, probs.shape[-1]) for i in range(len(probs))])
+    return (probs.log() + noise).argmax(-1).tolist()
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

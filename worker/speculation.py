@@ -14,7 +14,7 @@ import torch
 
 from specd.worker.acceptance import Acceptance, accept
 from specd.worker.runner import ForwardItem, ModelRunner
-from specd.worker.sampling import SamplingParams, probabilities, sample
+from specd.worker.sampling import SamplingParams, gumbel_choice, probabilities, sample
 
 
 @dataclass
@@ -61,7 +61,10 @@ class DraftProposer:
                     token = int(row[-1].argmax())
                 else:
                     q = probabilities(row[-1:], r.params)
-                    token = int(sample(q, r.generator))
+                    if r.params.seed is not None:  # the noise the target will use at this position
+                        token = gumbel_choice(q, r.params.seed, len(r.committed) + step)[0]
+                    else:
+                        token = int(sample(q, r.generator))
                     probs[r.request_id].append(q[0])
                 tokens[r.request_id].append(token)
                 feed[r.request_id] = [token]
@@ -88,7 +91,7 @@ class Verifier:
         logits = self.runner.forward(items)
         results = []
         for r, row in zip(requests, logits):
-            result = accept(r.draft_tokens, r.draft_probs, row, r.params, r.generator)
+            result = accept(r.draft_tokens, r.draft_probs, row, r.params, r.generator, len(r.committed))
             # keep only the committed prefix plus the accepted drafts in the target's cache
             self.runner.truncate(r.request_id, len(r.committed) + result.accepted)
             results.append(result)

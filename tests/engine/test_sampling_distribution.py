@@ -9,6 +9,8 @@ must fail the same test: that is what shows the test has power.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from scipy.stats import chisquare
@@ -37,12 +39,16 @@ def _exact_joint(target_dir, params: SamplingParams) -> dict[tuple[int, int], fl
     return joint
 
 
-def _sample_pairs(distant_models, params: SamplingParams) -> list[tuple[int, int]]:
+def _sample_pairs(distant_models, params: SamplingParams, coupling: str) -> list[tuple[int, int]]:
+    """`coupling`: "gumbel" gives every request a seed (the Gumbel-max coupling of seeded
+    requests); "rejection" leaves them unseeded (the rejection rule), with random streams made
+    deterministic by the `unseeded_streams` fixture."""
     engine = SpeculativeEngine(ModelRunner.from_dir(distant_models.target), ModelRunner.from_dir(distant_models.draft))
     pairs = []
     for start in range(0, SAMPLES, 100):
-        requests = [GenerationRequest(PROMPT, 2, SamplingParams(params.temperature, params.top_k, params.top_p,
-                                                                seed=1000 + start + i), k=3, stop_at_eos=False)
+        requests = [GenerationRequest(PROMPT, 2, SamplingParams(
+                        params.temperature, params.top_k, params.top_p,
+                        seed=1000 + start + i if coupling == "gumbel" else None), k=3, stop_at_eos=False)
                     for i in range(100)]
         pairs.extend(tuple(tokens) for tokens, _ in engine.generate(requests))
     return pairs
@@ -71,20 +77,29 @@ def _p_value(pairs: list[tuple[int, int]], joint: dict[tuple[int, int], float]) 
     return chisquare(observed, [e * scale for e in expected]).pvalue
 
 
+@pytest.fixture
+def unseeded_streams(monkeypatch):
+    """Unseeded requests draw from fresh random streams; numbered ones keep the test repeatable."""
+    numbers = itertools.count(1)
+    monkeypatch.setattr(SamplingParams, "generator",
+                        lambda self, stream=0: torch.Generator().manual_seed(next(numbers)))
+
+
+@pytest.mark.parametrize("coupling", ["rejection", "gumbel"])
 @pytest.mark.parametrize("params", [
     SamplingParams(temperature=1.0),
     SamplingParams(temperature=0.8, top_k=12, top_p=0.9),
 ], ids=["t1", "t0.8-topk12-topp0.9"])
-def test_speculative_sampling_matches_target(distant_models, params):
-    pairs = _sample_pairs(distant_models, params)
+def test_speculative_sampling_matches_target(distant_models, params, coupling, unseeded_streams):
+    pairs = _sample_pairs(distant_models, params, coupling)
     p = _p_value(pairs, _exact_joint(distant_models.target, params))
     assert p > 1e-3, f"speculative samples do not fit the target distribution (p = {p:.2e})"
 
 
-def _broken_accept(draft_tokens, draft_probs, target_logits, params, generator):
+def _broken_accept(draft_tokens, draft_probs, target_logits, params, generator, position):
     """Wrong on purpose: after a rejection it samples from p, ignoring that q was already tried."""
     if params.greedy or not draft_tokens:
-        return acceptance.accept(draft_tokens, draft_probs, target_logits, params, generator)
+        return acceptance.accept(draft_tokens, draft_probs, target_logits, params, generator, position)
     target_probs = probabilities(target_logits, params)
     result = acceptance.accept_sampled(draft_tokens, draft_probs, target_probs, generator)
     if result.accepted == len(draft_tokens):
@@ -94,10 +109,19 @@ def _broken_accept(draft_tokens, draft_probs, target_logits, params, generator):
     return acceptance.Acceptance(i, draft_tokens[:i] + [resampled])
 
 
-def test_broken_acceptance_rule_fails_the_same_test(distant_models, monkeypatch):
-    monkeypatch.setattr(speculation, "accept", _broken_accept)
+def _broken_gumbel_accept(draft_tokens, draft_probs, target_logits, params, generator, position):
+    """Wrong on purpose: at the first mismatch it keeps the draft's token instead of the target's."""
+    result = acceptance.accept(draft_tokens, draft_probs, target_logits, params, generator, position)
+    if result.accepted < len(draft_tokens):
+        return acceptance.Acceptance(result.accepted + 1, draft_tokens[: result.accepted + 1])
+    return result
+
+
+@pytest.mark.parametrize("coupling,broken", [("rejection", _broken_accept), ("gumbel", _broken_gumbel_accept)])
+def test_broken_acceptance_rule_fails_the_same_test(distant_models, monkeypatch, unseeded_streams, coupling, broken):
+    monkeypatch.setattr(speculation, "accept", broken)
     params = SamplingParams(temperature=1.0)
-    pairs = _sample_pairs(distant_models, params)
+    pairs = _sample_pairs(distant_models, params, coupling)
     p = _p_value(pairs, _exact_joint(distant_models.target, params))
     assert p < 1e-3, f"the goodness-of-fit test did not notice a biased acceptance rule (p = {p:.2e})"
 
@@ -108,3 +132,15 @@ def test_seeded_streams_are_reproducible_and_distinct():
     assert torch.equal(draws[1], draws[3])  # same seed and stream: same numbers (reproducible)
     # the draft (stream 1) and the target (stream 2) of one request must not share numbers
     assert not torch.equal(draws[1], draws[2]) and not torch.equal(draws[0], draws[1])
+
+
+def test_a_seed_reproduces_its_output_whatever_k(distant_models):
+    """The Gumbel-max coupling: a seeded request's tokens do not depend on the speculation length
+    (the router's goodput control changes k from iteration to iteration)."""
+    engine = SpeculativeEngine(ModelRunner.from_dir(distant_models.target), ModelRunner.from_dir(distant_models.draft))
+    params = [SamplingParams(temperature=0.9, top_p=0.95, seed=seed) for seed in (1234, 1235)]
+    outputs = {(p.seed, k): engine.generate([GenerationRequest(PROMPT, 24, p, k=k, stop_at_eos=False)])[0][0]
+               for p in params for k in (0, 1, 3, 8)}
+    for p in params:
+        assert len({tuple(outputs[(p.seed, k)]) for k in (0, 1, 3, 8)}) == 1, outputs
+    assert outputs[(1234, 0)] != outputs[(1235, 0)]  # the seed matters
