@@ -171,3 +171,22 @@ def test_unreachable_router_is_retried_then_unavailable():
         assert time.monotonic() - started >= 0.2 + 0.5  # two retries with their backoff
         with pytest.raises(Unavailable):
             list(client.stream("x", 2))
+
+
+def test_a_seeded_request_repeats_under_goodput_speculation(workers, start_router):
+    """Found by a user (issue 11): under goodput speculation, identical seeded sampled requests
+    returned different outputs because k changed between runs. Now three identical calls agree,
+    and equal the output with speculation off."""
+    targets, drafts = [workers.addresses["target"]], [workers.addresses["echo"]]
+    goodput = start_router(RouterConfig(speculation="goodput"), targets, drafts)
+    plain = start_router(RouterConfig(speculation="none"), targets, drafts)
+    kwargs = {"max_new_tokens": 24, "temperature": 0.9, "seed": 1234, "ignore_eos": True}
+    with Client(goodput) as client:
+        runs = [client.generate("def ", **kwargs) for _ in range(3)]
+        concurrent = [s for s in (client.stream("def ", **kwargs), client.stream("def ", **kwargs))]
+        streamed = [[t for chunk in s for t in chunk.tokens] for s in concurrent]
+    with Client(plain) as client:
+        reference = client.generate("def ", **kwargs).tokens
+    assert any(r.usage.draft_tokens_proposed for r in runs)  # speculation really ran
+    assert [r.tokens for r in runs] == [reference] * 3
+    assert streamed == [reference] * 2
