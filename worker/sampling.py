@@ -36,15 +36,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def generator(self, stream: int = 0) -> torch.Generator:
-        """A random stream for this request. Processes that sample for the same request (draft and
-        target workers) must pass different `stream`s: drafting and the acceptance test would be
-        correlated, and the output biased, if both drew the same numbers."""
+    def generator(self) -> torch.Generator:
+        """The random stream of an unseeded request. Seeded requests draw no stream: their noise
+        is keyed by seed and position (`gumbel_noise`), the same on the draft and the target."""
         gen = torch.Generator()
-        if self.seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed((self.seed * 1_000_003 + stream) % 2**63)
+        gen.seed()
         return gen
 
 

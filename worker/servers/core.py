@@ -107,10 +107,7 @@ class WorkerCore:
                                f"the router sent tokens from position {delta.start}")
         if mirror is None:
             params = sampling_params(delta.sampling)
-            # draft and target sample from different streams of the request's seed: drafting and
-            # the acceptance test must not draw the same numbers
-            stream = 1 if self.role == "draft" else 2
-            mirror = self.mirrors[delta.request_id] = Mirror([], params, params.generator(stream))
+            mirror = self.mirrors[delta.request_id] = Mirror([], params, params.generator())
         del mirror.committed[delta.start:]
         mirror.committed.extend(delta.tokens)
         if not mirror.committed:
