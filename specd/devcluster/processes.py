@@ -104,7 +104,10 @@ def stop(records: list[ProcessRecord], children: dict[int, subprocess.Popen] | N
     for record in live:
         _signal_group(record.pid, signal.SIGKILL)
         killed.append(record.name)
-    for proc in children.values():
+    for record in records:  # only these: the caller may stop its processes in several steps
+        proc = children.get(record.pid)
+        if proc is None:
+            continue
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
