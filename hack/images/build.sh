@@ -88,6 +88,8 @@ build() { # dockerfile image; the build's output goes to a log, shown when it fa
 build docker/specd.Dockerfile "localhost/specd:$tag"
 build docker/operator.Dockerfile "localhost/specd-operator:$tag"
 images=("localhost/specd:$tag" "localhost/specd-operator:$tag" "$pause")
+# Layers of earlier builds that no image uses any more (each source change leaves some).
+"${buildah[@]}" rmi --prune >/dev/null 2>&1 || true
 
 # --- into containerd, unless it already holds the same image (same image id). Only the layers
 # it lacks travel: buildah writes the image as a `dir:` copy with uncompressed layers (so blob
