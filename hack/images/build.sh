@@ -99,6 +99,11 @@ images=("localhost/specd:$tag" "localhost/specd-operator:$tag" "$pause")
 # in, not the 7 GiB of torch and CUDA libraries (buildah still writes the whole copy: ~1.5 min).
 if [[ -n "$containerd_socket" ]]; then
   ctr=(ctr --address "$containerd_socket" -n k8s.io)
+  free_gib=$(( $(df --output=avail -k "$cache" | tail -1) / 1048576 ))
+  if (( free_gib < 10 )); then # the uncompressed copy of the worker image alone takes 7.4 GiB
+    log "only ${free_gib} GiB free under $cache: importing needs about 10 GiB"
+    exit 1
+  fi
   for image in "${images[@]}"; do
     id="$("${buildah[@]}" inspect --type image --format '{{.FromImageID}}' "$image")"
     if "${ctr[@]}" images ls "name==$image" 2>/dev/null | grep -q "specd.io/image-id=$id"; then

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from specd.devcluster.binaries import run_showing_progress
 from specd.devcluster.realnode import RealNodeUnavailable
+from specd.errors import SpecdError
 
 TAG = "dev"
 _EXIT_TOOL_MISSING = 3  # build.sh: mmdebstrap, buildah or ctr is missing
@@ -42,7 +42,7 @@ def build(containerd_socket: Path | None = None, quiet: bool = False) -> Images:
     returncode, stdout, last_lines = run_showing_progress(argv, quiet)
     if returncode == _EXIT_TOOL_MISSING:
         raise RealNodeUnavailable("cannot build images here: " + " ".join(last_lines[-1:]))
-    if returncode != 0:
-        raise subprocess.CalledProcessError(returncode, argv, stdout, "\n".join(last_lines))
+    if returncode != 0:  # the reason is in the script's last lines (e.g. a full disk)
+        raise SpecdError(f"{' '.join(argv)} exited {returncode}:\n" + "\n".join(last_lines))
     worker, operator, pause = stdout.split()
     return Images(worker=worker, operator=operator, pause=pause)
