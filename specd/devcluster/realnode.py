@@ -108,9 +108,9 @@ def bridge_exists() -> bool:
     return _run("ip", "link", "show", BRIDGE, check=False).returncode == 0
 
 
-def create_network(state: NodeState, owner_alive: Callable[[str], bool]) -> dict[str, str]:
+def create_network(state: NodeState, owner_alive: Callable[[str], bool]) -> None:
     """The bridge with the gateway address (the node IP must exist before kubelet starts) and
-    the sysctls pods need; returns the sysctls' previous values. Leftovers of a real node whose
+    the sysctls pods need; their previous values go into `state.sysctls`. Leftovers of a real node whose
     cluster died without its teardown are removed first; a live one is refused."""
     if OWNER_FILE.exists():
         previous = NodeState(**json.loads(OWNER_FILE.read_text()))
@@ -132,7 +132,6 @@ def create_network(state: NodeState, owner_alive: Callable[[str], bool]) -> dict
             path.write_text(value)
     state.sysctls = saved
     OWNER_FILE.write_text(json.dumps(state.to_json()))
-    return saved
 
 
 def _remove_network(sysctls: dict[str, str]) -> None:
