@@ -5,6 +5,10 @@ alternate for `rounds` rounds so drift in machine load hits both alike; the figu
 taken within one run. Losslessness is measured: the speculative outputs are compared token by
 token with plain decoding's.
 
+Every drafting method runs in the same run (`methods`: plain, model, early-exit, hierarchical,
+ngram), each at its own default speculation length, each compared with plain decoding of the
+same rounds; the top-level keys are the draft model's figures at batch 1, as before.
+
 `acceptance_rate` is α of PAPERS.md §0, the probability that a tested draft token is accepted
 (accepted / (accepted + rejected); drafts after a rejection are never tested), which is the α
 the theoretical bound takes. `accepted_fraction_of_proposed` counts untested drafts as lost.
@@ -14,23 +18,25 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from specd.worker.engine import GenerationRequest, RequestStats, SpeculativeEngine
+from specd.worker.methods import BENCH_METHODS, DEFAULT_K, make_proposer, needs_adapter
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
 class DecodeBenchSettings:
-    k: int = 4
+    k: int = 4  # the draft model's speculation length (today's top-level figures)
     batch_sizes: tuple[int, ...] = (1, 4, 8)
     prompts: int = 8
     max_new_tokens: int = 96
     rounds: int = 2
+    methods: tuple[str, ...] = BENCH_METHODS
 
 
 def theoretical_speedup(alpha: float, c: float, k: int) -> float:
@@ -52,56 +58,108 @@ def step_cost(runner: ModelRunner, context: list[int], repeats: int = 30) -> flo
     return statistics.median(times)
 
 
-def _timed(engine: SpeculativeEngine, prompts: list[list[int]], batch: int, k: int,
-           max_new_tokens: int) -> tuple[float, list[list[int]], RequestStats]:
-    """Decode all prompts in groups of `batch`; returns seconds, outputs and summed stats."""
-    outputs, total = [], RequestStats()
+@dataclass
+class _Tally:
+    """Time, outputs and summed stats of one method's decoding."""
+
+    seconds: float = 0.0
+    outputs: list[list[int]] = field(default_factory=list)
+    stats: RequestStats = field(default_factory=RequestStats)
+
+    def add(self, other: "_Tally") -> None:
+        self.seconds += other.seconds
+        self.outputs.extend(other.outputs)
+        for name in ("steps", "proposed", "accepted", "rejected"):
+            setattr(self.stats, name, getattr(self.stats, name) + getattr(other.stats, name))
+
+
+def _timed(engine: SpeculativeEngine, prompts: list[list[int]], batch: int, k: int, max_new_tokens: int) -> _Tally:
+    """Decode all prompts in groups of `batch`."""
+    tally = _Tally()
     started = time.perf_counter()
     for i in range(0, len(prompts), batch):
         group = [GenerationRequest(p, max_new_tokens, k=k, stop_at_eos=False) for p in prompts[i : i + batch]]
         for tokens, stats in engine.generate(group):
-            outputs.append(tokens)
-            for name in ("steps", "proposed", "accepted", "rejected"):
-                setattr(total, name, getattr(total, name) + getattr(stats, name))
-    return time.perf_counter() - started, outputs, total
+            tally.add(_Tally(0.0, [tokens], stats))
+    tally.seconds = time.perf_counter() - started
+    return tally
+
+
+def _engines(target_dir: Path, draft_dir: Path, methods: tuple[str, ...]) -> dict[str, tuple[SpeculativeEngine, int]]:
+    """(engine, k) per method; the methods that draft inside the target share one target runner
+    (with the adapter when early-exit is among them)."""
+    target = ModelRunner.from_dir(target_dir, with_adapter=any(needs_adapter(m) for m in methods))
+    engines = {}
+    for method in methods:
+        if method == "plain":
+            engines[method] = (SpeculativeEngine(target), 0)
+        else:
+            draft = ModelRunner.from_dir(draft_dir) if method == "model" else None
+            engines[method] = (SpeculativeEngine(target, proposer=make_proposer(method, target, target_dir, draft)),
+                               DEFAULT_K[method])
+    return engines
+
+
+def _method_figures(method: str, k: int, tally: _Tally, plain: _Tally, tokens: int, batch: int) -> dict:
+    stats = tally.stats
+    agree = sum(a == b for out, ref in zip(tally.outputs, plain.outputs) for a, b in zip(out, ref))
+    return {
+        "method": method,
+        "batch_size": batch,
+        "k": k,
+        "tokens_per_s": round(tokens / tally.seconds, 2),
+        "speedup": round(plain.seconds / tally.seconds, 3),
+        # Spec-Bench's count: tokens per target pass, the bonus/correction token included
+        "mean_accepted_tokens": round(tokens / stats.steps, 3),
+        "acceptance_rate": round(stats.acceptance_rate, 4),
+        "lossless": tally.outputs == plain.outputs,
+        "agreement": round(agree / sum(len(ref) for ref in plain.outputs), 4),
+    }
 
 
 def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeBenchSettings,
         log=lambda _msg: None) -> dict:
-    target, draft = ModelRunner.from_dir(target_dir), ModelRunner.from_dir(draft_dir)
+    methods = tuple(dict.fromkeys(("plain", "model") + settings.methods))  # plain and model feed the top level
+    engines = _engines(target_dir, draft_dir, methods)
+    engines["model"] = (engines["model"][0], settings.k)
+    target = engines["plain"][0].target
     tokenizer = Tokenizer(target_dir)
     encoded = [tokenizer.encode(p) for p in prompts[: settings.prompts]]
-    engine = SpeculativeEngine(target, draft)
-    c = step_cost(draft, encoded[0]) / step_cost(target, encoded[0])
+    c = step_cost(engines["model"][0].draft, encoded[0]) / step_cost(target, encoded[0])
     log(f"draft/target step cost ratio c = {c:.3f}")
-    per_batch = []
+    tokens = settings.rounds * len(encoded) * settings.max_new_tokens
+    per_batch, per_method = [], {m: [] for m in methods if m != "plain"}
     for batch in settings.batch_sizes:
-        plain_s = spec_s = 0.0
-        lossless = True
-        steps = proposed = accepted = rejected = 0
+        tallies = {m: _Tally() for m in methods}
         for round_ in range(settings.rounds):
-            t_plain, plain_out, _ = _timed(engine, encoded, batch, 0, settings.max_new_tokens)
-            t_spec, spec_out, stats = _timed(engine, encoded, batch, settings.k, settings.max_new_tokens)
-            plain_s, spec_s = plain_s + t_plain, spec_s + t_spec
-            lossless &= plain_out == spec_out
-            steps, proposed = steps + stats.steps, proposed + stats.proposed
-            accepted, rejected = accepted + stats.accepted, rejected + stats.rejected
-            log(f"batch {batch} round {round_ + 1}: plain {t_plain:.2f}s, speculative {t_spec:.2f}s")
-        tokens = settings.rounds * len(encoded) * settings.max_new_tokens
-        alpha = RequestStats(steps, proposed, accepted, rejected).acceptance_rate
+            # rotate the order every round so that drift in machine load hits every method alike
+            order = methods[round_ % len(methods):] + methods[: round_ % len(methods)]
+            for method in order:
+                engine, k = engines[method]
+                tallies[method].add(_timed(engine, encoded, batch, k, settings.max_new_tokens))
+            log(f"batch {batch} round {round_ + 1}: " + ", ".join(
+                f"{m} {tallies[m].seconds:.2f}s" for m in methods))
+        plain = tallies["plain"]
+        for method in per_method:
+            per_method[method].append(_method_figures(method, engines[method][1], tallies[method], plain, tokens, batch))
+        model = tallies["model"]
+        alpha = model.stats.acceptance_rate
         per_batch.append({
             "batch_size": batch,
-            "autoregressive_tokens_per_s": round(tokens / plain_s, 2),
-            "speculative_tokens_per_s": round(tokens / spec_s, 2),
-            "speedup": round(plain_s / spec_s, 3),
+            "autoregressive_tokens_per_s": round(tokens / plain.seconds, 2),
+            "speculative_tokens_per_s": round(tokens / model.seconds, 2),
+            "speedup": round(plain.seconds / model.seconds, 3),
             "acceptance_rate": round(alpha, 4),
-            "accepted_fraction_of_proposed": round(accepted / proposed, 4),
-            "mean_accepted_per_step": round(accepted / steps, 3),
-            "tokens_per_step": round(tokens / steps, 3),
+            "accepted_fraction_of_proposed": round(model.stats.accepted / max(model.stats.proposed, 1), 4),
+            "mean_accepted_per_step": round(model.stats.accepted / model.stats.steps, 3),
+            "tokens_per_step": round(tokens / model.stats.steps, 3),
             "theoretical_speedup": round(theoretical_speedup(alpha, c, settings.k), 3),
-            "lossless": lossless,
+            "lossless": model.outputs == plain.outputs,
         })
     first = per_batch[0]
+    plain_figures = [{"method": "plain", "batch_size": b["batch_size"], "k": 0,
+                      "tokens_per_s": b["autoregressive_tokens_per_s"], "speedup": 1.0, "mean_accepted_tokens": 1.0,
+                      "acceptance_rate": 0.0, "lossless": True, "agreement": 1.0} for b in per_batch]
     return {
         **first,
         "k": settings.k,
@@ -113,4 +171,7 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
         "rounds": settings.rounds,
         "torch_threads": torch.get_num_threads(),
         "batches": per_batch,
+        # one object per method: its batch-1 figures, and every batch size under "batches"
+        "methods": [{**figures[0], "batches": figures} for figures in
+                    [plain_figures] + [per_method[m] for m in methods if m in settings.methods and m != "plain"]],
     }

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from specd.worker.methods import BENCH_METHODS
+
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
     gen = subparsers.add_parser(
@@ -41,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     bench.add_argument("--prompts", type=int, default=8, help="held-out prompts (default: 8)")
     bench.add_argument("--max-new-tokens", type=int, default=96, help="tokens per prompt (default: 96)")
     bench.add_argument("--rounds", type=int, default=2, help="alternating plain/speculative rounds (default: 2)")
+    bench.add_argument("--methods", default=",".join(BENCH_METHODS),
+                       help=f"comma-separated drafting methods to run next to plain decoding "
+                            f"(default: {','.join(BENCH_METHODS)})")
     _add_model_args(bench)
     bench.set_defaults(func=_bench_decode)
 
@@ -109,7 +114,12 @@ def _bench_decode(args: argparse.Namespace) -> int:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     except ValueError:
         raise SpecdError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
-    settings = bench_decode.DecodeBenchSettings(args.k, batch_sizes, args.prompts, args.max_new_tokens, args.rounds)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    unknown = [m for m in methods if m not in BENCH_METHODS]
+    if unknown:
+        raise SpecdError(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(BENCH_METHODS)})")
+    settings = bench_decode.DecodeBenchSettings(args.k, batch_sizes, args.prompts, args.max_new_tokens, args.rounds,
+                                                methods)
     target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
     result = bench_decode.run(target_dir, draft_dir, held_out_prompts(args.prompts), settings,
                               log=lambda msg: print(msg, file=sys.stderr))

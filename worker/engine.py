@@ -1,5 +1,6 @@
 """The local speculative decoding engine: continuous batching of requests over one target and
-an optional draft model, with a speculation length per request.
+an optional proposer (a draft model, or a method that drafts inside the target), with a
+speculation length per request.
 
 This is what `specd generate` and `specd bench decode` drive in-process; the serving plane runs
 the same proposer and verifier behind gRPC with the router choosing k each step.
@@ -17,7 +18,7 @@ from specd.contract import MAX_K
 from specd.errors import SpecdError
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams
-from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
+from specd.worker.speculation import DraftProposer, DraftRequest, Proposer, Verifier, VerifyRequest
 
 
 @dataclass
@@ -63,15 +64,19 @@ class StepOutput:
 
 
 class SpeculativeEngine:
-    def __init__(self, target: ModelRunner, draft: ModelRunner | None = None) -> None:
+    """draft: a separate draft model; or proposer: any drafting method (see self_drafting.py)."""
+
+    def __init__(self, target: ModelRunner, draft: ModelRunner | None = None, proposer: Proposer | None = None) -> None:
+        if draft is not None and proposer is not None:
+            raise SpecdError("give a draft model or a proposer, not both")
         if draft is not None and draft.config.vocab_size != target.config.vocab_size:
             raise SpecdError(
                 f"draft vocabulary ({draft.config.vocab_size}) differs from the target's ({target.config.vocab_size})"
             )
         self.target = target
-        self.draft = draft
         self.verifier = Verifier(target)
-        self.proposer = DraftProposer(draft) if draft is not None else None
+        self.proposer = DraftProposer(draft) if draft is not None else proposer
+        self.draft = self.proposer.runner if self.proposer is not None else None  # a separate model's runner
         self.eos_token_id = target.config.eos_token_id
         self._active: dict[str, _Active] = {}
         self._ids = itertools.count()
@@ -83,8 +88,8 @@ class SpeculativeEngine:
             raise SpecdError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
         if not 0 <= request.k <= MAX_K:
             raise SpecdError(f"k must be between 0 and {MAX_K}, got {request.k}")
-        if request.k > 0 and self.draft is None:
-            raise SpecdError("speculation (k > 0) needs a draft model; use k = 0 for plain decoding")
+        if request.k > 0 and self.proposer is None:
+            raise SpecdError("speculation (k > 0) needs a drafting method; use k = 0 for plain decoding")
         limit = self.target.max_context
         if len(request.prompt) + request.max_new_tokens > limit:
             raise SpecdError(
@@ -129,10 +134,11 @@ class SpeculativeEngine:
                                         s.request.params, s.generator))
         outputs = []
         for (rid, state), result in zip(states, self.verifier.verify(verify)):
+            drafted = len(proposals[rid].tokens) if rid in proposals else 0  # a method may stop before k
             state.stats.steps += 1
-            state.stats.proposed += ks[rid]
+            state.stats.proposed += drafted
             state.stats.accepted += result.accepted
-            state.stats.rejected += result.accepted < ks[rid]
+            state.stats.rejected += result.accepted < drafted
             outputs.append(self._commit(rid, state, result.tokens))
         return outputs
 

@@ -4,6 +4,13 @@ Each request owns one `RequestKV`: for every layer a key and a value tensor of s
 [kv_heads, capacity, head_dim]. Requests of different lengths therefore sit side by side
 without padding. `tokens` records which token ids the cache holds, so that a caller can hand
 in the committed sequence and learn which suffix still has to be computed (see `sync`).
+
+Early-exit methods run a token through only the first layers of the model (a draft from an
+exit, a tentative check at an intermediate exit) and finish it later. So each cached token has
+a *depth*, the number of layers whose KV it has written, and the depths never increase along
+the sequence (a token's attention at layer l needs the keys of every earlier token at l). The
+states entering layer `depth` of the tokens not at full depth are kept in `partial`, so a later
+pass resumes them where they stopped instead of recomputing the shallow layers.
 """
 
 from __future__ import annotations
@@ -23,18 +30,56 @@ class KVBudgetExceeded(SpecdError):
 
 @dataclass
 class RequestKV:
-    num_layers: int
+    num_layers: int  # KV layers: the model's, plus one per side layer (an early-exit adapter)
+    full_depth: int | None = None  # the model's layers; defaults to num_layers
     keys: list[torch.Tensor | None] = field(init=False)
     values: list[torch.Tensor | None] = field(init=False)
     tokens: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)  # layers each token has been through
+    partial: torch.Tensor | None = None  # [tokens not at full depth, hidden]: their states at their depth
 
     def __post_init__(self) -> None:
         self.keys = [None] * self.num_layers
         self.values = [None] * self.num_layers
+        if self.full_depth is None:
+            self.full_depth = self.num_layers
 
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+    @property
+    def full_length(self) -> int:
+        """Leading tokens that have been through every layer."""
+        n = len(self.depths)
+        while n and self.depths[n - 1] < self.full_depth:
+            n -= 1
+        return n
+
+    def reached(self, depth: int) -> int:
+        """Leading tokens that have been through at least `depth` layers (depths never increase)."""
+        n = len(self.depths)
+        while n and self.depths[n - 1] < depth:
+            n -= 1
+        return n
+
+    def advance(self, start: int, new_tokens: list[int], depth: int, states: torch.Tensor | None) -> None:
+        """Tokens start.. (the cached ones from there, then new_tokens) have now been through `depth`
+        layers, their KV written; states: [those tokens, hidden] entering layer `depth`, None at full
+        depth. Every token before `start` is at least that deep."""
+        full = self.full_length
+        self.tokens.extend(new_tokens)
+        self.depths[start:] = [depth] * (self.length - start)
+        if depth >= self.full_depth:
+            self.partial = None
+        else:
+            kept = self.partial[: start - full] if self.partial is not None else states[:0]
+            self.partial = torch.cat([kept, states])
+
+    def states(self, start: int, end: int) -> torch.Tensor:
+        """[end - start, hidden]: the kept states of partial tokens start..end-1."""
+        full = self.full_length
+        return self.partial[start - full : end - full]
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v ([kv_heads, n, head_dim]) at positions start.. and return all keys/values so far."""
@@ -56,7 +101,11 @@ class RequestKV:
         """Roll back to the first `length` tokens (the tensors keep their capacity)."""
         if length < 0 or length > self.length:
             raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
+        if self.partial is not None:
+            keep = length - self.full_length
+            self.partial = self.partial[:keep] if keep > 0 else None
         del self.tokens[length:]
+        del self.depths[length:]
 
     def common_prefix(self, committed: list[int]) -> int:
         """Number of leading cached tokens that agree with the committed sequence."""
@@ -72,10 +121,11 @@ class RequestKV:
 class KVPool:
     """All request caches of one model, with a budget counted in cached tokens."""
 
-    def __init__(self, num_layers: int, budget_tokens: int, bytes_per_token: int) -> None:
+    def __init__(self, num_layers: int, budget_tokens: int, bytes_per_token: int, full_depth: int | None = None) -> None:
         if budget_tokens <= 0:
             raise SpecdError(f"kv budget must be positive, got {budget_tokens} tokens")
         self.num_layers = num_layers
+        self.full_depth = num_layers if full_depth is None else full_depth
         self.budget_tokens = budget_tokens
         self.bytes_per_token = bytes_per_token
         self._requests: dict[str, RequestKV] = {}
@@ -89,7 +139,7 @@ class KVPool:
     def get(self, request_id: str) -> RequestKV:
         cache = self._requests.get(request_id)
         if cache is None:
-            cache = self._requests[request_id] = RequestKV(self.num_layers)
+            cache = self._requests[request_id] = RequestKV(self.num_layers, self.full_depth)
         return cache
 
     def used_tokens(self) -> int:

@@ -155,12 +155,22 @@ class LlamaForCausalLM(nn.Module):
         With first_layer > 0, `hidden` holds the states entering that layer (early-exit methods).
         """
         x = self.model.embed_tokens(batch.tokens) if hidden is None else hidden
-        rope = self.model.rotary.tables(batch.positions, x.dtype)
         last = len(self.model.layers) if last_layer is None else last_layer
-        for index in range(first_layer, last):
+        return self.run_layers(x, batch, first_layer, last, self.model.rotary.tables(batch.positions, x.dtype))
+
+    def run_layers(self, x: torch.Tensor, batch: PackedBatch, first_layer: int, last_layer: int,
+                   rope: Rope) -> torch.Tensor:
+        """x: [T, hidden] entering `first_layer` -> [T, hidden] leaving layer last_layer - 1."""
+        for index in range(first_layer, last_layer):
             x = self.model.layers[index](x, batch, index, rope)
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[T, hidden] -> [T, vocab]. The head sees a batch dimension: DeepSpeed's sharded head needs one."""
-        return self.lm_head(self.model.norm(hidden).unsqueeze(0)).squeeze(0).float()
+        """[T, hidden] -> [T, vocab] through the final norm and the LM head; any layer's output may
+        exit here (early-exit methods train intermediate layers for this shared head).
+        The head sees a batch dimension: DeepSpeed's sharded head needs one."""
+        return self.head(self.model.norm(hidden))
+
+    def head(self, normed: torch.Tensor) -> torch.Tensor:
+        """[T, hidden] normalised states -> [T, vocab] float logits."""
+        return self.lm_head(normed.unsqueeze(0)).squeeze(0).float()

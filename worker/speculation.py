@@ -1,5 +1,8 @@
 """Batched draft proposal and batched target verification.
 
+Every drafting method is a `Proposer`: the separate draft model here, the target's own early exits
+and n-gram lookup in `self_drafting.py`. The verifier is the same for all of them.
+
 Both sides take the committed token sequence of each request and let the runner work out what
 its cache is missing (`ModelRunner.sync`), so a rejected draft token is rolled back simply by
 not being part of the next committed sequence. Every request in a batch may ask for its own
@@ -9,6 +12,7 @@ speculation length k; k = 0 is plain decoding (one target position, no draft wor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -42,6 +46,29 @@ class VerifyRequest:
     generator: torch.Generator
 
 
+class Proposer(Protocol):
+    """Drafts up to k tokens per request (fewer when the method stops early), with the distribution
+    each was drawn from when sampling: the verifier needs q for the lossless acceptance rule."""
+
+    runner: ModelRunner | None  # a separate model's runner, whose caches the engine prefills and frees
+
+    def propose(self, requests: list[DraftRequest]) -> list[Proposal]: ...
+
+
+def draw(logits: torch.Tensor, request: DraftRequest, position: int) -> tuple[int, torch.Tensor | None]:
+    """One drafted token from [vocab] logits at sequence `position`, and q (None when greedy)."""
+    if request.params.greedy:
+        return int(logits.argmax()), None
+    q = probabilities(logits.unsqueeze(0), request.params)
+    if request.params.seed is not None:  # the noise the target will use at this position
+        return gumbel_choice(q, request.params.seed, position)[0], q[0]
+    return int(sample(q, request.generator)), q[0]
+
+
+def stack_probs(rows: list[torch.Tensor]) -> torch.Tensor | None:
+    return torch.stack(rows) if rows else None
+
+
 class DraftProposer:
     """Proposes k tokens per request with a separate draft model, keeping q for each position."""
 
@@ -57,24 +84,15 @@ class DraftProposer:
         while active:
             logits = self.runner.forward([ForwardItem(r.request_id, feed[r.request_id]) for r in active])
             for r, row in zip(active, logits):
-                if r.params.greedy:
-                    token = int(row[-1].argmax())
-                else:
-                    q = probabilities(row[-1:], r.params)
-                    if r.params.seed is not None:  # the noise the target will use at this position
-                        token = gumbel_choice(q, r.params.seed, len(r.committed) + step)[0]
-                    else:
-                        token = int(sample(q, r.generator))
-                    probs[r.request_id].append(q[0])
+                token, q = draw(row[-1], r, len(r.committed) + step)
+                if q is not None:
+                    probs[r.request_id].append(q)
                 tokens[r.request_id].append(token)
                 feed[r.request_id] = [token]
             step += 1
             # the k-th token is not fed: the next sync feeds it if the target accepts it
             active = [r for r in active if r.k > step]
-        return [
-            Proposal(tokens[r.request_id], torch.stack(probs[r.request_id]) if probs[r.request_id] else None)
-            for r in requests
-        ]
+        return [Proposal(tokens[r.request_id], stack_probs(probs[r.request_id])) for r in requests]
 
 
 class Verifier:

@@ -18,6 +18,7 @@ import torch
 
 from specd.errors import SpecdError
 from specd.worker.checkpoint import load_model
+from specd.worker.early_exit import load_adapter
 from specd.worker.model import LlamaDecoderLayer
 from specd.worker.runner import DEFAULT_KV_BUDGET_MIB, ModelRunner
 
@@ -28,25 +29,26 @@ _ROW_PARALLEL = ("self_attn.o_proj", "mlp.down_proj")
 
 
 def load_runner(model_dir: str | Path, tensor_parallel_size: int = 1,
-                kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB) -> ModelRunner:
-    """A runner for the model, sharded over `tensor_parallel_size` processes (this one is rank 0)."""
+                kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB, with_adapter: bool = False) -> ModelRunner:
+    """A runner for the model, sharded over `tensor_parallel_size` processes (this one is rank 0).
+    with_adapter: load the target's Kangaroo adapter too (early-exit drafting; not sharded)."""
     if tensor_parallel_size < 1 or tensor_parallel_size & (tensor_parallel_size - 1):
         raise SpecdError(f"tensor_parallel_size must be a power of two, got {tensor_parallel_size}")
     if tensor_parallel_size == 1:
-        return ModelRunner.from_dir(model_dir, kv_budget_mib)
+        return ModelRunner.from_dir(model_dir, kv_budget_mib, with_adapter=with_adapter)
     _check_divisible(model_dir, tensor_parallel_size)
     import torch.multiprocessing as mp
 
     address = ("127.0.0.1", _free_port())
     context = mp.get_context("spawn")
     followers = [
-        context.Process(target=_follow, args=(str(model_dir), rank, tensor_parallel_size, address, kv_budget_mib),
+        context.Process(target=_follow, args=(str(model_dir), rank, tensor_parallel_size, address, kv_budget_mib, with_adapter),
                         daemon=True, name=f"specd-tp-rank{rank}")
         for rank in range(1, tensor_parallel_size)
     ]
     for process in followers:
         process.start()
-    runner = _build(str(model_dir), 0, tensor_parallel_size, address, kv_budget_mib)
+    runner = _build(str(model_dir), 0, tensor_parallel_size, address, kv_budget_mib, with_adapter)
 
     def replicate(op: tuple) -> None:
         torch.distributed.broadcast_object_list([op], src=0)
@@ -62,7 +64,8 @@ def load_runner(model_dir: str | Path, tensor_parallel_size: int = 1,
     return runner
 
 
-def _build(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_budget_mib: float) -> ModelRunner:
+def _build(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_budget_mib: float,
+           with_adapter: bool) -> ModelRunner:
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     os.environ.update(MASTER_ADDR=address[0], MASTER_PORT=str(address[1]), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_SIZE=str(world))
@@ -78,13 +81,15 @@ def _build(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_b
         replace_with_kernel_inject=False,
         injection_policy={LlamaDecoderLayer: _ROW_PARALLEL},
     )
+    adapter = load_adapter(model_dir, model.config) if with_adapter else None
     # the budget is per process: each rank holds 1/world of the KV heads
-    return ModelRunner(engine.module, kv_budget_mib / world)
+    return ModelRunner(engine.module, kv_budget_mib / world, adapter)
 
 
-def _follow(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_budget_mib: float) -> None:
+def _follow(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_budget_mib: float,
+            with_adapter: bool) -> None:
     torch.set_num_threads(1)
-    runner = _build(model_dir, rank, world, address, kv_budget_mib)
+    runner = _build(model_dir, rank, world, address, kv_budget_mib, with_adapter)
     while True:
         box: list[tuple | None] = [None]
         torch.distributed.broadcast_object_list(box, src=0)

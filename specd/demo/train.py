@@ -1,11 +1,19 @@
 """Trains the demo target and draft models from nothing, on the Python standard library's sources.
 
-Target and draft share one byte-level BPE tokenizer and train together: the target learns the
-text, the draft learns the target (soft cross-entropy against the target's own next-token
-distribution), so the acceptance rate measured later is real. Seeds and step counts are fixed,
-so a run is reproducible; the default budget (1,100 steps, then on-policy distillation of the
-draft) takes about 40 minutes on one CPU core; the checkpoints it wrote are committed under
-specd/demo/checkpoints/ (training.json there records the settings).
+Phases, each starting from the files the previous one wrote (so one can be rerun alone):
+1. joint: target and draft share one byte-level BPE tokenizer and train together; the target
+   learns the text, the draft learns the target (soft cross-entropy against the target's own
+   next-token distribution), so the acceptance rate measured later is real;
+2. early-exit: the target is fine-tuned with an early-exit loss (LayerSkip-style: the outputs of
+   layers 2 and 4, and one more layer in rotation, go through the shared final norm and LM head)
+   so that the early-exit methods can draft and check from its own layers;
+3. on-policy: the draft learns the (new) target's own greedy continuations;
+4. adapter: Kangaroo's adapter learns the full model's next-token distribution from the states
+   after layer 2 (soft cross-entropy; only the adapter trains).
+
+Seeds and step counts are fixed, so a run is reproducible; the whole run takes about an hour on
+one CPU core; the checkpoints it wrote are committed under specd/demo/checkpoints/
+(training.json there records the settings, the time of each phase and the held-out losses).
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from specd.demo import corpus
-from specd.worker.checkpoint import save_model
+from specd.worker.checkpoint import load_model, save_model
 from specd.worker.config import LlamaConfig
+from specd.worker.early_exit import EarlyExits, KangarooAdapter, save_adapter
 from specd.worker.kv_cache import RequestKV
 from specd.worker.model import LlamaForCausalLM, PackedBatch
 
@@ -55,6 +64,19 @@ class TrainSettings:
     on_policy_steps: int = 1000
     on_policy_batch: int = 16
     on_policy_lr: float = 1e-3
+    # early-exit fine-tuning of the target: these exits every step, one other layer in rotation
+    exits: tuple[int, ...] = (2, 4)
+    exit_weight: float = 0.2  # loss weight of each fixed exit (the final layer's is 1)
+    rotating_exit_weight: float = 0.1
+    early_exit_steps: int = 400
+    early_exit_lr: float = 5e-4
+    # Kangaroo's adapter, at the first fixed exit
+    adapter_steps: int = 600
+    adapter_lr: float = 2e-3
+    held_out_windows: int = 96  # windows of seq_len tokens for the held-out losses in training.json
+
+
+PHASES = ("joint", "early-exit", "on-policy", "adapter")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -71,11 +93,32 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 def sequence_logits(model: LlamaForCausalLM, tokens: torch.Tensor) -> torch.Tensor:
     """[B, S] tokens -> [B, S, vocab] logits, through the same packed path that serving uses."""
+    return exit_logits(model, tokens, [model.config.num_hidden_layers])[0]
+
+
+def _packed(model: LlamaForCausalLM, tokens: torch.Tensor, extra_layers: int = 0) -> PackedBatch:
     B, S = tokens.shape
-    layers = model.config.num_hidden_layers
-    batch = PackedBatch(tokens=tokens.reshape(-1), positions=torch.arange(S).repeat(B),
-                        caches=[RequestKV(layers) for _ in range(B)], starts=[0] * B, counts=[S] * B)
-    return model.logits(model.hidden_states(batch)).view(B, S, -1)
+    layers = model.config.num_hidden_layers + extra_layers
+    return PackedBatch(tokens=tokens.reshape(-1), positions=torch.arange(S).repeat(B),
+                       caches=[RequestKV(layers) for _ in range(B)], starts=[0] * B, counts=[S] * B)
+
+
+def exit_states(model: LlamaForCausalLM, tokens: torch.Tensor, depths: list[int],
+                batch: PackedBatch | None = None) -> list[torch.Tensor]:
+    """[B, S] tokens -> the [B*S, hidden] states leaving each of `depths` (ascending), in one pass."""
+    batch = batch or _packed(model, tokens)
+    x, first, out = None, 0, []
+    for depth in depths:
+        x = model.hidden_states(batch, first, depth, hidden=x)
+        out.append(x)
+        first = depth
+    return out
+
+
+def exit_logits(model: LlamaForCausalLM, tokens: torch.Tensor, depths: list[int]) -> list[torch.Tensor]:
+    """[B, S] tokens -> [B, S, vocab] logits at each exit depth (ascending) through the shared head."""
+    B, S = tokens.shape
+    return [model.logits(h).view(B, S, -1) for h in exit_states(model, tokens, depths)]
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -85,10 +128,38 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(out_dir: Path, settings: TrainSettings = TrainSettings(),
-          log: Callable[[str], None] = print) -> tuple[Path, Path]:
-    """Train both models and write them as HF-format directories out_dir/target and out_dir/draft."""
+def train(out_dir: Path, settings: TrainSettings = TrainSettings(), log: Callable[[str], None] = print,
+          phases: tuple[str, ...] = PHASES) -> tuple[Path, Path]:
+    """Run the phases (all by default) into out_dir/target and out_dir/draft; training.json records them."""
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        raise ValueError(f"unknown training phases {sorted(unknown)}; phases are {', '.join(PHASES)}")
     torch.set_num_threads(settings.threads)
+    record_path = out_dir / "training.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() and "joint" not in phases else {}
+    record["settings"] = asdict(settings)
+    seconds = record.setdefault("seconds", {})
+    data = None
+    for phase in PHASES:
+        if phase not in phases:
+            continue
+        started = time.time()
+        log(f"phase {phase}")
+        if phase == "joint":
+            data, record["target_parameters"], record["draft_parameters"] = train_joint(out_dir, settings, log)
+        else:
+            data = data if data is not None else corpus_tokens(out_dir / "target", held_out=False, settings=settings)
+            {"early-exit": fine_tune_early_exit, "on-policy": refine_draft, "adapter": train_adapter}[phase](
+                out_dir, settings, data, log)
+        seconds[phase] = round(time.time() - started, 1)
+    record["held_out_loss"] = held_out_losses(out_dir, settings)
+    log(f"held-out losses: {record['held_out_loss']}")
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return out_dir / "target", out_dir / "draft"
+
+
+def train_joint(out_dir: Path, settings: TrainSettings, log: Callable[[str], None]) -> tuple[torch.Tensor, int, int]:
+    """Phase 1. Returns the training token stream and the two models' parameter counts."""
     torch.manual_seed(settings.seed)
     started = time.time()
     log(f"reading the standard library's sources from {corpus.stdlib_dir()}")
@@ -113,9 +184,7 @@ def train(out_dir: Path, settings: TrainSettings = TrainSettings(),
     total = settings.steps + settings.distill_steps
     for step in range(total):
         train_target = step < settings.steps
-        starts = torch.randint(0, len(data) - settings.seq_len - 1, (settings.batch_size,), generator=gen)
-        window = torch.stack([data[s : s + settings.seq_len + 1] for s in starts.tolist()])
-        x, y = window[:, :-1], window[:, 1:]
+        x, y = _window_batch(data, settings, gen)
         target.train(train_target)
         with torch.set_grad_enabled(train_target):
             t_logits = sequence_logits(target, x)
@@ -132,31 +201,118 @@ def train(out_dir: Path, settings: TrainSettings = TrainSettings(),
             target_part = f"target loss {loss_t.item():.3f}  " if train_target else ""
             log(f"step {step + 1:4d}/{total} [{phase}]  {target_part}draft distill loss {loss_d.item():.3f}  "
                 f"{elapsed:5.0f}s elapsed")
-    target_dir, draft_dir = out_dir / "target", out_dir / "draft"
-    for model, path in ((target, target_dir), (draft, draft_dir)):
+    for model, path in ((target, out_dir / "target"), (draft, out_dir / "draft")):
         save_model(model.eval(), path, getattr(torch, settings.save_dtype))
         tokenizer.save(str(path / "tokenizer.json"))
         (path / "tokenizer_config.json").write_text(json.dumps(
             {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS}, indent=2) + "\n")
-    joint_seconds = time.time() - started
-    refine_draft(out_dir, settings, data, log)
-    (out_dir / "training.json").write_text(json.dumps(
-        {"settings": asdict(settings), "target_parameters": n_target, "draft_parameters": n_draft,
-         "seconds": {"joint_and_distill": round(joint_seconds, 1),
-                     "on_policy_draft": round(time.time() - started - joint_seconds, 1)}}, indent=2) + "\n")
-    log(f"wrote {target_dir} and {draft_dir} in {time.time() - started:.0f}s")
-    return target_dir, draft_dir
+    return data, n_target, n_draft
+
+
+def fine_tune_early_exit(out_dir: Path, settings: TrainSettings, data: torch.Tensor,
+                         log: Callable[[str], None] = print) -> None:
+    """Phase 2: the final layer's loss plus weighted early-exit losses through the shared head."""
+    torch.manual_seed(settings.seed + 2)
+    gen = torch.Generator().manual_seed(settings.seed + 2)
+    target = load_model(out_dir / "target").requires_grad_(True).train()
+    layers = target.config.num_hidden_layers
+    rotation = [layer for layer in range(1, layers) if layer not in settings.exits]
+    opt = torch.optim.AdamW(target.parameters(), lr=settings.early_exit_lr, betas=(0.9, 0.95), weight_decay=0.1)
+    started = time.time()
+    for step in range(settings.early_exit_steps):
+        x, y = _window_batch(data, settings, gen)
+        rotating = rotation[step % len(rotation)]
+        depths = sorted({*settings.exits, rotating, layers})
+        weights = {d: settings.exit_weight for d in settings.exits} | {rotating: settings.rotating_exit_weight, layers: 1.0}
+        losses = {d: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+                  for d, logits in zip(depths, exit_logits(target, x, depths))}
+        loss = sum(weights[d] * losses[d] for d in depths)
+        _step(opt, target, loss, _lr(step, settings.early_exit_steps, settings.early_exit_lr, settings.warmup_steps))
+        if step % 20 == 0 or step == settings.early_exit_steps - 1:
+            parts = "  ".join(f"L{d} {losses[d].item():.3f}" for d in depths)
+            log(f"step {step + 1:4d}/{settings.early_exit_steps} [early-exit]  {parts}  {time.time() - started:5.0f}s")
+    save_model(target.eval(), out_dir / "target", getattr(torch, settings.save_dtype))
+    EarlyExits(tuple(settings.exits), None, (settings.exits[0], settings.exits[1])).write(out_dir / "target")
+
+
+def train_adapter(out_dir: Path, settings: TrainSettings, data: torch.Tensor,
+                  log: Callable[[str], None] = print) -> None:
+    """Phase 4: Kangaroo's adapter at the first exit, soft cross-entropy against the full model."""
+    torch.manual_seed(settings.seed + 4)
+    gen = torch.Generator().manual_seed(settings.seed + 4)
+    target = load_model(out_dir / "target")
+    exit_layer, layers = settings.exits[0], target.config.num_hidden_layers
+    adapter = KangarooAdapter(target.config, exit_layer)
+    with torch.no_grad():  # start from the exit's own layer: attention that already reads these states
+        layer = target.model.layers[exit_layer]
+        adapter.self_attn.load_state_dict(layer.self_attn.state_dict())
+        adapter.input_layernorm.load_state_dict(layer.input_layernorm.state_dict())
+        adapter.norm.load_state_dict(target.model.norm.state_dict())
+    adapter.train()
+    opt = torch.optim.AdamW(adapter.parameters(), lr=settings.adapter_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    started = time.time()
+    for step in range(settings.adapter_steps):
+        x, _ = _window_batch(data, settings, gen)
+        batch = _packed(target, x, extra_layers=1)
+        with torch.no_grad():
+            shallow, full = exit_states(target, x, [exit_layer, layers], batch)
+            soft = target.logits(full).softmax(-1)
+        rope = target.model.rotary.tables(batch.positions, shallow.dtype)
+        draft_logits = target.head(adapter.norm(adapter(shallow, batch, layers, rope)))
+        loss = -(soft * draft_logits.log_softmax(-1)).sum(-1).mean()
+        _step(opt, adapter, loss, _lr(step, settings.adapter_steps, settings.adapter_lr, settings.warmup_steps))
+        if step % 20 == 0 or step == settings.adapter_steps - 1:
+            agree = (draft_logits.argmax(-1) == soft.argmax(-1)).float().mean().item()
+            log(f"step {step + 1:4d}/{settings.adapter_steps} [adapter]  loss {loss.item():.3f}  "
+                f"argmax agreement {agree:.2f}  {time.time() - started:5.0f}s")
+    save_adapter(adapter.eval(), out_dir / "target", getattr(torch, settings.save_dtype))
+    exits = EarlyExits.read(out_dir / "target")
+    EarlyExits(exits.exits, exit_layer, exits.hierarchical).write(out_dir / "target")
+
+
+@torch.no_grad()
+def held_out_losses(out_dir: Path, settings: TrainSettings) -> dict[str, float]:
+    """Mean next-token cross-entropy on held-out files: the target at every exit and the draft."""
+    data = corpus_tokens(out_dir / "target", held_out=True, settings=settings)
+    span = settings.seq_len + 1
+    stride = max(1, (len(data) - span) // settings.held_out_windows)
+    windows = torch.stack([data[i * stride : i * stride + span] for i in range(settings.held_out_windows)])
+    x, y = windows[:, :-1], windows[:, 1:]
+    target, draft = load_model(out_dir / "target"), load_model(out_dir / "draft")
+    layers = target.config.num_hidden_layers
+    exits = EarlyExits.read(out_dir / "target").exits if (out_dir / "target" / "early_exit.json").is_file() else ()
+    depths = sorted({*exits, layers})
+    out = {}
+    for start in range(0, len(x), 16):
+        chunk_x, chunk_y = x[start : start + 16], y[start : start + 16].reshape(-1)
+        named = {f"target_layer_{d}": logits for d, logits in zip(depths, exit_logits(target, chunk_x, depths))}
+        named["target"] = named.pop(f"target_layer_{layers}")
+        named["draft"] = sequence_logits(draft, chunk_x)
+        for name, logits in named.items():
+            out[name] = out.get(name, 0.0) + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk_y,
+                                                             reduction="sum").item()
+    return {name: round(total / y.numel(), 4) for name, total in sorted(out.items())}
+
+
+def corpus_tokens(model_dir: Path, held_out: bool, settings: TrainSettings) -> torch.Tensor:
+    """The training (or held-out) texts encoded with the tokenizer saved in model_dir."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    texts = corpus.read_texts(held_out=held_out, max_chars=None if held_out else settings.train_chars)
+    return encode_corpus(tokenizer, texts)
+
+
+def _window_batch(data: torch.Tensor, settings: TrainSettings, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    starts = torch.randint(0, len(data) - settings.seq_len - 1, (settings.batch_size,), generator=gen)
+    window = torch.stack([data[s : s + settings.seq_len + 1] for s in starts.tolist()])
+    return window[:, :-1], window[:, 1:]
 
 
 def refine_draft(out_dir: Path, settings: TrainSettings, data: torch.Tensor,
                  log: Callable[[str], None] = print) -> None:
-    """Phase 3: on-policy distillation of the saved draft from the saved target, then save the draft.
-
-    It starts from the checkpoints as written (rounded to save_dtype), so running it alone on
-    a directory gives the same draft as a full run.
-    """
+    """Phase 3: on-policy distillation of the saved draft from the saved target, then save the draft."""
     from specd.demo import on_policy
-    from specd.worker.checkpoint import load_model
 
     torch.manual_seed(settings.seed + 3)
     gen = torch.Generator().manual_seed(settings.seed + 3)

@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from dataclasses import replace
+
 from specd.demo.train import train_tokenizer
 from specd.worker.checkpoint import save_model
 from specd.worker.config import LlamaConfig
+from specd.worker.early_exit import EarlyExits, KangarooAdapter, save_adapter
 from specd.worker.model import LlamaForCausalLM
 
 TINY = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -63,3 +66,27 @@ def _one_thread() -> None:
 def distant_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """A draft that often disagrees with the target: rejections (and their residuals) are common."""
     return _make(tmp_path_factory.mktemp("distant-models"), noise=0.02)
+
+
+@pytest.fixture(scope="session")
+def early_exit_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer random target with exits at layers 1 and 2 and a random Kangaroo adapter at 1.
+
+    Untrained exits agree with the full model only sometimes, so drafts are accepted and rejected
+    in the same runs; exactness must not depend on how good the exits are."""
+    path = tmp_path_factory.mktemp("early-exit-target")
+    torch.manual_seed(1)
+    config = replace(TINY, num_hidden_layers=4)
+    target = LlamaForCausalLM(config)
+    for name, p in target.named_parameters():
+        if p.dim() == 2:  # small residual branches keep the early layers' predictions close to the last's
+            torch.nn.init.normal_(p, std=0.6 if name == "lm_head.weight" else 0.3 if "embed" in name else 0.03)
+    save_model(target, path)
+    train_tokenizer(SAMPLE_TEXT, TINY.vocab_size).save(str(path / "tokenizer.json"))
+    adapter = KangarooAdapter(config, exit_layer=1)
+    for p in adapter.parameters():
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.03)
+    save_adapter(adapter, path, torch.float32)
+    EarlyExits(exits=(1, 2), adapter_exit=1, hierarchical=(1, 2)).write(path)
+    return path

@@ -4,7 +4,8 @@ Each sample is a request that generates two tokens with k = 3 drafts; the empiri
 distribution of those two tokens is compared by a chi-square test with the exact target
 distribution p(x1) p(x2 | x1), computed from the target alone. A deliberately broken
 acceptance rule (resampling from p instead of the residual max(0, p - q) after a rejection)
-must fail the same test: that is what shows the test has power.
+must fail the same test: that is what shows the test has power. The methods that draft inside
+the target (early exit, hierarchical, n-gram) take the same test on an early-exit-capable target.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from scipy.stats import chisquare
 
 from specd.worker import acceptance, speculation
 from specd.worker.engine import GenerationRequest, SpeculativeEngine
+from specd.worker.methods import make_proposer, needs_adapter
+from specd.worker.self_drafting import EarlyExitProposer
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams, gumbel_noise, probabilities
 
@@ -25,32 +28,64 @@ SAMPLES = 3000
 MIN_EXPECTED = 5.0  # chi-square cells with fewer expected counts are pooled
 
 
-def _exact_joint(target_dir, params: SamplingParams) -> dict[tuple[int, int], float]:
+def _exact_joint(target_dir, params: SamplingParams, prompt: list[int] = PROMPT) -> dict[tuple[int, int], float]:
     runner = ModelRunner.from_dir(target_dir)
-    [first] = runner.forward([ForwardItem("x", PROMPT)])
+    [first] = runner.forward([ForwardItem("x", prompt)])
     p1 = probabilities(first, params)[0]
     joint = {}
     for x1 in torch.nonzero(p1 > 0).flatten().tolist():
         runner.release("y")
-        [second] = runner.forward([ForwardItem("y", PROMPT + [x1])])
+        [second] = runner.forward([ForwardItem("y", prompt + [x1])])
         p2 = probabilities(second, params)[0]
         for x2 in torch.nonzero(p2 > 0).flatten().tolist():
             joint[(x1, x2)] = float(p1[x1] * p2[x2])
     return joint
 
 
-def _sample_pairs(distant_models, params: SamplingParams, coupling: str) -> list[tuple[int, int]]:
+def _draft_model_engine(models) -> SpeculativeEngine:
+    return SpeculativeEngine(ModelRunner.from_dir(models.target), ModelRunner.from_dir(models.draft))
+
+
+def _self_drafting_engine(target_dir, method: str) -> SpeculativeEngine:
+    target = ModelRunner.from_dir(target_dir, with_adapter=needs_adapter(method))
+    proposer = make_proposer(method, target, target_dir)
+    if method == "early-exit":  # the random test target's exits are unsure: a threshold that stops some drafts
+        proposer = EarlyExitProposer(target, confidence=0.25)
+    return SpeculativeEngine(target, proposer=proposer)
+
+
+def _repeating_prompt(target_dir) -> list[int]:
+    """[17, 42, t, 5, 17, 42] with the t the target finds likeliest to come next: n-gram lookup
+    drafts t, which the target then accepts often but not always."""
+    runner = ModelRunner.from_dir(target_dir)
+    best, best_p = 0, -1.0
+    for t in range(1, runner.config.vocab_size):
+        prompt = [17, 42, t, 5, 17, 42]
+        [logits] = runner.forward([ForwardItem("p", prompt)])
+        runner.release("p")
+        p = float(logits.softmax(-1)[0, t])
+        if p > best_p:
+            best, best_p = t, p
+    return [17, 42, best, 5, 17, 42]
+
+
+def _sample_pairs(engine: SpeculativeEngine, params: SamplingParams, coupling: str,
+                  prompt: list[int] = PROMPT, both_outcomes: bool = False) -> list[tuple[int, int]]:
     """`coupling`: "gumbel" gives every request a seed (the Gumbel-max coupling of seeded
     requests); "rejection" leaves them unseeded (the rejection rule), with random streams made
-    deterministic by the `unseeded_streams` fixture."""
-    engine = SpeculativeEngine(ModelRunner.from_dir(distant_models.target), ModelRunner.from_dir(distant_models.draft))
-    pairs = []
+    deterministic by the `unseeded_streams` fixture. both_outcomes: check that drafts were both
+    accepted and rejected often (otherwise the test would not exercise the method's drafts)."""
+    pairs, accepted, rejected = [], 0, 0
     for start in range(0, SAMPLES, 100):
-        requests = [GenerationRequest(PROMPT, 2, SamplingParams(
+        requests = [GenerationRequest(prompt, 2, SamplingParams(
                         params.temperature, params.top_k, params.top_p,
                         seed=1000 + start + i if coupling == "gumbel" else None), k=3, stop_at_eos=False)
                     for i in range(100)]
-        pairs.extend(tuple(tokens) for tokens, _ in engine.generate(requests))
+        for tokens, stats in engine.generate(requests):
+            pairs.append(tuple(tokens))
+            accepted, rejected = accepted + stats.accepted, rejected + stats.rejected
+    if both_outcomes:
+        assert min(accepted, rejected) > SAMPLES / 20, f"{accepted} accepted, {rejected} rejected drafts"
     return pairs
 
 
@@ -90,9 +125,20 @@ def unseeded_streams(monkeypatch):
     SamplingParams(temperature=0.8, top_k=12, top_p=0.9),
 ], ids=["t1", "t0.8-topk12-topp0.9"])
 def test_speculative_sampling_matches_target(distant_models, params, coupling, unseeded_streams):
-    pairs = _sample_pairs(distant_models, params, coupling)
+    pairs = _sample_pairs(_draft_model_engine(distant_models), params, coupling)
     p = _p_value(pairs, _exact_joint(distant_models.target, params))
     assert p > 1e-3, f"speculative samples do not fit the target distribution (p = {p:.2e})"
+
+
+@pytest.mark.parametrize("coupling", ["rejection", "gumbel"])
+@pytest.mark.parametrize("method", ["early-exit", "hierarchical", "ngram"])
+def test_self_drafting_sampling_matches_target(early_exit_target, method, coupling, unseeded_streams):
+    params = SamplingParams(temperature=1.0)
+    engine = _self_drafting_engine(early_exit_target, method)
+    prompt = _repeating_prompt(early_exit_target) if method == "ngram" else PROMPT
+    pairs = _sample_pairs(engine, params, coupling, prompt, both_outcomes=True)
+    p = _p_value(pairs, _exact_joint(early_exit_target, params, prompt))
+    assert p > 1e-3, f"{method} samples do not fit the target distribution (p = {p:.2e})"
 
 
 def _broken_accept(draft_tokens, draft_probs, target_logits, params, generator, position):
@@ -120,7 +166,7 @@ def _broken_gumbel_accept(draft_tokens, draft_probs, target_logits, params, gene
 def test_broken_acceptance_rule_fails_the_same_test(distant_models, monkeypatch, unseeded_streams, coupling, broken):
     monkeypatch.setattr(speculation, "accept", broken)
     params = SamplingParams(temperature=1.0)
-    pairs = _sample_pairs(distant_models, params, coupling)
+    pairs = _sample_pairs(_draft_model_engine(distant_models), params, coupling)
     p = _p_value(pairs, _exact_joint(distant_models.target, params))
     assert p < 1e-3, f"the goodness-of-fit test did not notice a biased acceptance rule (p = {p:.2e})"
 

@@ -1,0 +1,130 @@
+"""Drafting inside the target (Kangaroo's early exit, HiSpec's hierarchy, n-gram lookup): the
+runner resumes tokens it holds at a shallow depth instead of recomputing them, and every method's
+greedy output equals plain decoding across batch sizes and speculation lengths."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from specd.errors import SpecdError
+from specd.worker.engine import GenerationRequest, SpeculativeEngine
+from specd.worker.methods import make_proposer, needs_adapter
+from specd.worker.runner import ForwardItem, ModelRunner
+from specd.worker.self_drafting import EarlyExitProposer, NgramProposer
+from specd.worker.speculation import DraftRequest
+from specd.worker.sampling import SamplingParams
+
+SELF_METHODS = ["early-exit", "hierarchical", "ngram"]
+
+
+def _runner(path, adapter: bool = True) -> ModelRunner:
+    return ModelRunner.from_dir(path, with_adapter=adapter)
+
+
+def _rows_per_layer(runner: ModelRunner) -> tuple[dict[int, int], list]:
+    """Count the token rows each layer processes (forward hooks)."""
+    seen: dict[int, int] = {}
+    handles = []
+    for index, layer in enumerate(runner.model.model.layers):
+        def hook(_module, args, index=index):
+            seen[index] = seen.get(index, 0) + args[0].shape[0]
+        handles.append(layer.register_forward_pre_hook(hook))
+    return seen, handles
+
+
+def test_resuming_shallow_tokens_gives_the_logits_of_one_full_pass(early_exit_target):
+    runner = _runner(early_exit_target)
+    prompt, drafts = [5, 9, 12, 40, 41, 7, 3, 99, 100, 8], [17, 18, 19]
+    runner.forward([ForwardItem("r", prompt[:-1], num_logits=0)])
+    # drafting: the pending prompt token and two drafts go through layer 0 only (the adapter's exit)
+    assert runner.sync("r", prompt, depth=1) == prompt[-1:]
+    for token in [prompt[-1]] + drafts[:-1]:
+        runner.forward([ForwardItem("r", [token], depth=1)])
+    assert runner.kv.get("r").depths[-3:] == [1, 1, 1]
+    seen, handles = _rows_per_layer(runner)
+    assert runner.sync("r", prompt) == prompt[-1:]
+    [verified] = runner.forward([ForwardItem("r", prompt[-1:] + drafts, num_logits=4)])
+    for handle in handles:
+        handle.remove()
+    # layer 0 ran only for the last draft; layers 1..3 for the four verified positions
+    assert seen == {0: 1, 1: 4, 2: 4, 3: 4}
+    fresh = ModelRunner.from_dir(early_exit_target)
+    [expected] = fresh.forward([ForwardItem("f", prompt + drafts, num_logits=4)])
+    torch.testing.assert_close(verified, expected, rtol=1e-4, atol=1e-4)
+    assert runner.kv.get("r").partial is None and runner.kv.get("r").full_length == len(prompt) + 3
+
+
+def test_adapter_logits_match_a_direct_computation(early_exit_target):
+    runner = _runner(early_exit_target)
+    sequence = [3, 1, 4, 1, 5, 9, 2, 6]
+    runner.forward([ForwardItem("r", sequence[:4], num_logits=0)])  # the adapter sees these on its way
+    [incremental] = runner.forward([ForwardItem("r", sequence[4:], num_logits=4, depth=1)])
+    fresh = _runner(early_exit_target)
+    [direct] = fresh.forward([ForwardItem("f", sequence, num_logits=4, depth=1)])
+    torch.testing.assert_close(incremental, direct, rtol=1e-4, atol=1e-4)
+    [full] = fresh.forward([ForwardItem("g", sequence, num_logits=4)])
+    assert not torch.allclose(direct, full)  # the exit is not the full model
+
+
+def test_a_forward_to_a_depth_drops_cached_tokens_it_was_not_asked_for(early_exit_target):
+    runner = _runner(early_exit_target)
+    runner.forward([ForwardItem("r", [1, 2, 3], num_logits=0)])
+    runner.forward([ForwardItem("r", [4, 5, 6], num_logits=0, depth=2)])
+    runner.forward([ForwardItem("r", [4, 7], num_logits=1)])  # 5 and 6 disagree: gone
+    assert runner.cached_tokens("r") == [1, 2, 3, 4, 7]
+    assert runner.kv.get("r").depths == [4] * 5
+    with pytest.raises(SpecdError, match="depth 5 out of range"):
+        runner.forward([ForwardItem("r", [8], depth=5)])
+
+
+def _prompts(count: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    # a repeated phrase inside each prompt gives n-gram lookup something to find
+    return [(phrase := [rng.randrange(1, 320) for _ in range(rng.randint(2, 6))])
+            + [rng.randrange(1, 320) for _ in range(rng.randint(0, 20))] + phrase for _ in range(count)]
+
+
+def _engine(path, method: str) -> SpeculativeEngine:
+    target = _runner(path, adapter=needs_adapter(method))
+    proposer = make_proposer(method, target, path)
+    if method == "early-exit":  # the random test target's exits are unsure: a threshold that stops some drafts
+        proposer = EarlyExitProposer(target, confidence=0.25)
+    return SpeculativeEngine(target, proposer=proposer)
+
+
+@pytest.mark.parametrize("method", SELF_METHODS)
+@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_greedy_output_equals_plain_decoding(early_exit_target, method, k, batch):
+    prompts = _prompts(6, seed=k * 10 + batch)
+    plain = SpeculativeEngine(_runner(early_exit_target, adapter=False))
+    expected = [t for t, _ in plain.generate([GenerationRequest(p, 20, k=0, stop_at_eos=False) for p in prompts])]
+    engine = _engine(early_exit_target, method)
+    got, accepted, proposed = [], 0, 0
+    for i in range(0, len(prompts), batch):
+        for tokens, stats in engine.generate([GenerationRequest(p, 20, k=k, stop_at_eos=False)
+                                              for p in prompts[i : i + batch]]):
+            got.append(tokens)
+            accepted, proposed = accepted + stats.accepted, proposed + stats.proposed
+    assert got == expected
+    assert 0 < accepted < proposed or method == "ngram", "drafts should be accepted and rejected"
+    assert engine.target.kv.used_tokens() == 0  # every cache released
+
+
+def test_early_exit_stops_drafting_below_the_confidence_threshold(early_exit_target):
+    target = _runner(early_exit_target)
+    request = DraftRequest("r", [5, 6, 7, 8], 8, SamplingParams(), torch.Generator())
+    eager = EarlyExitProposer(target, confidence=0.0).propose([request])[0]
+    target.release("r")
+    never = EarlyExitProposer(target, confidence=1.01).propose([request])[0]
+    assert len(eager.tokens) == 8 and never.tokens == []
+
+
+def test_ngram_lookup_takes_the_latest_longest_match():
+    ngram = NgramProposer(vocab_size=100, sizes=(1, 3))
+    assert ngram.lookup([1, 2, 3, 9, 1, 2, 3, 8, 5, 1, 2, 3], 2) == [8, 5]  # latest occurrence of 1 2 3
+    assert ngram.lookup([4, 7, 1, 2, 9, 2], 3) == [9, 2]  # falls back to the 1-gram "2"; stops at the end
+    assert ngram.lookup([1, 2, 3], 4) == []
