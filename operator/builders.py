@@ -232,9 +232,11 @@ def _deployment(owner: Owner, role: str, replicas: int, pod_spec: dict[str, Any]
 
 def target_command(spec: dict[str, Any], model: ModelSource) -> list[str]:
     target = spec["target"]
+    # the service's draft method: early-exit, hierarchical and ngram draft inside this worker
     command = ["specd", "worker", "--role", n.TARGET, "--model", model.path,
                "--port", str(n.TARGET_PORT),
-               "--tensor-parallel-size", str(target["tensorParallelSize"])]
+               "--tensor-parallel-size", str(target["tensorParallelSize"]),
+               "--draft-method", spec["draft"]["method"]]
     return command
 
 

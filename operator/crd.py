@@ -140,7 +140,11 @@ def _spec_schema() -> dict[str, Any]:
         "default": {},
         "properties": {
             "method": _enum(DRAFT_METHODS, c.DEFAULT_DRAFT_METHOD,
-                            "model: a separate pool of draft workers; none: plain decoding."),
+                            "model: a separate pool of draft workers; early-exit (Kangaroo), "
+                            "hierarchical (HiSpec): the target's own trained early exits; ngram: "
+                            "prompt lookup. These three draft inside the target workers (no draft "
+                            "pool) and need an early-exit-capable target for the first two; "
+                            "none: plain decoding. All are exact."),
             "model": _model("The draft model (required when method is 'model')."),
             "replicas": _int(c.DRAFT_REPLICAS, "Number of draft pods (method 'model' only)."),
             "gpus": _int(c.DRAFT_GPUS, "GPUs per draft pod (method 'model' only)."),

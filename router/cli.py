@@ -73,8 +73,10 @@ def _register_worker(subparsers) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="target only: processes the model is sharded over")
     p.add_argument("--draft-method", choices=DRAFT_METHODS, default=contract.DEFAULT_DRAFT_METHOD,
-                   help="how drafts are made: model (a separate draft worker proposes them) or none (plain "
-                        f"decoding); a target worker serves either way (default: {contract.DEFAULT_DRAFT_METHOD})")
+                   help="how drafts are made: model (a separate draft worker proposes them); early-exit "
+                        "(Kangaroo), hierarchical (HiSpec) or ngram (prompt lookup), drafted inside the target "
+                        "worker; none (plain decoding) "
+                        f"(default: {contract.DEFAULT_DRAFT_METHOD})")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: more threads thrash on a shared CPU)")
     p.add_argument("--kv-budget-mib", type=float, default=512, help="KV cache memory budget (default: 512)")
@@ -96,7 +98,7 @@ def _worker(args) -> int:
         raise SpecdError("--threads must be at least 1")
     torch.set_num_threads(args.threads)
     _logging()
-    core = load_core(args.role, args.model, args.tensor_parallel_size, args.kv_budget_mib)
+    core = load_core(args.role, args.model, args.tensor_parallel_size, args.kv_budget_mib, args.draft_method)
     asyncio.run(serve_worker(core, args.host, args.port, args.grace))
     return 0
 
@@ -173,7 +175,11 @@ def _register_up(subparsers) -> None:
                                           "with the demo models (or --target-model/--draft-model), print the "
                                           "router's address, and stop everything on Ctrl-C or SIGTERM.")
     p.add_argument("--targets", type=int, default=1, help="target worker replicas (default: 1)")
-    p.add_argument("--drafts", type=int, default=1, help="draft worker replicas (default: 1; 0: no speculation)")
+    p.add_argument("--drafts", type=int, default=1,
+                   help="draft worker replicas for --draft-method model (default: 1; 0: no speculation)")
+    p.add_argument("--draft-method", choices=DRAFT_METHODS, default=contract.DEFAULT_DRAFT_METHOD,
+                   help="model (draft workers); early-exit, hierarchical or ngram (drafted inside the target "
+                        f"workers: no draft workers start); none (default: {contract.DEFAULT_DRAFT_METHOD})")
     add_scheduling_flags(p, defaults=True)
     p.add_argument("--port", type=int, default=contract.ROUTER_PORT.default,
                    help=f"router port (default: {contract.ROUTER_PORT.default}; 0: any free port)")
@@ -192,14 +198,15 @@ def _up(args) -> int:
     if args.targets < 1 or args.drafts < 0:
         raise SpecdError("--targets must be >= 1 and --drafts >= 0")
     target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
+    drafts = args.drafts if args.draft_method in contract.DRAFT_POOL_METHODS else 0
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stack = LocalStack()
     try:
         for _ in range(args.targets):
-            stack.start_worker("target", target_dir, args.threads)
-        for _ in range(args.drafts):
+            stack.start_worker("target", target_dir, args.threads, draft_method=args.draft_method)
+        for _ in range(drafts):
             stack.start_worker("draft", draft_dir, args.threads)
         for worker in stack.workers:
             stack.wait_serving(worker, 300)
@@ -207,7 +214,8 @@ def _up(args) -> int:
         router = stack.start_router(args.policy, args.speculation, args.max_batch_size, args.port or free_port())
         stack.wait_serving(router, 120)
         print(router.address, flush=True)
-        print(f"specd is serving on {router.address} (policy {args.policy}, speculation {args.speculation}); "
+        print(f"specd is serving on {router.address} (policy {args.policy}, speculation {args.speculation}, "
+              f"draft method {args.draft_method}); "
               f"try: specd generate --address {router.address} --prompt 'def '; Ctrl-C stops", file=sys.stderr)
         while not stop.wait(0.5):
             dead = [p.name for p in [router, *stack.workers] if not p.alive()]

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from specd import contract
 from specd.errors import SpecdError
 
 HOST = "127.0.0.1"
@@ -48,12 +49,13 @@ class LocalStack:
         return [w.address for w in self.workers if w.name.startswith(role) and w.alive()]
 
     def start_worker(self, role: str, model_dir: str | Path, threads: int = 1, log_dir: Path | None = None,
-                     tensor_parallel_size: int = 1) -> Process:
+                     tensor_parallel_size: int = 1, draft_method: str = contract.DEFAULT_DRAFT_METHOD) -> Process:
         port = free_port()
         name = f"{role}-{sum(w.name.startswith(role) for w in self.workers)}"
         popen = _spawn(_specd("worker", "--role", role, "--model", str(model_dir), "--host", HOST,
                               "--port", str(port), "--threads", str(threads),
-                              "--tensor-parallel-size", str(tensor_parallel_size)), name, log_dir)
+                              "--tensor-parallel-size", str(tensor_parallel_size),
+                              "--draft-method", draft_method), name, log_dir)
         process = Process(name, f"{HOST}:{port}", popen)
         self.workers.append(process)
         return process

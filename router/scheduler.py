@@ -4,7 +4,9 @@ Each live target replica runs `pipeline_depth` lanes. A lane repeatedly takes th
 (policy order) among the requests pinned to its replica that no other lane holds, and runs one
 iteration: prefill what the workers miss, choose k, Propose on the draft replicas, Verify on the
 target, commit the tokens and stream them out. With two lanes, one lane's drafting overlaps the
-other's verification.
+other's verification. A target worker with its own draft method (early-exit, hierarchical,
+ngram) drafts inside the Verify call (`self_draft_k`): there is no draft pool to call, and its
+report splits the call's time into drafting and verification for the cost model.
 
 Failure handling: a worker call that fails marks the replica down (it is probed until it serves
 again). A request whose target replica is gone is pinned to another one and prefilled there
@@ -254,15 +256,22 @@ class Scheduler:
         batch = [r for r in batch if not r.done and r.sent.get(target.address)]  # a failed prefill drops out
         if not batch:
             return
+        # a target with its own draft method drafts inside the Verify call: no draft pool, no overlap
+        own_drafts = bool(target.info and target.info.draft_method)
         live_drafts = {d.address for d in self.pool.live("draft")}
-        ks = self.speculation.choose(batch, [r.draft in live_drafts for r in batch],
-                                     overlapped=self._busy.get(target.address, 0) > 1)
-        proposals = await self._propose(batch, ks)
+        drafting = [own_drafts or r.draft in live_drafts for r in batch]
+        ks = self.speculation.choose(batch, drafting,
+                                     overlapped=not own_drafts and self._busy.get(target.address, 0) > 1)
+        k_of = {r.id: k for r, k in zip(batch, ks)}
+        proposals = {} if own_drafts else await self._propose(batch, ks)
         batch = [r for r in batch if not r.done]  # failed by a draft worker (retired) or cancelled meanwhile
         if not batch:
             return
         items = []
         for r in batch:
+            if own_drafts:
+                items.append(worker_pb2.VerifyItem(delta=self._delta(r, target.address), self_draft_k=k_of[r.id]))
+                continue
             tokens, probs = proposals.get(r.id, ([], b""))
             items.append(worker_pb2.VerifyItem(delta=self._delta(r, target.address), draft_tokens=tokens,
                                                draft_probs=probs))
@@ -272,10 +281,15 @@ class Scheduler:
         except grpc.aio.AioRpcError as exc:
             self._call_failed(target, batch, exc)
             return
-        self.costs.observe_target(reply.cost.tokens, reply.cost.compute_seconds, time.perf_counter() - started)
+        cost, round_trip = reply.cost, time.perf_counter() - started
+        if cost.draft_passes:  # drafted inside the target: its share is the draft cost, with no RPC of its own
+            self.costs.observe_draft(cost.draft_tokens / cost.draft_passes, cost.draft_passes, cost.draft_seconds,
+                                     cost.draft_seconds)
+        self.costs.observe_target(cost.tokens, cost.compute_seconds - cost.draft_seconds,
+                                  round_trip - cost.draft_seconds)
         done = time.monotonic()
-        for r, item, verdict in zip(batch, items, reply.verdicts):
-            self._commit(r, len(item.draft_tokens), verdict, done)
+        for r, verdict in zip(batch, reply.verdicts):
+            self._commit(r, verdict.drafted, verdict, done)
 
     def _commit(self, r: Request, k: int, verdict: worker_pb2.Verdict, now: float) -> None:
         r.iterations += 1

@@ -62,7 +62,7 @@ def test_target_pod_runs_all_tensor_parallel_ranks_with_tp_gpus() -> None:
     (container,) = pod["containers"]
     assert container["command"] == ["specd", "worker", "--role", "target", "--model",
                                     "/models/llama-70b", "--port", "50061",
-                                    "--tensor-parallel-size", "8"]
+                                    "--tensor-parallel-size", "8", "--draft-method", "model"]
     assert container["image"] == "registry.example/specd:test"
     assert container["resources"] == {"requests": {"memory": "400Gi"},
                                       "limits": {"nvidia.com/gpu": 8}}

@@ -6,19 +6,21 @@ exercise full acceptance, partial acceptance and rejection in the same runs.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from dataclasses import replace
-
 from specd.demo.train import train_tokenizer
 from specd.worker.checkpoint import save_model
 from specd.worker.config import LlamaConfig
-from specd.worker.early_exit import EarlyExits, KangarooAdapter, save_adapter
 from specd.worker.model import LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/model_support.py
+
+from model_support import build_early_exit_target  # noqa: E402
 
 TINY = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -70,23 +72,6 @@ def distant_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
 
 @pytest.fixture(scope="session")
 def early_exit_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-layer random target with exits at layers 1 and 2 and a random Kangaroo adapter at 1.
-
-    Untrained exits agree with the full model only sometimes, so drafts are accepted and rejected
-    in the same runs; exactness must not depend on how good the exits are."""
+    """A 4-layer random target with two exits and a Kangaroo adapter (tests/model_support.py)."""
     path = tmp_path_factory.mktemp("early-exit-target")
-    torch.manual_seed(1)
-    config = replace(TINY, num_hidden_layers=4)
-    target = LlamaForCausalLM(config)
-    for name, p in target.named_parameters():
-        if p.dim() == 2:  # small residual branches keep the early layers' predictions close to the last's
-            torch.nn.init.normal_(p, std=0.6 if name == "lm_head.weight" else 0.3 if "embed" in name else 0.03)
-    save_model(target, path)
-    train_tokenizer(SAMPLE_TEXT, TINY.vocab_size).save(str(path / "tokenizer.json"))
-    adapter = KangarooAdapter(config, exit_layer=1)
-    for p in adapter.parameters():
-        if p.dim() == 2:
-            torch.nn.init.normal_(p, std=0.03)
-    save_adapter(adapter, path, torch.float32)
-    EarlyExits(exits=(1, 2), adapter_exit=1, hierarchical=(1, 2)).write(path)
-    return path
+    return build_early_exit_target(path, TINY, train_tokenizer(SAMPLE_TEXT, TINY.vocab_size).to_str(), head_std=0.6)

@@ -393,8 +393,6 @@ INVALID = [
         "mode": "fixed", "k": 0}}}, "spec.scheduling.speculation.k"),
     ("no-target", {"draft": {"method": "none"}}, "spec.target"),
     ("no-draft-block", {"target": TARGET}, "spec.draft.model"),
-    ("self-speculation-not-yet-implemented", {"target": TARGET, "draft": {"method": "early-exit"}},
-     "spec.draft.method"),
     ("bad-model-uri", {"target": {"model": {"uri": "s3://bucket/llama"}}},
      "spec.target.model.uri"),
     ("unknown-policy", {"target": TARGET, "scheduling": {"policy": "random"}},

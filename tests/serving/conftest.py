@@ -57,10 +57,11 @@ class Workers:
         self.running = {}
         self.cores = {}
 
-    def start(self, name: str, role: str, model_dir: Path, kv_budget_mib: float = 512) -> str:
+    def start(self, name: str, role: str, model_dir: Path, kv_budget_mib: float = 512,
+              draft_method: str = "model") -> str:
         from specd.worker.servers.service import load_core, start_worker
 
-        core = load_core(role, str(model_dir), kv_budget_mib=kv_budget_mib)
+        core = load_core(role, str(model_dir), kv_budget_mib=kv_budget_mib, draft_method=draft_method)
         self.cores[name] = core
         self.running[name] = self.loop.run(start_worker(core))
         return f"127.0.0.1:{self.running[name].port}"

@@ -18,6 +18,7 @@ from specd.errors import SpecdError
 from specd.proto.v1 import common_pb2, worker_pb2
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams
+from specd.worker.methods import make_proposer
 from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
 
 COST_WINDOW = 256  # forward passes kept for the step-cost fit
@@ -84,7 +85,10 @@ class CostMeter:
 
 
 class WorkerCore:
-    def __init__(self, role: str, runner: ModelRunner, model_dir: str | Path, tensor_parallel_size: int = 1) -> None:
+    """self_draft_method: a target worker's own drafting method (contract.TARGET_DRAFT_METHODS)."""
+
+    def __init__(self, role: str, runner: ModelRunner, model_dir: str | Path, tensor_parallel_size: int = 1,
+                 self_draft_method: str = "") -> None:
         self.role = role
         self.runner = runner
         self.model_dir = str(model_dir)
@@ -93,6 +97,8 @@ class WorkerCore:
         self.costs = CostMeter()
         self.proposer = DraftProposer(runner)
         self.verifier = Verifier(runner)
+        self.self_draft_method = self_draft_method
+        self.self_proposer = make_proposer(self_draft_method, runner, model_dir) if self_draft_method else None
         tokenizer = Path(model_dir) / "tokenizer.json"
         self.tokenizer_json = tokenizer.read_text() if tokenizer.is_file() else ""
 
@@ -147,18 +153,37 @@ class WorkerCore:
 
     def verify(self, items: list[worker_pb2.VerifyItem]) -> tuple[list[worker_pb2.Verdict], worker_pb2.StepCost]:
         vocab = self.runner.config.vocab_size
-        requests = []
+        requests, own_drafts = [], []
         for item in items:
-            _check_k(item.delta.request_id, len(item.draft_tokens))
+            rid = item.delta.request_id
+            if item.self_draft_k and item.draft_tokens:
+                raise SpecdError(f"request {rid!r}: give draft_tokens or self_draft_k, not both")
+            if item.self_draft_k and self.self_proposer is None:
+                raise SpecdError(f"request {rid!r}: self_draft_k needs a target worker with its own draft method "
+                                 f"(this one drafts nothing itself)")
+            _check_k(rid, len(item.draft_tokens) or item.self_draft_k)
             mirror = self.apply(item.delta)
             drafts = list(item.draft_tokens)
             probs = probs_from_bytes(item.draft_probs, len(drafts), vocab)
             if drafts and probs is None and not mirror.params.greedy:
-                raise SpecdError(f"request {item.delta.request_id!r}: sampled verification needs draft_probs")
-            requests.append(VerifyRequest(item.delta.request_id, mirror.committed, drafts, probs,
-                                          mirror.params, mirror.generator))
+                raise SpecdError(f"request {rid!r}: sampled verification needs draft_probs")
+            requests.append(VerifyRequest(rid, mirror.committed, drafts, probs, mirror.params, mirror.generator))
+            if item.self_draft_k:
+                own_drafts.append((requests[-1], DraftRequest(rid, mirror.committed, item.self_draft_k, mirror.params,
+                                                              mirror.generator)))
+        draft_seconds, drafted = 0.0, []
+        if own_drafts:
+            started = time.perf_counter()
+            proposals = self.self_proposer.propose([d for _, d in own_drafts])
+            draft_seconds = time.perf_counter() - started
+            for (request, _), proposal in zip(own_drafts, proposals):
+                request.draft_tokens, request.draft_probs = proposal.tokens, proposal.probs
+            drafted = [len(p.tokens) for p in proposals]
         results, cost = self._timed(lambda: self.verifier.verify(requests), len(items))
-        return [worker_pb2.Verdict(accepted=r.accepted, tokens=r.tokens) for r in results], cost
+        cost.compute_seconds += draft_seconds
+        cost.draft_seconds, cost.draft_passes, cost.draft_tokens = draft_seconds, max(drafted, default=0), sum(drafted)
+        return [worker_pb2.Verdict(accepted=result.accepted, tokens=result.tokens, drafted=len(request.draft_tokens))
+                for request, result in zip(requests, results)], cost
 
     def _timed(self, call, batch_size: int, passes: int = 1, tokens: int | None = None):
         """Run `call` and record its per-pass cost; `tokens` defaults to what the last pass was fed."""
@@ -178,7 +203,8 @@ class WorkerCore:
         cfg = self.runner.config
         info = worker_pb2.ModelInfo(role=self.role, model=self.model_dir, vocab_size=cfg.vocab_size,
                                     max_context=self.runner.max_context, tokenizer_json=self.tokenizer_json,
-                                    tensor_parallel_size=self.tensor_parallel_size)
+                                    tensor_parallel_size=self.tensor_parallel_size,
+                                    draft_method=self.self_draft_method)
         if cfg.eos_token_id is not None:
             info.eos_token_id = cfg.eos_token_id
         return info

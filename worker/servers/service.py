@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import grpc
 
+from specd import contract
 from specd.errors import SpecdError
 from specd.proto import server as grpc_server
 from specd.proto.v1 import worker_pb2, worker_pb2_grpc
@@ -72,15 +73,21 @@ class TargetServicer(_Base, worker_pb2_grpc.TargetWorkerServicer):
         return worker_pb2.VerifyResponse(verdicts=verdicts, cost=cost)
 
 
-def load_core(role: str, model_dir: str, tensor_parallel_size: int = 1, kv_budget_mib: float = 512) -> WorkerCore:
+def load_core(role: str, model_dir: str, tensor_parallel_size: int = 1, kv_budget_mib: float = 512,
+              draft_method: str = "none") -> WorkerCore:
+    """draft_method: the service's; a target worker runs the methods that draft inside it."""
+    from specd.worker.methods import check_method, needs_adapter
     from specd.worker.tensor_parallel import load_runner
 
     if role not in ROLES:
         raise SpecdError(f"unknown worker role {role!r} (choose from {', '.join(ROLES)})")
     if role == "draft" and tensor_parallel_size != 1:
         raise SpecdError("a draft worker runs on one process (--tensor-parallel-size 1)")
-    runner = load_runner(model_dir, tensor_parallel_size, kv_budget_mib)
-    return WorkerCore(role, runner, model_dir, tensor_parallel_size)
+    own = draft_method if role == "target" and draft_method in contract.TARGET_DRAFT_METHODS else ""
+    if own:
+        check_method(own, model_dir)  # before loading: a target without trained exits is refused by name
+    runner = load_runner(model_dir, tensor_parallel_size, kv_budget_mib, with_adapter=needs_adapter(own))
+    return WorkerCore(role, runner, model_dir, tensor_parallel_size, own)
 
 
 async def start_worker(core: WorkerCore, host: str = "127.0.0.1", port: int = 0) -> grpc_server.RunningServer:

@@ -1,0 +1,37 @@
+"""A random early-exit-capable target for tests: trained exits are not needed to test exactness.
+
+Small residual branches keep the early layers' predictions close to the last layer's, so drafts
+from the exits are accepted often but not always; `head_std` sets how peaked the distributions
+are (Kangaroo's confidence threshold stops drafts below 0.6)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from specd.worker.checkpoint import save_model
+from specd.worker.config import LlamaConfig
+from specd.worker.early_exit import EarlyExits, KangarooAdapter, save_adapter
+from specd.worker.model import LlamaForCausalLM
+
+
+def build_early_exit_target(path: Path, config: LlamaConfig, tokenizer_json: str, head_std: float,
+                            seed: int = 1) -> Path:
+    """A 4-layer target with exits at layers 1 and 2 and a random Kangaroo adapter at 1."""
+    torch.manual_seed(seed)
+    config = replace(config, num_hidden_layers=4)
+    target = LlamaForCausalLM(config)
+    for name, p in target.named_parameters():
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=head_std if name == "lm_head.weight" else 0.3 if "embed" in name else 0.03)
+    save_model(target, path)
+    (path / "tokenizer.json").write_text(tokenizer_json)
+    adapter = KangarooAdapter(config, exit_layer=1)
+    for p in adapter.parameters():
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.03)
+    save_adapter(adapter, path, torch.float32)
+    EarlyExits(exits=(1, 2), adapter_exit=1, hierarchical=(1, 2)).write(path)
+    return path
