@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from specd.worker import bench_peers
 from specd.worker.engine import GenerationRequest, RequestStats, SpeculativeEngine
 from specd.worker.methods import BENCH_METHODS, DEFAULT_K, make_proposer, needs_adapter
 from specd.worker.runner import ForwardItem, ModelRunner
@@ -118,7 +119,7 @@ def _method_figures(method: str, k: int, tally: _Tally, plain: _Tally, tokens: i
 
 
 def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeBenchSettings,
-        log=lambda _msg: None) -> dict:
+        log=lambda _msg: None, peers: bool = True) -> dict:
     methods = tuple(dict.fromkeys(("plain", "model") + settings.methods))  # plain and model feed the top level
     engines = _engines(target_dir, draft_dir, methods)
     engines["model"] = (engines["model"][0], settings.k)
@@ -127,21 +128,36 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
     encoded = [tokenizer.encode(p) for p in prompts[: settings.prompts]]
     c = step_cost(engines["model"][0].draft, encoded[0]) / step_cost(target, encoded[0])
     log(f"draft/target step cost ratio c = {c:.3f}")
+    peer_reason = bench_peers.unavailable_reason() if peers else "not asked for (--no-peers)"
+    peer_runs = {} if peer_reason else bench_peers.load_peers(target_dir, draft_dir)
     tokens = settings.rounds * len(encoded) * settings.max_new_tokens
     per_batch, per_method = [], {m: [] for m in methods if m != "plain"}
+    peer_figures = []
     for batch in settings.batch_sizes:
-        tallies = {m: _Tally() for m in methods}
+        # the peers decode one sequence at a time: they race at batch 1, in the same rounds
+        names = methods + (tuple(peer_runs) if batch == 1 else ())
+        tallies = {m: _Tally() for m in names}
         for round_ in range(settings.rounds):
-            # rotate the order every round so that drift in machine load hits every method alike
-            order = methods[round_ % len(methods):] + methods[: round_ % len(methods)]
-            for method in order:
-                engine, k = engines[method]
-                tallies[method].add(_timed(engine, encoded, batch, k, settings.max_new_tokens))
-            log(f"batch {batch} round {round_ + 1}: " + ", ".join(
-                f"{m} {tallies[m].seconds:.2f}s" for m in methods))
+            # rotate the order every round so that drift in machine load hits every contestant alike
+            order = names[round_ % len(names):] + names[: round_ % len(names)]
+            for name in order:
+                if name in peer_runs:
+                    seconds, outputs, passes = bench_peers.timed(peer_runs[name], encoded, settings.max_new_tokens)
+                    tallies[name].add(_Tally(seconds, outputs, RequestStats(steps=passes)))
+                else:
+                    engine, k = engines[name]
+                    tallies[name].add(_timed(engine, encoded, batch, k, settings.max_new_tokens))
+            log(f"batch {batch} round {round_ + 1}: " + ", ".join(f"{m} {tallies[m].seconds:.2f}s" for m in names))
         plain = tallies["plain"]
         for method in per_method:
             per_method[method].append(_method_figures(method, engines[method][1], tallies[method], plain, tokens, batch))
+        for name in peer_runs if batch == 1 else ():
+            figures = _method_figures(name, bench_peers.PEER_K[name], tallies[name], plain, tokens, batch)
+            figures["acceptance_rate"] = None  # not observable from outside transformers
+            if name == "hf-early-exit":  # its drafts are forwards of the same model: passes are not verifications
+                figures["mean_accepted_tokens"] = None
+            figures["counterpart"] = bench_peers.COUNTERPART[name]
+            peer_figures.append(figures)
         model = tallies["model"]
         alpha = model.stats.acceptance_rate
         per_batch.append({
@@ -174,4 +190,8 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
         # one object per method: its batch-1 figures, and every batch size under "batches"
         "methods": [{**figures[0], "batches": figures} for figures in
                     [plain_figures] + [per_method[m] for m in methods if m in settings.methods and m != "plain"]],
+        # Hugging Face transformers on the same checkpoints, batch 1, same rounds; speedup is against
+        # specd's plain decoding, `counterpart` names the specd method it competes with
+        "peers": peer_figures,
+        **({"peers_skipped": peer_reason} if peer_reason else {}),
     }

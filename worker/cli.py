@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     bench.add_argument("--methods", default=",".join(BENCH_METHODS),
                        help=f"comma-separated drafting methods to run next to plain decoding "
                             f"(default: {','.join(BENCH_METHODS)})")
+    bench.add_argument("--no-peers", action="store_true",
+                       help="skip the Hugging Face transformers peers (run by default when transformers is installed)")
     _add_model_args(bench)
     bench.set_defaults(func=_bench_decode)
 
@@ -122,6 +124,6 @@ def _bench_decode(args: argparse.Namespace) -> int:
                                                 methods)
     target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
     result = bench_decode.run(target_dir, draft_dir, held_out_prompts(args.prompts), settings,
-                              log=lambda msg: print(msg, file=sys.stderr))
+                              log=lambda msg: print(msg, file=sys.stderr), peers=not args.no_peers)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0

@@ -78,6 +78,21 @@ def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> to
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """q: [heads, n, hd]; keys, values: [kv_heads, length, hd]; mask: [n, length] or None -> [heads, n, hd].
+
+    Grouped-query heads share their key/value head without copies: the group's queries are
+    stacked into one matrix per key/value head (faster than the math path of
+    scaled_dot_product_attention on a CPU for these small shapes)."""
+    heads, n, hd = q.shape
+    kv_heads = keys.shape[0]
+    group = heads // kv_heads
+    scores = (q.reshape(kv_heads, group * n, hd) @ keys.transpose(1, 2)) * hd**-0.5
+    if mask is not None:
+        scores = scores.view(kv_heads, group, n, -1).masked_fill(~mask, float("-inf")).view(kv_heads, group * n, -1)
+    return (scores.softmax(-1) @ values).view(heads, n, hd)
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -87,20 +102,31 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(d, config.num_key_value_heads * hd, bias=False)
         self.v_proj = nn.Linear(d, config.num_key_value_heads * hd, bias=False)
         self.o_proj = nn.Linear(config.num_attention_heads * hd, d, bias=False)
+        self.qkv: torch.Tensor | None = None  # q, k, v weights in one matrix (`fuse`)
+
+    def fuse(self) -> None:
+        """One matmul for q, k and v; the three weights become views into it (no extra memory)."""
+        self.qkv = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        rows = [self.q_proj.weight.shape[0], self.k_proj.weight.shape[0], self.v_proj.weight.shape[0]]
+        for proj, weight in zip((self.q_proj, self.k_proj, self.v_proj), torch.split(self.qkv, rows)):
+            proj.weight.data = weight
 
     def forward(self, x: torch.Tensor, batch: PackedBatch, layer: int, rope: Rope) -> torch.Tensor:
         T = x.shape[0]
-        q = apply_rotary(self.q_proj(x).view(T, -1, self.head_dim), rope)
-        k = apply_rotary(self.k_proj(x).view(T, -1, self.head_dim), rope)
-        v = self.v_proj(x).view(T, -1, self.head_dim)
-        gqa = q.shape[1] != k.shape[1]
+        if self.qkv is not None:
+            q, k, v = torch.split(F.linear(x, self.qkv), [self.q_proj.weight.shape[0], self.k_proj.weight.shape[0],
+                                                          self.v_proj.weight.shape[0]], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = apply_rotary(q.reshape(T, -1, self.head_dim), rope)
+        k = apply_rotary(k.reshape(T, -1, self.head_dim), rope)
+        v = v.reshape(T, -1, self.head_dim)
         outputs = []
         offset = 0
         for cache, start, n, mask in zip(batch.caches, batch.starts, batch.counts, batch.masks):
             q_i = q[offset : offset + n].transpose(0, 1)  # [heads, n, hd]
             keys, values = cache.write(layer, start, k[offset : offset + n].transpose(0, 1), v[offset : offset + n].transpose(0, 1))
-            out = F.scaled_dot_product_attention(q_i, keys, values, attn_mask=mask, enable_gqa=gqa)
-            outputs.append(out.transpose(0, 1).reshape(n, -1))
+            outputs.append(attend(q_i, keys, values, mask).transpose(0, 1).reshape(n, -1))
             offset += n
         return self.o_proj(torch.cat(outputs) if len(outputs) > 1 else outputs[0])
 
@@ -112,8 +138,17 @@ class LlamaMLP(nn.Module):
         self.gate_proj = nn.Linear(d, f, bias=False)
         self.up_proj = nn.Linear(d, f, bias=False)
         self.down_proj = nn.Linear(f, d, bias=False)
+        self.gate_up: torch.Tensor | None = None  # gate and up weights in one matrix (`fuse`)
+
+    def fuse(self) -> None:
+        self.gate_up = torch.cat([self.gate_proj.weight, self.up_proj.weight])
+        gate, up = torch.split(self.gate_up, self.gate_proj.weight.shape[0])
+        self.gate_proj.weight.data, self.up_proj.weight.data = gate, up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None:
+            gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -147,6 +182,13 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def fuse_projections(self) -> None:
+        """q/k/v and gate/up as one matmul each, for a model that is not sharded (tensor
+        parallelism shards the projections by name; this keeps their names and weights)."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
     def hidden_states(self, batch: PackedBatch, first_layer: int = 0, last_layer: int | None = None,
                       hidden: torch.Tensor | None = None) -> torch.Tensor:

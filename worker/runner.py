@@ -80,6 +80,7 @@ class ModelRunner:
     def from_dir(cls, model_dir: str | Path, kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB,
                  dtype: torch.dtype = torch.float32, with_adapter: bool = False) -> "ModelRunner":
         model = load_model(model_dir, dtype)
+        model.fuse_projections()  # one process holds the whole model (tensor_parallel.py builds sharded ones)
         adapter = load_adapter(model_dir, model.config, dtype) if with_adapter else None
         return cls(model, kv_budget_mib, adapter)
 

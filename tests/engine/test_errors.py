@@ -33,7 +33,7 @@ def test_invalid_requests(engine, request_, message):
 
 def test_speculation_without_a_draft(tiny_models):
     plain = SpeculativeEngine(ModelRunner.from_dir(tiny_models.target))
-    with pytest.raises(SpecdError, match="needs a draft model"):
+    with pytest.raises(SpecdError, match="needs a drafting method"):
         plain.add(GenerationRequest([1, 2], 5, k=2))
 
 
