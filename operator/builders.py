@@ -11,6 +11,7 @@ import hashlib
 from typing import Any
 
 import yaml
+from specd import contract as c
 from specd.operator import crd
 from specd.operator import names as n
 from specd.operator.model import ModelSource, parse_model_uri
@@ -232,11 +233,11 @@ def _deployment(owner: Owner, role: str, replicas: int, pod_spec: dict[str, Any]
 
 def target_command(spec: dict[str, Any], model: ModelSource) -> list[str]:
     target = spec["target"]
-    # the service's draft method: early-exit, hierarchical and ngram draft inside this worker
     command = ["specd", "worker", "--role", n.TARGET, "--model", model.path,
                "--port", str(n.TARGET_PORT),
-               "--tensor-parallel-size", str(target["tensorParallelSize"]),
-               "--draft-method", spec["draft"]["method"]]
+               "--tensor-parallel-size", str(target["tensorParallelSize"])]
+    if spec["draft"]["method"] in c.IN_TARGET_METHODS:  # this worker runs the method itself
+        command += ["--draft-method", spec["draft"]["method"]]
     return command
 
 

@@ -143,8 +143,10 @@ def _spec_schema() -> dict[str, Any]:
                             "model: a separate pool of draft workers; early-exit (Kangaroo), "
                             "hierarchical (HiSpec): the target's own trained early exits; ngram: "
                             "prompt lookup. These three draft inside the target workers (no draft "
-                            "pool) and need an early-exit-capable target for the first two; "
-                            "none: plain decoding. All are exact."),
+                            "pool), need an early-exit-capable target for the first two, and are "
+                            "exact. specee (SpecEE): APPROXIMATE, greedy tokens exit early inside "
+                            "the target and may differ from the target's own; needs speculation "
+                            "mode none. none: plain decoding."),
             "model": _model("The draft model (required when method is 'model')."),
             "replicas": _int(c.DRAFT_REPLICAS, "Number of draft pods (method 'model' only)."),
             "gpus": _int(c.DRAFT_GPUS, "GPUs per draft pod (method 'model' only)."),
@@ -219,6 +221,11 @@ def _spec_schema() -> dict[str, Any]:
         }, {
             "rule": "self.draft.method != 'none' || self.scheduling.speculation.mode == 'none'",
             "message": "scheduling.speculation.mode must be 'none' when draft.method is 'none'",
+            "fieldPath": ".scheduling.speculation.mode",
+        }, {
+            "rule": "self.draft.method != 'specee' || self.scheduling.speculation.mode == 'none'",
+            "message": "draft.method specee exits early inside the target, one token per step (no "
+                       "speculation): scheduling.speculation.mode must be 'none'",
             "fieldPath": ".scheduling.speculation.mode",
         }],
     }

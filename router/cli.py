@@ -75,7 +75,8 @@ def _register_worker(subparsers) -> None:
     p.add_argument("--draft-method", choices=DRAFT_METHODS, default=contract.DEFAULT_DRAFT_METHOD,
                    help="how drafts are made: model (a separate draft worker proposes them); early-exit "
                         "(Kangaroo), hierarchical (HiSpec) or ngram (prompt lookup), drafted inside the target "
-                        "worker; none (plain decoding) "
+                        "worker; specee (SpecEE early exits inside the target: APPROXIMATE, greedy outputs may "
+                        "differ from the target's); none (plain decoding) "
                         f"(default: {contract.DEFAULT_DRAFT_METHOD})")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: more threads thrash on a shared CPU)")
@@ -179,7 +180,8 @@ def _register_up(subparsers) -> None:
                    help="draft worker replicas for --draft-method model (default: 1; 0: no speculation)")
     p.add_argument("--draft-method", choices=DRAFT_METHODS, default=contract.DEFAULT_DRAFT_METHOD,
                    help="model (draft workers); early-exit, hierarchical or ngram (drafted inside the target "
-                        f"workers: no draft workers start); none (default: {contract.DEFAULT_DRAFT_METHOD})")
+                        "workers: no draft workers start); specee (APPROXIMATE early exits inside the target; "
+                        f"use with --speculation none); none (default: {contract.DEFAULT_DRAFT_METHOD})")
     add_scheduling_flags(p, defaults=True)
     p.add_argument("--port", type=int, default=contract.ROUTER_PORT.default,
                    help=f"router port (default: {contract.ROUTER_PORT.default}; 0: any free port)")

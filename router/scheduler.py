@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from specd import contract
 from specd.proto.v1 import serving_pb2, worker_pb2
 from specd.router.config import RouterConfig
 from specd.router.policies import make_policy
@@ -257,7 +258,7 @@ class Scheduler:
         if not batch:
             return
         # a target with its own draft method drafts inside the Verify call: no draft pool, no overlap
-        own_drafts = bool(target.info and target.info.draft_method)
+        own_drafts = bool(target.info and target.info.draft_method in contract.TARGET_DRAFT_METHODS)
         live_drafts = {d.address for d in self.pool.live("draft")}
         drafting = [own_drafts or r.draft in live_drafts for r in batch]
         ks = self.speculation.choose(batch, drafting,

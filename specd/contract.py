@@ -36,13 +36,18 @@ SPECULATION_MODE_ALIASES = {"off": "none"}
 DEFAULT_SPECULATION_MODE = "goodput"
 
 # model: a separate draft model in its own pool; early-exit (Kangaroo), hierarchical (HiSpec) and
-# ngram (prompt lookup) draft inside the target worker; none: plain decoding.
-DRAFT_METHODS = ("model", "early-exit", "hierarchical", "ngram", "none")
+# ngram (prompt lookup) draft inside the target worker; specee (SpecEE) exits early inside the
+# target, approximately; none: plain decoding.
+DRAFT_METHODS = ("model", "early-exit", "hierarchical", "ngram", "specee", "none")
 DEFAULT_DRAFT_METHOD = "model"
 # the methods whose drafts come from a separate pool of draft workers
 DRAFT_POOL_METHODS = ("model",)
-# the methods that draft inside the target worker (no draft pool, no network hop)
+# the methods that draft k tokens inside the target worker and verify them (exact)
 TARGET_DRAFT_METHODS = ("early-exit", "hierarchical", "ngram")
+# the methods whose output may differ from the target's own (one token per step, no speculation)
+APPROXIMATE_METHODS = ("specee",)
+# the methods run by the target worker itself (it loads what they need)
+IN_TARGET_METHODS = TARGET_DRAFT_METHODS + APPROXIMATE_METHODS
 
 
 # --- bounds and defaults ------------------------------------------------------------------------
@@ -257,7 +262,8 @@ def _describe(error: dict[str, Any]) -> str:
 
 __all__ = [
     "POLICIES", "DEFAULT_POLICY", "SPECULATION_MODES", "SPECULATION_MODE_ALIASES", "DEFAULT_SPECULATION_MODE",
-    "DRAFT_METHODS", "DEFAULT_DRAFT_METHOD", "DRAFT_POOL_METHODS", "TARGET_DRAFT_METHODS", "Range", "MAX_K", "K", "MAX_K_RANGE",
+    "DRAFT_METHODS", "DEFAULT_DRAFT_METHOD", "DRAFT_POOL_METHODS", "TARGET_DRAFT_METHODS",
+    "APPROXIMATE_METHODS", "IN_TARGET_METHODS", "Range", "MAX_K", "K", "MAX_K_RANGE",
     "MAX_BATCH_SIZE", "CLUSTER_MAX_BATCH_SIZE_DEFAULT", "MAX_QUEUED_REQUESTS", "PIPELINE_DEPTH", "QUEUES",
     "FIRST_QUANTUM", "QUANTUM_GROWTH", "STABILITY_WINDOW", "STABILITY_THRESHOLD", "TENSOR_PARALLEL_SIZES",
     "TENSOR_PARALLEL_SIZE", "TARGET_REPLICAS", "DRAFT_REPLICAS", "DRAFT_GPUS", "ROUTER_REPLICAS", "PORT",

@@ -15,11 +15,13 @@ from specd.worker.checkpoint import save_model
 from specd.worker.config import LlamaConfig
 from specd.worker.early_exit import EarlyExits, KangarooAdapter, save_adapter
 from specd.worker.model import LlamaForCausalLM
+from specd.worker.specee import ExitPredictor, SpecEEConfig, save_predictors
 
 
 def build_early_exit_target(path: Path, config: LlamaConfig, tokenizer_json: str, head_std: float,
                             seed: int = 1) -> Path:
-    """A 4-layer target with exits at layers 1 and 2 and a random Kangaroo adapter at 1."""
+    """A 4-layer target with exits at layers 1 and 2, a random Kangaroo adapter at 1 and random
+    SpecEE predictors at depths 2 and 3 (τ 0.5; tests change it)."""
     torch.manual_seed(seed)
     config = replace(config, num_hidden_layers=4)
     target = LlamaForCausalLM(config)
@@ -33,5 +35,7 @@ def build_early_exit_target(path: Path, config: LlamaConfig, tokenizer_json: str
         if p.dim() == 2:
             torch.nn.init.normal_(p, std=0.03)
     save_adapter(adapter, path, torch.float32)
-    EarlyExits(exits=(1, 2), adapter_exit=1, hierarchical=(1, 2)).write(path)
+    save_predictors({2: ExitPredictor(4), 3: ExitPredictor(4)}, path, torch.float32)
+    specee = SpecEEConfig(candidates=4, layers=(2, 3), offline=(2,)).as_json()
+    EarlyExits(exits=(1, 2), adapter_exit=1, hierarchical=(1, 2), specee=specee).write(path)
     return path

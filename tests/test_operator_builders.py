@@ -62,7 +62,7 @@ def test_target_pod_runs_all_tensor_parallel_ranks_with_tp_gpus() -> None:
     (container,) = pod["containers"]
     assert container["command"] == ["specd", "worker", "--role", "target", "--model",
                                     "/models/llama-70b", "--port", "50061",
-                                    "--tensor-parallel-size", "8", "--draft-method", "model"]
+                                    "--tensor-parallel-size", "8"]
     assert container["image"] == "registry.example/specd:test"
     assert container["resources"] == {"requests": {"memory": "400Gi"},
                                       "limits": {"nvidia.com/gpu": 8}}
@@ -99,6 +99,19 @@ def test_draft_pool_pod() -> None:
     assert container["command"] == ["specd", "worker", "--role", "draft", "--model",
                                     "/models/llama-1b", "--port", "50062"]
     assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+
+
+@pytest.mark.parametrize("method", ["early-exit", "hierarchical", "ngram"])
+def test_drafting_inside_the_target_has_no_draft_pool(method: str) -> None:
+    spec = {"target": {"model": {"uri": "/opt/model"}}, "draft": {"method": method},
+            "scheduling": {"speculation": {"mode": "goodput"}}}
+    children = _by_kind_name(builders.build_children(_body(spec), CONFIG))
+    assert not [key for key in children if key[1] == "svc-draft"]
+    (container,) = children[("Deployment", "svc-target")]["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-2:] == ["--draft-method", method]
+    config = yaml.safe_load(children[("ConfigMap", "svc-router-config")]["data"]["router.yaml"])
+    assert config["discovery"]["draftService"] is None
+    assert config["speculation"]["mode"] == "goodput"
 
 
 def test_plain_decoding_has_no_draft_pool_and_passes_no_draft_method() -> None:

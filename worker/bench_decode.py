@@ -25,8 +25,9 @@ import torch
 
 from specd.worker import bench_peers
 from specd.worker.engine import GenerationRequest, RequestStats, SpeculativeEngine
-from specd.worker.methods import BENCH_METHODS, DEFAULT_K, make_proposer, needs_adapter
+from specd.worker.methods import BENCH_METHODS, DEFAULT_K, make_exit_decoder, make_proposer, needs_adapter
 from specd.worker.runner import ForwardItem, ModelRunner
+from specd.worker.specee import teacher_forced_losses
 from specd.worker.tokenizer import Tokenizer
 
 
@@ -96,7 +97,8 @@ def _engines(target_dir: Path, draft_dir: Path, methods: tuple[str, ...]) -> dic
             engines[method] = (SpeculativeEngine(target), 0)
         else:
             draft = ModelRunner.from_dir(draft_dir) if method == "model" else None
-            engines[method] = (SpeculativeEngine(target, proposer=make_proposer(method, target, target_dir, draft)),
+            engines[method] = (SpeculativeEngine(target, proposer=make_proposer(method, target, target_dir, draft),
+                                                 exit_decoder=make_exit_decoder(method, target, target_dir)),
                                DEFAULT_K[method])
     return engines
 
@@ -118,8 +120,22 @@ def _method_figures(method: str, k: int, tally: _Tally, plain: _Tally, tokens: i
     }
 
 
+def specee_quality(engine: SpeculativeEngine, tokenizer: Tokenizer, texts: list[str], windows: int = 32,
+                   length: int = 128) -> dict:
+    """SpecEE's held-out loss next to the full model's (teacher forced, specee.teacher_forced_losses)."""
+    decoder = engine.exit_decoder
+    stream = [t for text in texts for t in tokenizer.encode(text)]
+    stride = max(1, (len(stream) - length - 1) // windows)
+    batch = torch.tensor([stream[i * stride : i * stride + length + 1] for i in range(windows)])
+    losses = teacher_forced_losses(decoder.runner, decoder.predictors, decoder.config, batch)
+    return {"held_out_loss": {"plain": round(losses["plain"], 4), "specee": round(losses["specee"], 4)},
+            "held_out_loss_change": round(losses["specee"] / losses["plain"] - 1, 4),
+            "held_out_exit_fraction": round(losses["exit_fraction"], 4),
+            "threshold": decoder.config.threshold}
+
+
 def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeBenchSettings,
-        log=lambda _msg: None, peers: bool = True) -> dict:
+        log=lambda _msg: None, peers: bool = True, held_out_texts: list[str] = ()) -> dict:
     methods = tuple(dict.fromkeys(("plain", "model") + settings.methods))  # plain and model feed the top level
     engines = _engines(target_dir, draft_dir, methods)
     engines["model"] = (engines["model"][0], settings.k)
@@ -172,6 +188,9 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
             "theoretical_speedup": round(theoretical_speedup(alpha, c, settings.k), 3),
             "lossless": model.outputs == plain.outputs,
         })
+    if "specee" in per_method and held_out_texts:  # approximate: its quality is reported next to its speed
+        quality = specee_quality(engines["specee"][0], tokenizer, held_out_texts)
+        per_method["specee"] = [{**figures, **quality} for figures in per_method["specee"]]
     first = per_batch[0]
     plain_figures = [{"method": "plain", "batch_size": b["batch_size"], "k": 0,
                       "tokens_per_s": b["autoregressive_tokens_per_s"], "speedup": 1.0, "mean_accepted_tokens": 1.0,

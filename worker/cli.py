@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from specd.contract import DEFAULT_DRAFT_METHOD, DRAFT_METHODS
 from specd.worker.methods import BENCH_METHODS
 
 
@@ -26,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     gen.add_argument("--seed", type=int, default=None, help="sampling seed for reproducible output")
     gen.add_argument("--address", help="HOST:PORT of a specd router; omit to run the engine in-process")
+    gen.add_argument("--draft-method", choices=DRAFT_METHODS, default=DEFAULT_DRAFT_METHOD,
+                     help="in-process only: model (the draft model), early-exit (Kangaroo), hierarchical "
+                          "(HiSpec), ngram (prompt lookup), specee (APPROXIMATE early exits; use --k 0) or none "
+                          f"(default: {DEFAULT_DRAFT_METHOD})")
     _add_model_args(gen)
     gen.add_argument("--tensor-parallel-size", type=int, default=1,
                      help="shard the target over this many processes with DeepSpeed (default: 1)")
@@ -71,6 +76,7 @@ def _generate(args: argparse.Namespace) -> int:
     from specd.worker.engine import GenerationRequest, SpeculativeEngine
     from specd.worker.runner import ModelRunner
     from specd.worker.sampling import SamplingParams
+    from specd.worker.methods import make_exit_decoder, make_proposer, needs_adapter
     from specd.worker.tensor_parallel import load_runner
     from specd.worker.tokenizer import StreamDecoder, Tokenizer
 
@@ -80,10 +86,13 @@ def _generate(args: argparse.Namespace) -> int:
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
         raise SpecdError("prompt is empty")
-    target = load_runner(target_dir, args.tensor_parallel_size)
+    method = args.draft_method
+    target = load_runner(target_dir, args.tensor_parallel_size, with_adapter=needs_adapter(method))
     try:
-        draft = ModelRunner.from_dir(draft_dir) if args.k > 0 else None
-        engine = SpeculativeEngine(target, draft)
+        draft = ModelRunner.from_dir(draft_dir) if method == "model" and args.k > 0 else None
+        proposer = make_proposer(method, target, target_dir, draft) if method != "model" or draft else None
+        engine = SpeculativeEngine(target, proposer=proposer,
+                                   exit_decoder=make_exit_decoder(method, target, target_dir))
         params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
         request = GenerationRequest(prompt, args.max_tokens, params, args.k)
         decoder = StreamDecoder(tokenizer)
@@ -96,7 +105,7 @@ def _generate(args: argparse.Namespace) -> int:
             stats = out.stats
         elapsed = time.perf_counter() - started
         sys.stdout.write("\n")
-        print(f"[{generated} tokens in {elapsed:.2f}s, {generated / elapsed:.1f} tokens/s, k={args.k}, "
+        print(f"[{generated} tokens in {elapsed:.2f}s, {generated / elapsed:.1f} tokens/s, {method}, k={args.k}, "
               f"acceptance {stats.acceptance_rate:.2f}, {stats.steps} target steps]", file=sys.stderr)
     finally:
         target.close()
@@ -106,7 +115,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _bench_decode(args: argparse.Namespace) -> int:
     import torch
 
-    from specd.demo.corpus import held_out_prompts
+    from specd.demo.corpus import held_out_prompts, read_texts
     from specd.demo.paths import resolve_model_dirs
     from specd.errors import SpecdError
     from specd.worker import bench_decode
@@ -124,6 +133,7 @@ def _bench_decode(args: argparse.Namespace) -> int:
                                                 methods)
     target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
     result = bench_decode.run(target_dir, draft_dir, held_out_prompts(args.prompts), settings,
-                              log=lambda msg: print(msg, file=sys.stderr), peers=not args.no_peers)
+                              log=lambda msg: print(msg, file=sys.stderr), peers=not args.no_peers,
+                              held_out_texts=read_texts(held_out=True))
     print(json.dumps(result, indent=None if args.json else 2))
     return 0

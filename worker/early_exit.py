@@ -46,6 +46,8 @@ class EarlyExits:
     exits: tuple[int, ...]  # layers whose output was trained to go through the shared head
     adapter_exit: int | None  # Kangaroo's ℓ, when an adapter was trained
     hierarchical: tuple[int, int] | None  # HiSpec's (draft exit, intermediate verifier exit)
+    specee: dict | None = None  # SpecEE's predictors and schedule (specee.SpecEEConfig reads it)
+    confidence: float | None = None  # Kangaroo's η for this model's adapter (None: the paper's default)
 
     @classmethod
     def read(cls, model_dir: str | Path) -> "EarlyExits":
@@ -55,15 +57,21 @@ class EarlyExits:
                              "exits (the demo target is; `specd train-demo` writes one)")
         doc = json.loads(path.read_text())
         hierarchical = doc.get("hierarchical")
-        return cls(tuple(doc["exits"]), doc.get("kangaroo", {}).get("exit_layer"),
-                   (hierarchical["draft_exit"], hierarchical["verify_exit"]) if hierarchical else None)
+        kangaroo = doc.get("kangaroo", {})
+        return cls(tuple(doc["exits"]), kangaroo.get("exit_layer"),
+                   (hierarchical["draft_exit"], hierarchical["verify_exit"]) if hierarchical else None,
+                   doc.get("specee"), kangaroo.get("confidence"))
 
     def write(self, model_dir: str | Path) -> None:
         doc: dict = {"exits": list(self.exits)}
         if self.adapter_exit is not None:
             doc["kangaroo"] = {"exit_layer": self.adapter_exit, "weights": ADAPTER_FILE}
+            if self.confidence is not None:
+                doc["kangaroo"]["confidence"] = self.confidence
         if self.hierarchical is not None:
             doc["hierarchical"] = {"draft_exit": self.hierarchical[0], "verify_exit": self.hierarchical[1]}
+        if self.specee is not None:
+            doc["specee"] = self.specee
         (Path(model_dir) / EARLY_EXIT_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
 

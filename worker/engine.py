@@ -18,6 +18,7 @@ from specd.contract import MAX_K
 from specd.errors import SpecdError
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams
+from specd.worker.specee import SpecEEDecoder
 from specd.worker.speculation import DraftProposer, DraftRequest, Proposer, Verifier, VerifyRequest
 
 
@@ -64,9 +65,11 @@ class StepOutput:
 
 
 class SpeculativeEngine:
-    """draft: a separate draft model; or proposer: any drafting method (see self_drafting.py)."""
+    """draft: a separate draft model; or proposer: any drafting method (see self_drafting.py);
+    or exit_decoder: SpecEE (approximate), which decodes greedy requests one token per step."""
 
-    def __init__(self, target: ModelRunner, draft: ModelRunner | None = None, proposer: Proposer | None = None) -> None:
+    def __init__(self, target: ModelRunner, draft: ModelRunner | None = None, proposer: Proposer | None = None,
+                 exit_decoder: SpecEEDecoder | None = None) -> None:
         if draft is not None and proposer is not None:
             raise SpecdError("give a draft model or a proposer, not both")
         if draft is not None and draft.config.vocab_size != target.config.vocab_size:
@@ -77,6 +80,7 @@ class SpeculativeEngine:
         self.verifier = Verifier(target)
         self.proposer = DraftProposer(draft) if draft is not None else proposer
         self.draft = self.proposer.runner if self.proposer is not None else None  # a separate model's runner
+        self.exit_decoder = exit_decoder
         self.eos_token_id = target.config.eos_token_id
         self._active: dict[str, _Active] = {}
         self._ids = itertools.count()
@@ -121,6 +125,16 @@ class SpeculativeEngine:
         states = list(self._active.items())
         if not states:
             return []
+        outputs = []
+        if self.exit_decoder is not None:  # SpecEE decodes the greedy requests; sampled ones stay exact
+            early = [(rid, s) for rid, s in states if s.request.params.greedy]
+            tokens = self.exit_decoder.step([(rid, s.committed) for rid, s in early]) if early else []
+            for (rid, state), token in zip(early, tokens):
+                state.stats.steps += 1
+                outputs.append(self._commit(rid, state, [token]))
+            states = [(rid, s) for rid, s in states if not s.request.params.greedy]
+            if not states:
+                return outputs
         ks = {rid: self._step_k(state) for rid, state in states}
         proposals = {}
         if self.proposer is not None:
@@ -132,7 +146,6 @@ class SpeculativeEngine:
             tokens = proposal.tokens if proposal else []
             verify.append(VerifyRequest(rid, s.committed, tokens, proposal.probs if proposal else None,
                                         s.request.params, s.generator))
-        outputs = []
         for (rid, state), result in zip(states, self.verifier.verify(verify)):
             drafted = len(proposals[rid].tokens) if rid in proposals else 0  # a method may stop before k
             state.stats.steps += 1
@@ -164,6 +177,8 @@ class SpeculativeEngine:
     def release(self, request_id: str) -> None:
         self._active.pop(request_id, None)
         self.target.release(request_id)
+        if self.exit_decoder is not None:
+            self.exit_decoder.release(request_id)
         if self.draft is not None:
             self.draft.release(request_id)
 

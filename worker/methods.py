@@ -11,18 +11,19 @@ from specd.errors import SpecdError
 from specd.worker.early_exit import EarlyExits
 from specd.worker.runner import ModelRunner
 from specd.worker.self_drafting import EarlyExitProposer, HierarchicalProposer, NgramProposer
+from specd.worker.specee import SpecEEConfig, SpecEEDecoder
 from specd.worker.speculation import DraftProposer, Proposer
 
 
 # the methods that draft, in benchmark order, and the speculation length each runs at by default:
 # Kangaroo's γ = 6 (PAPERS.md §3), HiSpec's m = 8 tentative tokens per full validation (§4)
-BENCH_METHODS = ("model", "early-exit", "hierarchical", "ngram")
-DEFAULT_K = {"model": 4, "early-exit": 6, "hierarchical": 8, "ngram": 4}
+BENCH_METHODS = ("model", "early-exit", "hierarchical", "ngram", "specee")
+DEFAULT_K = {"model": 4, "early-exit": 6, "hierarchical": 8, "ngram": 4, "specee": 0}
 
 
 def needs_adapter(method: str) -> bool:
     """Whether the target runner must carry the Kangaroo adapter."""
-    return method == "early-exit"
+    return method in ("early-exit", "specee")  # SpecEE's candidates come from the Kangaroo self-draft
 
 
 def check_method(method: str, target_dir: str | Path) -> None:
@@ -33,11 +34,16 @@ def check_method(method: str, target_dir: str | Path) -> None:
         raise SpecdError(f"{target_dir}: early-exit drafting needs a Kangaroo adapter (early_exit.json has none)")
     if method == "hierarchical" and EarlyExits.read(target_dir).hierarchical is None:
         raise SpecdError(f"{target_dir}: hierarchical drafting needs two trained exits (early_exit.json has none)")
+    if method == "specee":
+        if EarlyExits.read(target_dir).adapter_exit is None:
+            raise SpecdError(f"{target_dir}: specee takes candidates from a Kangaroo adapter (early_exit.json has none)")
+        SpecEEConfig.read(target_dir)
 
 
 def make_proposer(method: str, target: ModelRunner, target_dir: str | Path,
                   draft: ModelRunner | None = None) -> Proposer | None:
-    """The proposer of `method` over this target runner (None for plain decoding)."""
+    """The proposer of `method` over this target runner (None for plain decoding and specee,
+    which drafts nothing: see `make_exit_decoder`)."""
     check_method(method, target_dir)
     if method == "model":
         if draft is None:
@@ -46,8 +52,17 @@ def make_proposer(method: str, target: ModelRunner, target_dir: str | Path,
     if method == "ngram":
         return NgramProposer(target.config.vocab_size)
     if method == "early-exit":
-        return EarlyExitProposer(target)
+        confidence = EarlyExits.read(target_dir).confidence
+        return EarlyExitProposer(target) if confidence is None else EarlyExitProposer(target, confidence)
     if method == "hierarchical":
         draft_exit, verify_exit = EarlyExits.read(target_dir).hierarchical
         return HierarchicalProposer(target, draft_exit, verify_exit)
     return None
+
+
+def make_exit_decoder(method: str, target: ModelRunner, target_dir: str | Path) -> SpecEEDecoder | None:
+    """SpecEE's decoder for `specee` (approximate), None for every other method."""
+    if method != "specee":
+        return None
+    check_method(method, target_dir)
+    return SpecEEDecoder.from_dir(target, target_dir)

@@ -44,6 +44,7 @@ class ForwardItem:
     tokens: list[int]  # the sequence from the first position the cache holds shallower than `depth`
     num_logits: int = 1  # logits are returned for this many trailing positions (0: prefill only)
     depth: int | None = None  # layers to run (an early exit); None: the whole model
+    states_only: bool = False  # return the states at `depth` ([num_logits, hidden]) instead of logits
 
 
 @dataclass
@@ -225,12 +226,14 @@ class ModelRunner:
 
     def _exit_logits(self, rows: list[_Rows]) -> list[torch.Tensor]:
         """[num_logits, vocab] per item: the LM head over the trailing states at the item's depth
-        (the adapter's states at the adapter's exit)."""
+        (the adapter's states at the adapter's exit); the states themselves when asked for."""
         out = []
         for r in rows:
             n = r.item.num_logits
             if not n:
                 out.append(r.states.new_empty(0, self.config.vocab_size))
+            elif r.item.states_only:
+                out.append(r.states[-n:])
             elif r.side is not None:
                 out.append(self.model.head(self.adapter.norm(r.side[-n:])))
             else:

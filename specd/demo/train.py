@@ -9,7 +9,9 @@ Phases, each starting from the files the previous one wrote (so one can be rerun
    so that the early-exit methods can draft and check from its own layers;
 3. on-policy: the draft learns the (new) target's own greedy continuations;
 4. adapter: Kangaroo's adapter learns the full model's next-token distribution from the states
-   after layer 2 (soft cross-entropy; only the adapter trains).
+   after layer 2 (soft cross-entropy; only the adapter trains);
+5. specee: SpecEE's exit predictors learn, at each later layer, whether the layer's likeliest
+   candidate (of the adapter's top 4) is the full model's token (binary cross-entropy).
 
 Seeds and step counts are fixed, so a run is reproducible; the whole run takes about an hour on
 one CPU core; the checkpoints it wrote are committed under specd/demo/checkpoints/
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from specd.demo import corpus
 from specd.worker.checkpoint import load_model, save_model
 from specd.worker.config import LlamaConfig
-from specd.worker.early_exit import EarlyExits, KangarooAdapter, save_adapter
+from specd.worker.early_exit import EarlyExits, KangarooAdapter, load_adapter, save_adapter
 from specd.worker.kv_cache import RequestKV
 from specd.worker.model import LlamaForCausalLM, PackedBatch
 
@@ -73,10 +75,22 @@ class TrainSettings:
     # Kangaroo's adapter, at the first fixed exit
     adapter_steps: int = 600
     adapter_lr: float = 2e-3
+    # Kangaroo's η for the demo adapter: the paper's 0.6 stopped 92% of its drafts (its distributions
+    # are flatter than a 7B model's); 0.2 was near the best of 0.6/0.4/0.2/0 in a sweep (session notes)
+    kangaroo_confidence: float = 0.2
+    # SpecEE's exit predictors over the adapter's top candidates, at every depth past the adapter
+    specee_candidates: int = 4
+    specee_steps: int = 300
+    specee_lr: float = 1e-3
+    specee_offline_layers: int = 2  # depths where first exits concentrate, checked for every token
+    # τ is calibrated: the smallest of these whose exits pick the full model's token this often on
+    # fresh training windows (the paper's 0.5 exits far too eagerly for the tiny demo target)
+    specee_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+    specee_precision: float = 0.995
     held_out_windows: int = 96  # windows of seq_len tokens for the held-out losses in training.json
 
 
-PHASES = ("joint", "early-exit", "on-policy", "adapter")
+PHASES = ("joint", "early-exit", "on-policy", "adapter", "specee")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -149,7 +163,8 @@ def train(out_dir: Path, settings: TrainSettings = TrainSettings(), log: Callabl
             data, record["target_parameters"], record["draft_parameters"] = train_joint(out_dir, settings, log)
         else:
             data = data if data is not None else corpus_tokens(out_dir / "target", held_out=False, settings=settings)
-            {"early-exit": fine_tune_early_exit, "on-policy": refine_draft, "adapter": train_adapter}[phase](
+            {"early-exit": fine_tune_early_exit, "on-policy": refine_draft, "adapter": train_adapter,
+             "specee": train_specee}[phase](
                 out_dir, settings, data, log)
         seconds[phase] = round(time.time() - started, 1)
     record["held_out_loss"] = held_out_losses(out_dir, settings)
@@ -267,7 +282,105 @@ def train_adapter(out_dir: Path, settings: TrainSettings, data: torch.Tensor,
                 f"argmax agreement {agree:.2f}  {time.time() - started:5.0f}s")
     save_adapter(adapter.eval(), out_dir / "target", getattr(torch, settings.save_dtype))
     exits = EarlyExits.read(out_dir / "target")
-    EarlyExits(exits.exits, exit_layer, exits.hierarchical).write(out_dir / "target")
+    EarlyExits(exits.exits, exit_layer, exits.hierarchical, exits.specee, settings.kangaroo_confidence).write(
+        out_dir / "target")
+
+
+def train_specee(out_dir: Path, settings: TrainSettings, data: torch.Tensor,
+                 log: Callable[[str], None] = print) -> None:
+    """Phase 5: one exit predictor per depth past the adapter's exit; the offline schedule is the
+    depths where tokens first become exitable most often."""
+    from specd.worker.specee import (ExitPredictor, SpecEEConfig, candidate_features, save_predictors)
+
+    torch.manual_seed(settings.seed + 5)
+    gen = torch.Generator().manual_seed(settings.seed + 5)
+    target = load_model(out_dir / "target")
+    adapter = load_adapter(out_dir / "target", target.config)
+    layers, adapter_depth, k = target.config.num_hidden_layers, adapter.exit_layer, settings.specee_candidates
+    depths = list(range(adapter_depth + 1, layers))
+    predictors = {d: ExitPredictor(k) for d in depths}
+    opt = torch.optim.Adam([p for m in predictors.values() for p in m.parameters()], lr=settings.specee_lr)
+    first_exits = torch.zeros(layers + 1)
+    started = time.time()
+    for step in range(settings.specee_steps):
+        x, _ = _window_batch(data, settings, gen)
+        with torch.no_grad():
+            batch = _packed(target, x, extra_layers=1)
+            states = exit_states(target, x, [adapter_depth, *depths, layers], batch)
+            rope = target.model.rotary.tables(batch.positions, states[0].dtype)
+            draft_logits = target.head(adapter.norm(adapter(states[0], batch, layers, rope)))
+            candidates = draft_logits.topk(k).indices  # [N, k]
+            final = target.logits(states[-1]).argmax(-1)
+            rows = target.lm_head.weight[candidates]
+            layer_logits = [torch.einsum("nh,nkh->nk", target.model.norm(h), rows) for h in states[1:-1]]
+            layer_probs = [draft_logits.gather(1, candidates).softmax(-1)] + [l.softmax(-1) for l in layer_logits]
+            labels = [(candidates.gather(1, l.argmax(-1, keepdim=True)).squeeze(1) == final).float()
+                      for l in layer_logits]
+            exitable = torch.stack(labels + [torch.ones_like(labels[0])])  # [depths + 1, N]
+            first_exits.index_add_(0, torch.tensor([*depths, layers])[exitable.argmax(0)], torch.ones(len(final)))
+        loss = 0.0
+        for i, (depth, logits, label) in enumerate(zip(depths, layer_logits, labels)):
+            # the last checked layer varies with the schedule: any earlier one, or the adapter's
+            previous = layer_probs[int(torch.randint(0, i + 1, (1,), generator=gen))]
+            features, _ = candidate_features(logits, previous)
+            loss = loss + F.binary_cross_entropy(predictors[depth](features), label)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 20 == 0 or step == settings.specee_steps - 1:
+            rates = " ".join(f"L{d} {label.mean().item():.2f}" for d, label in zip(depths, labels))
+            log(f"step {step + 1:4d}/{settings.specee_steps} [specee]  loss {loss.item() / len(depths):.3f}  "
+                f"exitable {rates}  {time.time() - started:5.0f}s")
+    ranked = sorted(depths, key=lambda d: -first_exits[d].item())
+    threshold = _calibrate_threshold(target, adapter, predictors, depths, data, settings, gen, log)
+    config = SpecEEConfig(k, tuple(depths), tuple(sorted(ranked[: settings.specee_offline_layers])), threshold)
+    save_predictors({d: p.eval() for d, p in predictors.items()}, out_dir / "target", getattr(torch, settings.save_dtype))
+    exits = EarlyExits.read(out_dir / "target")
+    EarlyExits(exits.exits, exits.adapter_exit, exits.hierarchical, config.as_json(), exits.confidence).write(
+        out_dir / "target")
+    log(f"SpecEE offline schedule {config.offline}, τ = {threshold}; first exitable depth counts "
+        f"{ {d: int(first_exits[d]) for d in [*depths, layers]} }")
+
+
+@torch.no_grad()
+def _calibrate_threshold(target: LlamaForCausalLM, adapter: KangarooAdapter, predictors: dict, depths: list[int],
+                         data: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
+                         log: Callable[[str], None], windows: int = 8) -> float:
+    """The smallest τ whose first exits (checking every depth in order) pick the full model's token
+    with at least settings.specee_precision, on fresh training windows."""
+    from specd.worker.specee import candidate_features
+
+    layers, k = target.config.num_hidden_layers, settings.specee_candidates
+    scores, correct = [], []  # per depth: [N] predictor scores, [N] whether its token is right
+    for _ in range(windows):
+        x, _ = _window_batch(data, settings, gen)
+        batch = _packed(target, x, extra_layers=1)
+        states = exit_states(target, x, [adapter.exit_layer, *depths, layers], batch)
+        rope = target.model.rotary.tables(batch.positions, states[0].dtype)
+        draft_logits = target.head(adapter.norm(adapter(states[0], batch, layers, rope)))
+        candidates = draft_logits.topk(k).indices
+        final = target.logits(states[-1]).argmax(-1)
+        rows = target.lm_head.weight[candidates]
+        previous = draft_logits.gather(1, candidates).softmax(-1)
+        window_scores, window_correct = [], []
+        for depth, h in zip(depths, states[1:-1]):
+            logits = torch.einsum("nh,nkh->nk", target.model.norm(h), rows)
+            features, previous = candidate_features(logits, previous)
+            window_scores.append(predictors[depth](features))
+            window_correct.append(candidates.gather(1, logits.argmax(-1, keepdim=True)).squeeze(1) == final)
+        scores.append(torch.stack(window_scores))
+        correct.append(torch.stack(window_correct))
+    scores, correct = torch.cat(scores, 1), torch.cat(correct, 1)  # [depths, N]
+    for threshold in settings.specee_thresholds:
+        fired = scores > threshold
+        exits = fired.any(0)
+        first = fired.float().argmax(0)
+        right = correct.gather(0, first.unsqueeze(0)).squeeze(0)
+        precision = right[exits].float().mean().item() if exits.any() else 1.0
+        log(f"  τ {threshold}: {exits.float().mean().item():.2f} of tokens exit early, {precision:.4f} of them right")
+        if precision >= settings.specee_precision:
+            return threshold
+    return settings.specee_thresholds[-1]
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from specd.worker.engine import GenerationRequest, SpeculativeEngine
 from specd.worker.methods import make_proposer, needs_adapter
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.self_drafting import EarlyExitProposer, NgramProposer
+from specd.worker.specee import SpecEEDecoder
 from specd.worker.speculation import DraftRequest
 from specd.worker.sampling import SamplingParams
 
@@ -128,3 +129,46 @@ def test_ngram_lookup_takes_the_latest_longest_match():
     assert ngram.lookup([1, 2, 3, 9, 1, 2, 3, 8, 5, 1, 2, 3], 2) == [8, 5]  # latest occurrence of 1 2 3
     assert ngram.lookup([4, 7, 1, 2, 9, 2], 3) == [9, 2]  # falls back to the 1-gram "2"; stops at the end
     assert ngram.lookup([1, 2, 3], 4) == []
+
+
+def _specee(path, threshold: float) -> tuple[SpeculativeEngine, SpecEEDecoder]:
+    import dataclasses
+
+    target = _runner(path)
+    decoder = SpecEEDecoder.from_dir(target, path)
+    decoder.config = dataclasses.replace(decoder.config, threshold=threshold)
+    return SpeculativeEngine(target, exit_decoder=decoder), decoder
+
+
+def test_specee_that_never_exits_is_plain_decoding(early_exit_target):
+    prompts = _prompts(4, seed=3)
+    plain = SpeculativeEngine(_runner(early_exit_target, adapter=False))
+    expected = [t for t, _ in plain.generate([GenerationRequest(p, 16, k=0, stop_at_eos=False) for p in prompts])]
+    engine, decoder = _specee(early_exit_target, threshold=1.0)
+    got = [t for t, _ in engine.generate([GenerationRequest(p, 16, k=0, stop_at_eos=False) for p in prompts])]
+    assert got == expected
+    assert set(decoder.exits) == {4}  # every token went through the whole model
+
+
+def test_specee_exits_early_and_finishes_the_exited_tokens_exactly(early_exit_target):
+    """τ = 0: every token exits at the first scheduled depth, as its likeliest candidate there; the
+    skipped layers run with the next token, so the cache ends up as a plain pass would fill it."""
+    engine, decoder = _specee(early_exit_target, threshold=0.0)
+    prompt = [5, 9, 12, 40, 41, 7]
+    engine.add(GenerationRequest(prompt, 6, k=0, stop_at_eos=False, request_id="r"))
+    engine.prefill()
+    tokens = []
+    for _ in range(5):
+        tokens += engine.step()[0].new_tokens
+    assert set(decoder.exits) == {2} and len(tokens) == 5
+    cache = engine.target.kv.get("r")
+    # the last prompt token and the first four generated ones exited at depth 2; nothing has
+    # needed their deeper layers yet (the fifth is pending: not in the cache)
+    assert cache.depths == [4] * (len(prompt) - 1) + [2] * 5
+    [logits] = engine.target.forward([ForwardItem("r", engine.target.sync("r", prompt + tokens), num_logits=1)])
+    fresh = ModelRunner.from_dir(early_exit_target)
+    [expected] = fresh.forward([ForwardItem("f", prompt + tokens, num_logits=1)])
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    for layer in range(4):  # keys of every layer equal a plain pass over the same tokens
+        n = len(prompt) + len(tokens)
+        torch.testing.assert_close(cache.keys[layer][:, :n], fresh.kv.get("f").keys[layer][:, :n], rtol=1e-4, atol=1e-4)

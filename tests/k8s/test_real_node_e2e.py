@@ -6,7 +6,8 @@ reach the workers through a PersistentVolumeClaim, as a user would provide a mod
 `manifests/examples/demo.yaml` is applied unchanged. Then: a greedy generation through the
 router's Service equals local plain decoding; live acceptance reaches the status; a second
 target replica serves; a target pod deleted mid-stream loses and repeats no token; deleting the
-resource removes every pod. The node advertises fake nvidia.com/gpu (there is no GPU here): the
+resource removes every pod. Then `manifests/examples/self-speculative.yaml` (the target drafting
+from its own early exit, no draft pool) serves the same tokens. The node advertises fake nvidia.com/gpu (there is no GPU here): the
 workers run on the CPU.
 """
 
@@ -35,14 +36,14 @@ CHECKPOINTS = REPO / "specd" / "demo" / "checkpoints"
 PROMPT, NEW_TOKENS = "def parse(line):", 48
 
 
-def pods(cluster: DevCluster, role: str | None = None) -> list[dict]:
-    selector = f"{names.LABEL_INSTANCE}=demo" + (f",{names.LABEL_COMPONENT}={role}" if role else "")
+def pods(cluster: DevCluster, role: str | None = None, instance: str = "demo") -> list[dict]:
+    selector = f"{names.LABEL_INSTANCE}={instance}" + (f",{names.LABEL_COMPONENT}={role}" if role else "")
     return get(cluster, "pods", "-n", NS, "-l", selector)["items"]
 
 
-def serving(cluster: DevCluster, role: str, count: int) -> list[dict] | None:
+def serving(cluster: DevCluster, role: str, count: int, instance: str = "demo") -> list[dict] | None:
     """`count` pods of the role, not terminating, on the real node, every container ready."""
-    found = [p for p in pods(cluster, role) if not p["metadata"].get("deletionTimestamp")]
+    found = [p for p in pods(cluster, role, instance) if not p["metadata"].get("deletionTimestamp")]
     ok = len(found) == count and all(
         p["spec"].get("nodeName") == realnode.NODE_NAME
         and all(c.get("ready") and c.get("started") for c in p["status"].get("containerStatuses", [{}]))
@@ -122,8 +123,8 @@ def demo(cluster: DevCluster) -> dict:
                     and condition(b, "Ready").get("status") == "True" and b, 120, lambda: diagnose(cluster))
 
 
-def router_address(cluster: DevCluster) -> str:
-    service = get(cluster, "service", "demo-router", "-n", NS)
+def router_address(cluster: DevCluster, instance: str = "demo") -> str:
+    service = get(cluster, "service", f"{instance}-router", "-n", NS)
     return f"{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
 
 
@@ -213,3 +214,22 @@ def test_deleting_a_target_pod_mid_stream_loses_and_repeats_no_token(cluster: De
 def test_deleting_the_resource_removes_every_pod(cluster: DevCluster, demo: dict) -> None:
     cluster.kubectl("delete", "sds", "demo", "-n", NS, "--wait=true", "--timeout=120s")
     wait_for("every demo pod gone", lambda: not pods(cluster), 180, lambda: diagnose(cluster))
+
+
+def test_self_speculative_example_drafts_inside_the_target(cluster: DevCluster) -> None:
+    """manifests/examples/self-speculative.yaml unchanged: Kangaroo drafting inside the target pod,
+    no draft pod at all, and the tokens of plain decoding."""
+    from specd.client import Client
+
+    instance = "self-speculative"
+    cluster.kubectl("apply", "-n", NS, "-f", str(REPO / "manifests" / "examples" / f"{instance}.yaml"))
+    for role in ("target", "router"):
+        wait_for(f"a {role} pod serving on the real node",
+                 lambda role=role: serving(cluster, role, 1, instance), 300, lambda: diagnose(cluster))
+    assert not pods(cluster, "draft", instance)
+    assert get(cluster, "deployment", f"{instance}-draft", "-n", NS) is None
+    with Client(router_address(cluster, instance), timeout=120) as client:
+        result = client.generate(PROMPT, NEW_TOKENS, ignore_eos=True)
+    assert result.tokens == plain_greedy(PROMPT, NEW_TOKENS)
+    assert result.usage.draft_tokens_accepted > 0  # the early exit drafted, and the target kept some
+    cluster.kubectl("delete", "sds", instance, "-n", NS, "--wait=true", "--timeout=120s")

@@ -18,7 +18,7 @@ from specd.errors import SpecdError
 from specd.proto.v1 import common_pb2, worker_pb2
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams
-from specd.worker.methods import make_proposer
+from specd.worker.methods import make_exit_decoder, make_proposer
 from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
 
 COST_WINDOW = 256  # forward passes kept for the step-cost fit
@@ -85,7 +85,9 @@ class CostMeter:
 
 
 class WorkerCore:
-    """self_draft_method: a target worker's own drafting method (contract.TARGET_DRAFT_METHODS)."""
+    """self_draft_method: a method the target worker runs itself (contract.IN_TARGET_METHODS): one
+    that drafts and verifies inside the worker, or SpecEE, which decodes greedy requests with
+    early exits (approximate) wherever the router asks for a plain step."""
 
     def __init__(self, role: str, runner: ModelRunner, model_dir: str | Path, tensor_parallel_size: int = 1,
                  self_draft_method: str = "") -> None:
@@ -99,6 +101,7 @@ class WorkerCore:
         self.verifier = Verifier(runner)
         self.self_draft_method = self_draft_method
         self.self_proposer = make_proposer(self_draft_method, runner, model_dir) if self_draft_method else None
+        self.exit_decoder = make_exit_decoder(self_draft_method, runner, model_dir) if self_draft_method else None
         tokenizer = Path(model_dir) / "tokenizer.json"
         self.tokenizer_json = tokenizer.read_text() if tokenizer.is_file() else ""
 
@@ -158,7 +161,7 @@ class WorkerCore:
             rid = item.delta.request_id
             if item.self_draft_k and item.draft_tokens:
                 raise SpecdError(f"request {rid!r}: give draft_tokens or self_draft_k, not both")
-            if item.self_draft_k and self.self_proposer is None:
+            if item.self_draft_k and self.self_proposer is None:  # specee drafts nothing either
                 raise SpecdError(f"request {rid!r}: self_draft_k needs a target worker with its own draft method "
                                  f"(this one drafts nothing itself)")
             _check_k(rid, len(item.draft_tokens) or item.self_draft_k)
@@ -171,6 +174,8 @@ class WorkerCore:
             if item.self_draft_k:
                 own_drafts.append((requests[-1], DraftRequest(rid, mirror.committed, item.self_draft_k, mirror.params,
                                                               mirror.generator)))
+        if self.exit_decoder is not None:
+            return self._verify_with_exits(requests)
         draft_seconds, drafted = 0.0, []
         if own_drafts:
             started = time.perf_counter()
@@ -184,6 +189,26 @@ class WorkerCore:
         cost.draft_seconds, cost.draft_passes, cost.draft_tokens = draft_seconds, max(drafted, default=0), sum(drafted)
         return [worker_pb2.Verdict(accepted=result.accepted, tokens=result.tokens, drafted=len(request.draft_tokens))
                 for request, result in zip(requests, results)], cost
+
+    def _verify_with_exits(self, requests: list[VerifyRequest]) -> tuple[list[worker_pb2.Verdict], worker_pb2.StepCost]:
+        """SpecEE: the plain steps of greedy requests exit early (one token each); the rest verify."""
+        early = [r for r in requests if r.params.greedy and not r.draft_tokens]
+        exact = [r for r in requests if not (r.params.greedy and not r.draft_tokens)]
+        started = time.perf_counter()
+        tokens = self.exit_decoder.step([(r.request_id, r.committed) for r in early]) if early else []
+        results = dict(zip((r.request_id for r in early), ([t] for t in tokens)))
+        if exact:
+            results.update((r.request_id, v) for r, v in zip(exact, self.verifier.verify(exact)))
+        seconds = time.perf_counter() - started
+        verdicts = []
+        for r in requests:
+            result = results[r.request_id]
+            verdicts.append(worker_pb2.Verdict(accepted=0, tokens=result, drafted=0) if isinstance(result, list) else
+                            worker_pb2.Verdict(accepted=result.accepted, tokens=result.tokens,
+                                               drafted=len(r.draft_tokens)))
+        self.costs.add(1.0, seconds, 1)
+        return verdicts, worker_pb2.StepCost(compute_seconds=seconds, forward_passes=1, tokens=len(requests),
+                                             batch_size=len(requests))
 
     def _timed(self, call, batch_size: int, passes: int = 1, tokens: int | None = None):
         """Run `call` and record its per-pass cost; `tokens` defaults to what the last pass was fed."""

@@ -83,9 +83,11 @@ def load_core(role: str, model_dir: str, tensor_parallel_size: int = 1, kv_budge
         raise SpecdError(f"unknown worker role {role!r} (choose from {', '.join(ROLES)})")
     if role == "draft" and tensor_parallel_size != 1:
         raise SpecdError("a draft worker runs on one process (--tensor-parallel-size 1)")
-    own = draft_method if role == "target" and draft_method in contract.TARGET_DRAFT_METHODS else ""
+    own = draft_method if role == "target" and draft_method in contract.IN_TARGET_METHODS else ""
     if own:
         check_method(own, model_dir)  # before loading: a target without trained exits is refused by name
+    if own in contract.APPROXIMATE_METHODS:
+        log.warning("draft method %s is APPROXIMATE: greedy outputs may differ from the target's own", own)
     runner = load_runner(model_dir, tensor_parallel_size, kv_budget_mib, with_adapter=needs_adapter(own))
     return WorkerCore(role, runner, model_dir, tensor_parallel_size, own)
 
