@@ -70,3 +70,26 @@ def test_a_target_without_exits_is_refused_by_name(models):
 
     with pytest.raises(SpecdError, match="early_exit.json"):
         load_core("target", str(models[0]), draft_method="early-exit")
+
+
+def test_specee_target_serves_with_early_exits(loop, start_router, tokenizer, self_target, self_reference):
+    """SpecEE is approximate: the worker decodes greedy plain steps with early exits (its random
+    test predictors exit often); a sampled request still goes through the whole model."""
+    from conftest import Workers
+
+    pool = Workers(loop)
+    try:
+        address = pool.start("specee", "target", self_target, draft_method="specee")
+        core = pool.cores["specee"]
+        assert core.info().draft_method == "specee"
+        router = start_router(RouterConfig(policy="fcfs", max_batch_size=4).with_speculation("none"), [address])
+        with Client(router, timeout=60) as client:
+            greedy = client.generate(PROMPTS[0], 24, ignore_eos=True)
+            sampled = client.generate(PROMPTS[1], 8, temperature=0.8, seed=7, ignore_eos=True)
+        assert len(greedy.tokens) == 24 and greedy.usage.draft_tokens_proposed == 0
+        assert len(sampled.tokens) == 8
+        early = sum(n for depth, n in core.exit_decoder.exits.items() if depth < 4)
+        assert early > 0 and sum(core.exit_decoder.exits.values()) == 24  # only the greedy request's tokens
+        assert_released(core)
+    finally:
+        pool.stop_all()
