@@ -14,7 +14,7 @@ import torch
 
 PEERS = {
     "hf-plain": {},
-    "hf-assisted": {"num_assistant_tokens": 4, "num_assistant_tokens_schedule": "constant"},
+    "hf-assisted": {"assistant_model": None},  # the draft model, drafting a constant 4 tokens (below)
     "hf-prompt-lookup": {"prompt_lookup_num_tokens": 4},
     "hf-early-exit": {"assistant_early_exit": 4},
 }
@@ -42,9 +42,14 @@ def load_peers(target_dir: Path, draft_dir: Path) -> dict[str, Callable[[list[in
     for model in (target, draft):  # decode through end-of-text like specd's benchmark does
         model.generation_config.eos_token_id = None
         model.generation_config.pad_token_id = target.config.eos_token_id
+    # transformers reads the draft length from the assistant's own generation config (generate's
+    # keyword arguments do not reach it: the default is up to 20 tokens on a heuristic schedule)
+    draft.generation_config.num_assistant_tokens = 4
+    draft.generation_config.num_assistant_tokens_schedule = "constant"
+    draft.generation_config.assistant_confidence_threshold = 0.0
 
     def peer(settings: dict) -> Callable[[list[int], int], tuple[list[int], int]]:
-        extra = dict(settings, assistant_model=draft) if "num_assistant_tokens" in settings else settings
+        extra = dict(settings, assistant_model=draft) if "assistant_model" in settings else settings
 
         def generate(prompt: list[int], max_new_tokens: int) -> tuple[list[int], int]:
             ids = torch.tensor([prompt])
