@@ -2,7 +2,7 @@
 
 Small residual branches keep the early layers' predictions close to the last layer's, so drafts
 from the exits are accepted often but not always; `head_std` sets how peaked the distributions
-are (Kangaroo's confidence threshold stops drafts below 0.6)."""
+are; its early_exit.json sets Kangaroo's confidence threshold η to 0.25."""
 
 from __future__ import annotations
 
@@ -37,5 +37,6 @@ def build_early_exit_target(path: Path, config: LlamaConfig, tokenizer_json: str
     save_adapter(adapter, path, torch.float32)
     save_predictors({2: ExitPredictor(4), 3: ExitPredictor(4)}, path, torch.float32)
     specee = SpecEEConfig(candidates=4, layers=(2, 3), offline=(2,)).as_json()
-    EarlyExits(exits=(1, 2), adapter_exit=1, hierarchical=(1, 2), specee=specee).write(path)
+    # an η the random exits pass sometimes (the paper's 0.6 would stop almost every draft)
+    EarlyExits(exits=(1, 2), adapter_exit=1, hierarchical=(1, 2), specee=specee, confidence=0.25).write(path)
     return path

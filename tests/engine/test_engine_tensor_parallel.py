@@ -44,3 +44,34 @@ def test_tp2_equals_tp1(tiny_models):
     full_rows = engine.target.model.model.layers[0].self_attn.q_proj.weight.shape[0]
     assert result["q_rows"] == full_rows // 2, "the query projection was not sharded across 2 ranks"
     assert result["tokens"] == expected
+
+
+# Early-exit drafting under tensor parallelism: the shallow passes and the resumed ones are
+# replicated like any forward, and the (unsharded) Kangaroo adapter runs on every rank.
+EARLY_EXIT_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    torch.set_num_threads(1)
+    from specd.worker.engine import GenerationRequest, SpeculativeEngine
+    from specd.worker.methods import make_proposer
+    from specd.worker.tensor_parallel import load_runner
+    target_dir, method, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    target = load_runner(target_dir, tensor_parallel_size=2, with_adapter=True)
+    engine = SpeculativeEngine(target, proposer=make_proposer(method, target, target_dir))
+    out = engine.generate([GenerationRequest(p, 16, k=k, stop_at_eos=False) for p, k in zip(prompts, (0, 3, 6))])
+    target.close()
+    print("RESULT " + json.dumps({"tokens": [t for t, _ in out], "accepted": sum(s.accepted for _, s in out)}))
+""")
+
+
+@pytest.mark.parametrize("method", ["early-exit", "hierarchical"])
+def test_early_exit_drafting_tp2_equals_plain_tp1(early_exit_target, method):
+    pytest.importorskip("deepspeed")
+    engine = SpeculativeEngine(ModelRunner.from_dir(early_exit_target))
+    expected = [t for t, _ in engine.generate([GenerationRequest(p, 16, k=0, stop_at_eos=False) for p in PROMPTS])]
+    proc = subprocess.run([sys.executable, "-c", EARLY_EXIT_SCRIPT, str(early_exit_target), method,
+                           json.dumps(PROMPTS)], capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[0].removeprefix("RESULT "))
+    assert result["tokens"] == expected
+    assert result["accepted"] > 0

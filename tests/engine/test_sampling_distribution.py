@@ -19,7 +19,6 @@ from scipy.stats import chisquare
 from specd.worker import acceptance, speculation
 from specd.worker.engine import GenerationRequest, SpeculativeEngine
 from specd.worker.methods import make_proposer, needs_adapter
-from specd.worker.self_drafting import EarlyExitProposer
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams, gumbel_noise, probabilities
 
@@ -48,10 +47,7 @@ def _draft_model_engine(models) -> SpeculativeEngine:
 
 def _self_drafting_engine(target_dir, method: str) -> SpeculativeEngine:
     target = ModelRunner.from_dir(target_dir, with_adapter=needs_adapter(method))
-    proposer = make_proposer(method, target, target_dir)
-    if method == "early-exit":  # the random test target's exits are unsure: a threshold that stops some drafts
-        proposer = EarlyExitProposer(target, confidence=0.25)
-    return SpeculativeEngine(target, proposer=proposer)
+    return SpeculativeEngine(target, proposer=make_proposer(method, target, target_dir))
 
 
 def _repeating_prompt(target_dir) -> list[int]:

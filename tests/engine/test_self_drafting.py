@@ -90,10 +90,7 @@ def _prompts(count: int, seed: int) -> list[list[int]]:
 
 def _engine(path, method: str) -> SpeculativeEngine:
     target = _runner(path, adapter=needs_adapter(method))
-    proposer = make_proposer(method, target, path)
-    if method == "early-exit":  # the random test target's exits are unsure: a threshold that stops some drafts
-        proposer = EarlyExitProposer(target, confidence=0.25)
-    return SpeculativeEngine(target, proposer=proposer)
+    return SpeculativeEngine(target, proposer=make_proposer(method, target, path))
 
 
 @pytest.mark.parametrize("method", SELF_METHODS)
