@@ -48,6 +48,8 @@ TARGET_DRAFT_METHODS = ("early-exit", "hierarchical", "ngram")
 APPROXIMATE_METHODS = ("specee",)
 # the methods run by the target worker itself (it loads what they need)
 IN_TARGET_METHODS = TARGET_DRAFT_METHODS + APPROXIMATE_METHODS
+# every method but plain decoding (what `specd bench decode` races against plain decoding)
+DRAFTING_METHODS = tuple(m for m in DRAFT_METHODS if m != "none")
 
 
 # --- bounds and defaults ------------------------------------------------------------------------
@@ -263,7 +265,7 @@ def _describe(error: dict[str, Any]) -> str:
 __all__ = [
     "POLICIES", "DEFAULT_POLICY", "SPECULATION_MODES", "SPECULATION_MODE_ALIASES", "DEFAULT_SPECULATION_MODE",
     "DRAFT_METHODS", "DEFAULT_DRAFT_METHOD", "DRAFT_POOL_METHODS", "TARGET_DRAFT_METHODS",
-    "APPROXIMATE_METHODS", "IN_TARGET_METHODS", "Range", "MAX_K", "K", "MAX_K_RANGE",
+    "APPROXIMATE_METHODS", "IN_TARGET_METHODS", "DRAFTING_METHODS", "Range", "MAX_K", "K", "MAX_K_RANGE",
     "MAX_BATCH_SIZE", "CLUSTER_MAX_BATCH_SIZE_DEFAULT", "MAX_QUEUED_REQUESTS", "PIPELINE_DEPTH", "QUEUES",
     "FIRST_QUANTUM", "QUANTUM_GROWTH", "STABILITY_WINDOW", "STABILITY_THRESHOLD", "TENSOR_PARALLEL_SIZES",
     "TENSOR_PARALLEL_SIZE", "TARGET_REPLICAS", "DRAFT_REPLICAS", "DRAFT_GPUS", "ROUTER_REPLICAS", "PORT",

@@ -66,3 +66,13 @@ def test_registry_has_handlers_for_the_resource_and_every_child_kind() -> None:
     assert watched == {f"child-{kind}" for kind in builders.CHILD_KINDS}
     changing = {h.id for h in registry._changing.get_all_handlers()}
     assert changing == {"create", "update", "resume"}
+
+
+def test_the_command_line_builds_without_torch() -> None:
+    """The operator's image has no torch (docker/operator.Dockerfile), and its entry point builds
+    the whole `specd` parser: no command module may import torch when it is registered."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from specd.cli import build_parser\n"
+            "build_parser().parse_args(['operator', '--help'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "usage: specd operator" in result.stdout, result.stderr[-2000:]

@@ -25,7 +25,8 @@ import torch
 
 from specd.worker import bench_peers
 from specd.worker.engine import GenerationRequest, RequestStats, SpeculativeEngine
-from specd.worker.methods import BENCH_METHODS, DEFAULT_K, make_exit_decoder, make_proposer, needs_adapter
+from specd.contract import DRAFTING_METHODS
+from specd.worker.methods import DEFAULT_K, make_exit_decoder, make_proposer, needs_adapter
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.specee import teacher_forced_losses
 from specd.worker.tokenizer import Tokenizer
@@ -38,7 +39,7 @@ class DecodeBenchSettings:
     prompts: int = 8
     max_new_tokens: int = 96
     rounds: int = 2
-    methods: tuple[str, ...] = BENCH_METHODS
+    methods: tuple[str, ...] = DRAFTING_METHODS
 
 
 def theoretical_speedup(alpha: float, c: float, k: int) -> float:

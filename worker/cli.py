@@ -7,8 +7,8 @@ import json
 import sys
 import time
 
-from specd.contract import DEFAULT_DRAFT_METHOD, DRAFT_METHODS
-from specd.worker.methods import BENCH_METHODS
+# no torch-importing module at import time: the operator's image (no torch) builds this parser too
+from specd.contract import DEFAULT_DRAFT_METHOD, DRAFT_METHODS, DRAFTING_METHODS
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -48,9 +48,9 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     bench.add_argument("--prompts", type=int, default=8, help="held-out prompts (default: 8)")
     bench.add_argument("--max-new-tokens", type=int, default=96, help="tokens per prompt (default: 96)")
     bench.add_argument("--rounds", type=int, default=2, help="alternating plain/speculative rounds (default: 2)")
-    bench.add_argument("--methods", default=",".join(BENCH_METHODS),
+    bench.add_argument("--methods", default=",".join(DRAFTING_METHODS),
                        help=f"comma-separated drafting methods to run next to plain decoding "
-                            f"(default: {','.join(BENCH_METHODS)})")
+                            f"(default: {','.join(DRAFTING_METHODS)})")
     bench.add_argument("--no-peers", action="store_true",
                        help="skip the Hugging Face transformers peers (run by default when transformers is installed)")
     _add_model_args(bench)
@@ -126,9 +126,9 @@ def _bench_decode(args: argparse.Namespace) -> int:
     except ValueError:
         raise SpecdError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
     methods = tuple(m for m in args.methods.split(",") if m)
-    unknown = [m for m in methods if m not in BENCH_METHODS]
+    unknown = [m for m in methods if m not in DRAFTING_METHODS]
     if unknown:
-        raise SpecdError(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(BENCH_METHODS)})")
+        raise SpecdError(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(DRAFTING_METHODS)})")
     settings = bench_decode.DecodeBenchSettings(args.k, batch_sizes, args.prompts, args.max_new_tokens, args.rounds,
                                                 methods)
     target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)

@@ -15,9 +15,8 @@ from specd.worker.specee import SpecEEConfig, SpecEEDecoder
 from specd.worker.speculation import DraftProposer, Proposer
 
 
-# the methods that draft, in benchmark order, and the speculation length each runs at by default:
-# Kangaroo's γ = 6 (PAPERS.md §3), HiSpec's m = 8 tentative tokens per full validation (§4)
-BENCH_METHODS = ("model", "early-exit", "hierarchical", "ngram", "specee")
+# the speculation length each method runs at by default: Kangaroo's γ = 6 (PAPERS.md §3), HiSpec's
+# m = 8 tentative tokens per full validation (§4); SpecEE drafts nothing
 DEFAULT_K = {"model": 4, "early-exit": 6, "hierarchical": 8, "ngram": 4, "specee": 0}
 
 
