@@ -11,13 +11,16 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     train = subparsers.add_parser(
         "train-demo",
         help="train the tiny demo target and draft models from the standard library's sources",
-        description="Train the demo target (~8M parameters) and draft (~1.4M, distilled from the "
-                    "target) with fixed seeds, writing HF-format directories OUT/target and OUT/draft.",
+        description="Train the demo target (~8M parameters, early-exit capable, with a Kangaroo adapter "
+                    "and SpecEE predictors) and draft (~1.4M, distilled from the target) with fixed seeds, "
+                    "writing HF-format directories OUT/target and OUT/draft.",
     )
     train.add_argument("--out", required=True, help="output directory")
     train.add_argument("--steps", type=int, help="joint training steps (default: the committed models' setting)")
     train.add_argument("--distill-steps", type=int, help="draft-only distillation steps at the end")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: 1)")
+    train.add_argument("--phases", help="comma-separated phases to run, each from the files the previous one "
+                                        "wrote in OUT (default: all: joint,early-exit,on-policy,adapter,specee)")
     train.set_defaults(func=_train)
 
     demo = subparsers.add_parser(
@@ -42,12 +45,14 @@ def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from specd.demo.train import TrainSettings, train
+    from specd.demo.train import PHASES, TrainSettings, train
 
     overrides = {name: value for name, value in
                  (("steps", args.steps), ("distill_steps", args.distill_steps), ("threads", args.threads))
                  if value is not None}
-    train(Path(args.out), replace(TrainSettings(), **overrides), log=lambda msg: print(msg, flush=True))
+    phases = tuple(args.phases.split(",")) if args.phases else PHASES
+    train(Path(args.out), replace(TrainSettings(), **overrides), log=lambda msg: print(msg, flush=True),
+          phases=phases)
     return 0
 
 

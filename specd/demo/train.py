@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from specd.demo import corpus
+from specd.errors import SpecdError
 from specd.worker.checkpoint import load_model, save_model
 from specd.worker.config import LlamaConfig
 from specd.worker.early_exit import EarlyExits, KangarooAdapter, load_adapter, save_adapter
@@ -147,7 +148,7 @@ def train(out_dir: Path, settings: TrainSettings = TrainSettings(), log: Callabl
     """Run the phases (all by default) into out_dir/target and out_dir/draft; training.json records them."""
     unknown = set(phases) - set(PHASES)
     if unknown:
-        raise ValueError(f"unknown training phases {sorted(unknown)}; phases are {', '.join(PHASES)}")
+        raise SpecdError(f"unknown training phases {sorted(unknown)}; phases are {', '.join(PHASES)}")
     torch.set_num_threads(settings.threads)
     record_path = out_dir / "training.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() and "joint" not in phases else {}
