@@ -15,7 +15,7 @@ All three feed the same `Verifier`, so their outputs are exactly the target's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -65,8 +65,9 @@ class _Drafting:
     request: DraftRequest
     sequence: list[int]  # committed tokens, then what this request has drafted so far
     limit: int  # tokens to draft at most
-    tokens: list[int]
-    probs: list[torch.Tensor]
+    feed: list[int]  # what the next pass feeds: the cache's missing tokens, then each new draft
+    tokens: list[int] = field(default_factory=list)
+    probs: list[torch.Tensor] = field(default_factory=list)
 
 
 def draft_from_exit(runner: ModelRunner, requests: list[DraftRequest], sequences: list[list[int]],
@@ -74,11 +75,11 @@ def draft_from_exit(runner: ModelRunner, requests: list[DraftRequest], sequences
     """Draft up to limits[i] tokens after sequences[i] from the exit at `depth` (the adapter's
     when the runner has one there), stopping a request early when its draft's top-token
     probability falls below `confidence`. The exit's KV and states stay in the runner's cache."""
-    states = [_Drafting(r, list(seq), limit, [], []) for r, seq, limit in zip(requests, sequences, limits)]
+    states = [_Drafting(r, list(seq), limit, runner.sync(r.request_id, seq, depth) if limit > 0 else [])
+              for r, seq, limit in zip(requests, sequences, limits)]
     active = [s for s in states if s.limit > 0]
-    feed = {id(s): runner.sync(s.request.request_id, s.sequence, depth) for s in active}
     while active:
-        logits = runner.forward([ForwardItem(s.request.request_id, feed[id(s)], depth=depth) for s in active])
+        logits = runner.forward([ForwardItem(s.request.request_id, s.feed, depth=depth) for s in active])
         still = []
         for s, row in zip(active, logits):
             row = row[-1]
@@ -90,7 +91,7 @@ def draft_from_exit(runner: ModelRunner, requests: list[DraftRequest], sequences
             s.sequence.append(token)
             if q is not None:
                 s.probs.append(q)
-            feed[id(s)] = [token]
+            s.feed = [token]
             if len(s.tokens) < s.limit:
                 still.append(s)
         active = still
