@@ -20,14 +20,20 @@ from torch import nn
 
 from specd.errors import SpecdError
 from specd.worker.config import LlamaConfig
-from specd.worker.model import LlamaAttention, PackedBatch, RMSNorm, Rope
+from specd.worker.model import LlamaAttention, LlamaForCausalLM, PackedBatch, RMSNorm, Rope
 
 EARLY_EXIT_FILE = "early_exit.json"
 ADAPTER_FILE = "kangaroo_adapter.safetensors"
+VOCABULARY_KEY = "vocabulary"  # the draft vocabulary, stored with the adapter's weights
 
 
 class KangarooAdapter(nn.Module):
-    """States leaving layer `exit_layer` -> states the target's LM head reads as the next token."""
+    """States leaving layer `exit_layer` -> states the target's LM head reads as the next token.
+
+    `vocabulary` (optional): the token ids the self-draft may propose, the most frequent ones in
+    training. Its logits then need only those rows of the LM head (a quarter of the head's cost
+    for the demo; the draft step is a few layers, so the head is a large share of it). Drafts stay
+    exact to verify: greedy checks any token, and sampling accepts against the restricted q."""
 
     def __init__(self, config: LlamaConfig, exit_layer: int) -> None:
         super().__init__()
@@ -35,10 +41,24 @@ class KangarooAdapter(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = LlamaAttention(config)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.vocabulary: torch.Tensor | None = None  # [draft vocabulary] int64, ascending
+        self._head_rows: torch.Tensor | None = None  # the LM head's rows of that vocabulary
 
     def forward(self, x: torch.Tensor, batch: PackedBatch, kv_layer: int, rope: Rope) -> torch.Tensor:
         """x: [T, hidden] at the exit; the adapter's keys and values go to cache layer `kv_layer`."""
         return x + self.self_attn(self.input_layernorm(x), batch, kv_layer, rope)
+
+    def logits(self, states: torch.Tensor, model: LlamaForCausalLM) -> torch.Tensor:
+        """[n, hidden] adapter outputs -> [n, vocab] float logits (-inf outside the draft vocabulary)."""
+        normed = self.norm(states)
+        head = model.lm_head.weight
+        if self.vocabulary is None or head.shape[0] != model.config.vocab_size:  # none, or a sharded head
+            return model.head(normed)
+        if self._head_rows is None:
+            self._head_rows = head[self.vocabulary]
+        out = normed.new_full((len(normed), model.config.vocab_size), float("-inf"), dtype=torch.float32)
+        out[:, self.vocabulary] = (normed @ self._head_rows.T).float()
+        return out
 
 
 @dataclass(frozen=True)
@@ -83,12 +103,18 @@ def load_adapter(model_dir: str | Path, config: LlamaConfig, dtype: torch.dtype 
     if exits.adapter_exit is None or not weights.is_file():
         raise SpecdError(f"{model_dir} has no Kangaroo adapter ({ADAPTER_FILE}); train one with `specd train-demo`")
     adapter = KangarooAdapter(config, exits.adapter_exit)
-    adapter.load_state_dict(load_file(str(weights)))
-    return adapter.to(dtype).eval().requires_grad_(False)
+    state = load_file(str(weights))
+    vocabulary = state.pop(VOCABULARY_KEY, None)
+    adapter.load_state_dict(state)
+    adapter = adapter.to(dtype).eval().requires_grad_(False)
+    adapter.vocabulary = vocabulary.long() if vocabulary is not None else None
+    return adapter
 
 
 def save_adapter(adapter: KangarooAdapter, model_dir: str | Path, dtype: torch.dtype) -> None:
     from safetensors.torch import save_file
 
     state = {name: t.detach().to(dtype).contiguous() for name, t in adapter.state_dict().items()}
+    if adapter.vocabulary is not None:
+        state[VOCABULARY_KEY] = adapter.vocabulary.long().contiguous()
     save_file(state, str(Path(model_dir) / ADAPTER_FILE), metadata={"format": "pt"})

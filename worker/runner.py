@@ -235,7 +235,7 @@ class ModelRunner:
             elif r.item.states_only:
                 out.append(r.states[-n:])
             elif r.side is not None:
-                out.append(self.model.head(self.adapter.norm(r.side[-n:])))
+                out.append(self.adapter.logits(r.side[-n:], self.model))
             else:
                 out.append(self.model.logits(r.states[-n:]))
         return out

@@ -196,7 +196,7 @@ def teacher_forced_losses(runner: ModelRunner, predictors: dict[int, ExitPredict
     rope = model.model.rotary.tables(batch.positions, torch.float32)
     h = model.model.embed_tokens(batch.tokens)
     h = model.run_layers(h, batch, 0, adapter.exit_layer, rope)
-    draft_logits = model.head(adapter.norm(adapter(h, batch, layers, rope)))
+    draft_logits = adapter.logits(adapter(h, batch, layers, rope), model)
     candidates = draft_logits.topk(config.candidates).indices
     previous = draft_logits.gather(1, candidates).softmax(-1)
     rows = model.lm_head.weight[candidates]

@@ -169,3 +169,20 @@ def test_specee_exits_early_and_finishes_the_exited_tokens_exactly(early_exit_ta
     for layer in range(4):  # keys of every layer equal a plain pass over the same tokens
         n = len(prompt) + len(tokens)
         torch.testing.assert_close(cache.keys[layer][:, :n], fresh.kv.get("f").keys[layer][:, :n], rtol=1e-4, atol=1e-4)
+
+
+def test_a_draft_vocabulary_restricts_drafts_and_stays_exact(early_exit_target):
+    """The adapter's draft vocabulary (the most frequent tokens) cuts the head's cost; drafts come
+    only from it, and verification keeps the output exact."""
+    target = _runner(early_exit_target)
+    target.adapter.vocabulary = torch.arange(0, target.config.vocab_size, 2)
+    [logits] = target.forward([ForwardItem("v", [5, 6, 7], depth=target.adapter.exit_layer)])
+    assert torch.isinf(logits[0, 1::2]).all() and torch.isfinite(logits[0, ::2]).all()
+    target.release("v")
+    engine = SpeculativeEngine(target, proposer=make_proposer("early-exit", target, early_exit_target))
+    prompts = _prompts(4, seed=11)
+    plain = SpeculativeEngine(_runner(early_exit_target, adapter=False))
+    expected = [t for t, _ in plain.generate([GenerationRequest(p, 16, k=0, stop_at_eos=False) for p in prompts])]
+    results = engine.generate([GenerationRequest(p, 16, k=4, stop_at_eos=False) for p in prompts])
+    assert [t for t, _ in results] == expected
+    assert sum(s.proposed for _, s in results) > 0
