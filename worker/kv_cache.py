@@ -51,10 +51,7 @@ class RequestKV:
     @property
     def full_length(self) -> int:
         """Leading tokens that have been through every layer."""
-        n = len(self.depths)
-        while n and self.depths[n - 1] < self.full_depth:
-            n -= 1
-        return n
+        return self.reached(self.full_depth)
 
     def reached(self, depth: int) -> int:
         """Leading tokens that have been through at least `depth` layers (depths never increase)."""

@@ -87,6 +87,14 @@ def workers(loop, models):
 
 
 @pytest.fixture
+def worker_pool(loop):
+    """An empty pool for a test's own workers; they are stopped after the test."""
+    pool = Workers(loop)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
 def start_router(loop):
     """start_router(config, targets, drafts) -> "127.0.0.1:port"; stopped after the test."""
     from specd.router.service import start_router as start

@@ -40,28 +40,22 @@ def self_reference(self_target):
 
 @pytest.mark.parametrize("speculation", ["fixed:4", "goodput"])
 @pytest.mark.parametrize("method", contract.TARGET_DRAFT_METHODS)
-def test_drafting_inside_the_target_serves_plain_decoding(loop, start_router, tokenizer, self_target,
+def test_drafting_inside_the_target_serves_plain_decoding(worker_pool, start_router, tokenizer, self_target,
                                                           self_reference, method, speculation):
-    from conftest import Workers
-
-    pool = Workers(loop)
-    try:
-        address = pool.start("self", "target", self_target, draft_method=method)
-        assert pool.cores["self"].info().draft_method == method
-        config = RouterConfig(policy="laps-sd", max_batch_size=4).with_speculation(speculation)
-        router = start_router(config, [address])  # no draft workers at all
-        proposed = accepted = 0
-        with Client(router, timeout=60) as client:
-            for prompt in PROMPTS[:4]:
-                result = client.generate(prompt, 24, ignore_eos=True)
-                assert result.tokens == self_reference(tokenizer.encode(prompt), 24), prompt
-                proposed += result.usage.draft_tokens_proposed
-                accepted += result.usage.draft_tokens_accepted
-        if speculation.startswith("fixed") and method != "ngram":
-            assert 0 < accepted < proposed, (accepted, proposed)
-        assert_released(pool.cores["self"])
-    finally:
-        pool.stop_all()
+    address = worker_pool.start("self", "target", self_target, draft_method=method)
+    assert worker_pool.cores["self"].info().draft_method == method
+    config = RouterConfig(policy="laps-sd", max_batch_size=4).with_speculation(speculation)
+    router = start_router(config, [address])  # no draft workers at all
+    proposed = accepted = 0
+    with Client(router, timeout=60) as client:
+        for prompt in PROMPTS[:4]:
+            result = client.generate(prompt, 24, ignore_eos=True)
+            assert result.tokens == self_reference(tokenizer.encode(prompt), 24), prompt
+            proposed += result.usage.draft_tokens_proposed
+            accepted += result.usage.draft_tokens_accepted
+    if speculation.startswith("fixed") and method != "ngram":
+        assert 0 < accepted < proposed, (accepted, proposed)
+    assert_released(worker_pool.cores["self"])
 
 
 def test_a_target_without_exits_is_refused_by_name(models):
@@ -72,24 +66,18 @@ def test_a_target_without_exits_is_refused_by_name(models):
         load_core("target", str(models[0]), draft_method="early-exit")
 
 
-def test_specee_target_serves_with_early_exits(loop, start_router, tokenizer, self_target, self_reference):
+def test_specee_target_serves_with_early_exits(worker_pool, start_router, self_target):
     """SpecEE is approximate: the worker decodes greedy plain steps with early exits (its random
     test predictors exit often); a sampled request still goes through the whole model."""
-    from conftest import Workers
-
-    pool = Workers(loop)
-    try:
-        address = pool.start("specee", "target", self_target, draft_method="specee")
-        core = pool.cores["specee"]
-        assert core.info().draft_method == "specee"
-        router = start_router(RouterConfig(policy="fcfs", max_batch_size=4).with_speculation("none"), [address])
-        with Client(router, timeout=60) as client:
-            greedy = client.generate(PROMPTS[0], 24, ignore_eos=True)
-            sampled = client.generate(PROMPTS[1], 8, temperature=0.8, seed=7, ignore_eos=True)
-        assert len(greedy.tokens) == 24 and greedy.usage.draft_tokens_proposed == 0
-        assert len(sampled.tokens) == 8
-        early = sum(n for depth, n in core.exit_decoder.exits.items() if depth < 4)
-        assert early > 0 and sum(core.exit_decoder.exits.values()) == 24  # only the greedy request's tokens
-        assert_released(core)
-    finally:
-        pool.stop_all()
+    address = worker_pool.start("specee", "target", self_target, draft_method="specee")
+    core = worker_pool.cores["specee"]
+    assert core.info().draft_method == "specee"
+    router = start_router(RouterConfig(policy="fcfs", max_batch_size=4).with_speculation("none"), [address])
+    with Client(router, timeout=60) as client:
+        greedy = client.generate(PROMPTS[0], 24, ignore_eos=True)
+        sampled = client.generate(PROMPTS[1], 8, temperature=0.8, seed=7, ignore_eos=True)
+    assert len(greedy.tokens) == 24 and greedy.usage.draft_tokens_proposed == 0
+    assert len(sampled.tokens) == 8
+    early = sum(n for depth, n in core.exit_decoder.exits.items() if depth < 4)
+    assert early > 0 and sum(core.exit_decoder.exits.values()) == 24  # only the greedy request's tokens
+    assert_released(core)

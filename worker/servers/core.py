@@ -18,6 +18,7 @@ from specd.errors import SpecdError
 from specd.proto.v1 import common_pb2, worker_pb2
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams
+from specd.worker.acceptance import Acceptance
 from specd.worker.methods import make_exit_decoder, make_proposer
 from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
 
@@ -82,6 +83,10 @@ class CostMeter:
         slope = sum((x - mx) * (y - my) for x, y in self.samples) / var if var > 0 else 0.0
         slope = max(slope, 0.0)
         return max(my - slope * mx, 0.0), slope, my
+
+
+def _verdict(request: VerifyRequest, result: Acceptance) -> worker_pb2.Verdict:
+    return worker_pb2.Verdict(accepted=result.accepted, tokens=result.tokens, drafted=len(request.draft_tokens))
 
 
 class WorkerCore:
@@ -187,28 +192,23 @@ class WorkerCore:
         results, cost = self._timed(lambda: self.verifier.verify(requests), len(items))
         cost.compute_seconds += draft_seconds
         cost.draft_seconds, cost.draft_passes, cost.draft_tokens = draft_seconds, max(drafted, default=0), sum(drafted)
-        return [worker_pb2.Verdict(accepted=result.accepted, tokens=result.tokens, drafted=len(request.draft_tokens))
-                for request, result in zip(requests, results)], cost
+        return [_verdict(request, result) for request, result in zip(requests, results)], cost
 
     def _verify_with_exits(self, requests: list[VerifyRequest]) -> tuple[list[worker_pb2.Verdict], worker_pb2.StepCost]:
         """SpecEE: the plain steps of greedy requests exit early (one token each); the rest verify."""
         early = [r for r in requests if r.params.greedy and not r.draft_tokens]
         exact = [r for r in requests if not (r.params.greedy and not r.draft_tokens)]
         started = time.perf_counter()
-        tokens = self.exit_decoder.step([(r.request_id, r.committed) for r in early]) if early else []
-        results = dict(zip((r.request_id for r in early), ([t] for t in tokens)))
+        verdicts = {}
+        if early:
+            tokens = self.exit_decoder.step([(r.request_id, r.committed) for r in early])
+            verdicts.update((r.request_id, worker_pb2.Verdict(tokens=[t])) for r, t in zip(early, tokens))
         if exact:
-            results.update((r.request_id, v) for r, v in zip(exact, self.verifier.verify(exact)))
+            verdicts.update((r.request_id, _verdict(r, v)) for r, v in zip(exact, self.verifier.verify(exact)))
         seconds = time.perf_counter() - started
-        verdicts = []
-        for r in requests:
-            result = results[r.request_id]
-            verdicts.append(worker_pb2.Verdict(accepted=0, tokens=result, drafted=0) if isinstance(result, list) else
-                            worker_pb2.Verdict(accepted=result.accepted, tokens=result.tokens,
-                                               drafted=len(r.draft_tokens)))
         self.costs.add(1.0, seconds, 1)
-        return verdicts, worker_pb2.StepCost(compute_seconds=seconds, forward_passes=1, tokens=len(requests),
-                                             batch_size=len(requests))
+        return [verdicts[r.request_id] for r in requests], worker_pb2.StepCost(
+            compute_seconds=seconds, forward_passes=1, tokens=len(requests), batch_size=len(requests))
 
     def _timed(self, call, batch_size: int, passes: int = 1, tokens: int | None = None):
         """Run `call` and record its per-pass cost; `tokens` defaults to what the last pass was fed."""
