@@ -4,7 +4,7 @@
 #   docker build -f docker/specd.Dockerfile -t ghcr.io/specd/specd:0.1.0 .
 # PyPI's Linux torch wheel carries its CUDA runtime; the node provides the driver (through the
 # NVIDIA container toolkit / device plugin that also advertises nvidia.com/gpu).
-# Any image with Python 3.10+ and pip on PATH; `make images` passes a Debian base built
+# Any image with Python 3.11+ (tomllib) and pip on PATH; `make images` passes a Debian base built
 # locally with mmdebstrap (no registry pulls).
 ARG BASE=python:3.11-slim
 FROM ${BASE}
@@ -14,14 +14,20 @@ RUN pip install --upgrade pip setuptools wheel \
  && pip install "torch==2.10.0" numpy \
  && DS_BUILD_OPS=0 pip install --no-build-isolation "deepspeed==0.19.8"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+# the dependencies in a layer of their own: a source change then rebuilds, and ships to a node,
+# only specd itself (torch and deepspeed above already satisfy theirs)
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+COPY README.md ./
 COPY specd specd
 COPY operator operator
 COPY router router
 COPY worker worker
 COPY client client
 COPY proto proto
-RUN pip install . && rm -rf /src
+RUN pip install --no-deps . && rm -rf /src
 # The gRPC stubs are compiled on first import into $SPECD_PROTO_CACHE: compile them now, so
 # pods with a read-only root file system find them.
 ENV SPECD_PROTO_CACHE=/opt/specd/proto

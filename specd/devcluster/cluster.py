@@ -243,6 +243,9 @@ def _launcher(cluster: DevCluster, die_with_parent: bool) -> Callable[[str, list
     return launch
 
 
+REAL_NODE_READY_S = 120
+
+
 def _start_real_node(cluster: DevCluster, lay: components.Layout, node_images: images.Images,
                      deadline: float, log: Log, die_with_parent: bool) -> None:
     launch = _launcher(cluster, die_with_parent)
@@ -254,6 +257,9 @@ def _start_real_node(cluster: DevCluster, lay: components.Layout, node_images: i
     waiter.until("containerd ready", lambda: realnode.containerd_ready(node.socket))
     log("importing the images into containerd")
     images.build(node.socket, quiet=True)
+    # importing layers the node lacks takes minutes after a source change: like the build, it is
+    # not part of the readiness timeout (the node then has REAL_NODE_READY_S to become Ready)
+    waiter = _Waiter(cluster, max(deadline, time.monotonic() + REAL_NODE_READY_S))
     log(f"starting kubelet and kube-proxy (node {realnode.NODE_NAME} at {realnode.GATEWAY})")
     launch("kubelet", realnode.kubelet_argv(node, lay.bin_dir, cluster.kubeconfig))
     launch("kube-proxy", realnode.kube_proxy_argv(node, lay.bin_dir))
