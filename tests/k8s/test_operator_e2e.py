@@ -450,12 +450,14 @@ def test_live_router_figures_reach_the_status(cluster: DevCluster, operator: Ope
         router = client.stats()
 
     def reported() -> dict | None:
+        """The status once a poll after the generation landed: one taken while it ran may hold
+        the acceptance of its first iterations, which the router's estimate has since left."""
         status = (sds(cluster, "demo") or {}).get("status", {})
-        return status if status.get("acceptanceRate") is not None else None
+        rate = status.get("acceptanceRate")
+        return status if rate is not None and abs(rate - router.acceptance_rate) < 0.2 else None
 
-    status = wait_for("acceptanceRate in the status", reported, 30, operator.tail)
+    status = wait_for("the router's acceptanceRate in the status", reported, 30, operator.tail)
     assert 0 < status["acceptanceRate"] <= 1
-    assert abs(status["acceptanceRate"] - router.acceptance_rate) < 0.2  # the router's figure
     assert status["goodput"] > 0 and 0 <= status["currentK"] <= 16
     lines = cluster.kubectl("get", "sds", "demo", "-n", NS).stdout.splitlines()
     acceptance = lines[1].split()[lines[0].split().index("ACCEPTANCE")]
