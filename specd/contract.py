@@ -85,6 +85,11 @@ QUANTUM_GROWTH = Range(1.0, None, default=2.0)
 STABILITY_WINDOW = Range(1, 10**6, default=8)
 STABILITY_THRESHOLD = Range(0.0, None, default=0.02)
 
+# Where a worker's model runs: `auto` is CUDA with bfloat16 when a GPU is visible, else the CPU
+# with float32 (worker/device.py resolves it); `cuda:N` names one GPU.
+DEVICE_KINDS = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8, 16, 32, 64)  # GPUs of one target pod: powers of two
 TENSOR_PARALLEL_SIZE = Range(1, 64, default=1)
 TARGET_REPLICAS = Range(0, 1024, default=1)
@@ -265,7 +270,7 @@ def _describe(error: dict[str, Any]) -> str:
 __all__ = [
     "POLICIES", "DEFAULT_POLICY", "SPECULATION_MODES", "SPECULATION_MODE_ALIASES", "DEFAULT_SPECULATION_MODE",
     "DRAFT_METHODS", "DEFAULT_DRAFT_METHOD", "DRAFT_POOL_METHODS", "TARGET_DRAFT_METHODS",
-    "APPROXIMATE_METHODS", "IN_TARGET_METHODS", "DRAFTING_METHODS", "Range", "MAX_K", "K", "MAX_K_RANGE",
+    "APPROXIMATE_METHODS", "IN_TARGET_METHODS", "DRAFTING_METHODS", "DEVICE_KINDS", "DTYPES", "Range", "MAX_K", "K", "MAX_K_RANGE",
     "MAX_BATCH_SIZE", "CLUSTER_MAX_BATCH_SIZE_DEFAULT", "MAX_QUEUED_REQUESTS", "PIPELINE_DEPTH", "QUEUES",
     "FIRST_QUANTUM", "QUANTUM_GROWTH", "STABILITY_WINDOW", "STABILITY_THRESHOLD", "TENSOR_PARALLEL_SIZES",
     "TENSOR_PARALLEL_SIZE", "TARGET_REPLICAS", "DRAFT_REPLICAS", "DRAFT_GPUS", "ROUTER_REPLICAS", "PORT",

@@ -1,4 +1,4 @@
-"""Lossless acceptance of drafted tokens (Leviathan et al. 2023; Chen et al. 2023).
+"""Lossless acceptance of drafted tokens (Leviathan et al. 2023; Chen et al. 2023), batched.
 
 Given k drafted tokens with the draft's distributions q_1..q_k and the target's distributions
 p_1..p_{k+1} from one verification pass, accept x_i with probability min(1, p_i(x_i)/q_i(x_i));
@@ -11,6 +11,10 @@ G_i) and the target's token is y_i = argmax(log p_i + G_i) with the same noise G
 position; accept while x_i == y_i, then emit y_i. Each y_i is an exact sample of p_i, and it does
 not depend on k, so a seed reproduces its output under any speculation length. The price is a
 lower acceptance than the rejection rule's sum of min(p, q) (measured in the session notes).
+
+`accept_batch` runs every request of a verification pass at once on the runner's device, in the
+packed layout of the pass (request i's k_i + 1 rows one after the other, no padding), and reads
+back one small tensor: the accepted count and the emitted token of each request.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from specd.worker.sampling import SamplingParams, gumbel_choice, probabilities, sample
+from specd.worker.device import to_device
+from specd.worker.sampling import Rows, SamplingParams, Stream, choose, row_probabilities, uniform
 
 
 @dataclass(frozen=True)
@@ -28,47 +33,80 @@ class Acceptance:
     tokens: list[int]  # the accepted drafted tokens followed by one correction or bonus token
 
 
-def accept_matching(draft_tokens: list[int], choices: list[int]) -> Acceptance:
-    """Accept drafts while they equal the target's own choices (k+1 of them), then emit its next."""
-    accepted = 0
-    while accepted < len(draft_tokens) and draft_tokens[accepted] == choices[accepted]:
-        accepted += 1
-    return Acceptance(accepted, draft_tokens[:accepted] + [choices[accepted]])
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """[n, vocab] -> normalize(max(0, p - q)) per row: what to sample after rejecting a draft from q
+    (q = 0 for a bonus row gives p itself). p == q exactly leaves no mass; then p is right."""
+    mass = (p - q).clamp_min(0)
+    total = mass.sum(-1, keepdim=True)
+    return torch.where(total > 0, mass / total.clamp_min(torch.finfo(mass.dtype).tiny), p)
 
 
-def accept_greedy(draft_tokens: list[int], target_logits: torch.Tensor) -> Acceptance:
-    return accept_matching(draft_tokens, target_logits.argmax(-1).tolist())
+def accept_batch(drafts: list[list[int]], draft_probs: list[torch.Tensor | None], logits: list[torch.Tensor],
+                 params: list[SamplingParams], seeds: list[int], positions: list[int],
+                 tentative: bool = False) -> list[Acceptance]:
+    """Request i: drafts[i] (k_i tokens), draft_probs[i] [k_i, vocab] (None when greedy or coupled),
+    logits[i] [k_i + 1, vocab] of the target, noise seed and the position of its first verified
+    token. tentative: HiSpec's intermediate verifier (streams of its own for unseeded requests)."""
+    if not drafts:
+        return []
+    device = logits[0].device
+    counts = [len(d) + 1 for d in drafts]
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    target = torch.cat(logits)  # [R, vocab]
+    draft_col = to_device([t for d in drafts for t in d + [-1]], torch.int64, device)  # -1 on bonus rows
+    offset_in_request = to_device([j for n in counts for j in range(n)], torch.int64, device)
+    request_of_row = to_device([i for i, n in enumerate(counts) for _ in range(n)], torch.int64, device)
 
+    sampled, sampled_rows = [], []  # requests that sample, and their rows in the pass
+    rejection, rejection_rows, rejection_local = [], [], []  # unseeded ones, their rows in the pass and in `probs`
+    for i, p in enumerate(params):
+        if not p.greedy:
+            rows = list(range(starts[i], starts[i] + counts[i]))
+            if not p.coupled:
+                rejection.append(i)
+                rejection_rows += rows
+                rejection_local += range(len(sampled_rows), len(sampled_rows) + counts[i])
+            sampled.append(i)
+            sampled_rows += rows
 
-def accept_sampled(draft_tokens: list[int], draft_probs: torch.Tensor, target_probs: torch.Tensor,
-                   generator: torch.Generator) -> Acceptance:
-    """draft_probs: [k, vocab]; target_probs: [k+1, vocab], both already transformed."""
-    k = len(draft_tokens)
-    if k:
-        index = torch.tensor(draft_tokens).unsqueeze(1)
-        p = target_probs[:k].gather(1, index).squeeze(1)
-        q = draft_probs.gather(1, index).squeeze(1)
-        u = torch.rand(k, generator=generator)
+    # the target's own choice per row: argmax, or the coupled Gumbel-max sample
+    choice = target.argmax(-1)
+    probs = rows = None
+    if sampled:
+        rows = Rows.build([params[i] for i in sampled], [seeds[i] for i in sampled],
+                          [positions[i] for i in sampled], [counts[i] for i in sampled], device)
+        at = to_device(sampled_rows, torch.int64, device)
+        probs = row_probabilities(target[at], rows)
+        coupled_choice = choose(probs, rows.seed, rows.position, int(Stream.COUPLED))
+        choice[at] = torch.where(rows.coupled, coupled_choice, choice[at])
+    ok = draft_col == choice  # the matching rule (greedy, coupled); bonus rows never match
+
+    if rejection:
+        local = to_device(rejection_local, torch.int64, device)
+        p, seed, position = probs[local], rows.seed[local], rows.position[local]
+        q = torch.cat([torch.cat([draft_probs[i].to(device=p.device, dtype=p.dtype), p.new_zeros(1, p.shape[-1])])
+                       if drafts[i] else p.new_zeros(1, p.shape[-1]) for i in rejection])
+        at = to_device(rejection_rows, torch.int64, device)
+        x = draft_col[at]
+        u = uniform(seed, position, int(Stream.TENTATIVE_ACCEPT if tentative else Stream.ACCEPT), 1).squeeze(1)
+        index = x.clamp_min(0).unsqueeze(1)
         # u < p/q, written without dividing by q (q > 0 for every drafted token)
-        rejected = (u * q >= p).nonzero()
-        if len(rejected):
-            i = int(rejected[0])
-            residual = (target_probs[i] - draft_probs[i]).clamp_min(0)
-            total = residual.sum()
-            # p == q exactly leaves no residual mass; then p itself is the right distribution
-            dist = residual / total if total > 0 else target_probs[i]
-            return Acceptance(i, draft_tokens[:i] + [int(sample(dist.unsqueeze(0), generator))])
-    return Acceptance(k, draft_tokens + [int(sample(target_probs[k : k + 1], generator))])
+        ok[at] = (u * q.gather(1, index).squeeze(1) < p.gather(1, index).squeeze(1)) & (x >= 0)
 
-
-def accept(draft_tokens: list[int], draft_probs: torch.Tensor | None, target_logits: torch.Tensor,
-           params: SamplingParams, generator: torch.Generator, position: int) -> Acceptance:
-    """position: the sequence index of the first verified token (the committed length)."""
-    if params.greedy:
-        return accept_greedy(draft_tokens, target_logits)
-    target_probs = probabilities(target_logits, params)
-    if params.seed is not None:
-        return accept_matching(draft_tokens, gumbel_choice(target_probs, params.seed, position))
-    if draft_probs is None:
-        draft_probs = target_probs.new_zeros(0, target_probs.shape[-1])
-    return accept_sampled(draft_tokens, draft_probs, target_probs, generator)
+    # accepted per request: the offset of its first row that fails (the bonus row always does)
+    never = max(counts)
+    accepted = torch.full((len(drafts),), never, dtype=torch.int64, device=device).scatter_reduce(
+        0, request_of_row, torch.where(ok, never, offset_in_request), reduce="amin")
+    first_rows = to_device(starts, torch.int64, device)
+    emitted = choice[first_rows + accepted]
+    if rejection:
+        firsts, n = [], 0
+        for i in rejection:
+            firsts.append(n)
+            n += counts[i]
+        which = to_device(rejection, torch.int64, device)
+        at = to_device(firsts, torch.int64, device) + accepted[which]  # the correction (or bonus) row in p and q
+        stream = Stream.TENTATIVE_RESIDUAL if tentative else Stream.RESIDUAL
+        emitted[which] = choose(residual(p[at], q[at]), seed[at], position[at], int(stream))
+    accepted_host, emitted_host = torch.stack([accepted, emitted]).tolist()  # the one read-back of the pass
+    return [Acceptance(n, d[:n] + [token]) for d, n, token in zip(drafts, accepted_host, emitted_host)]

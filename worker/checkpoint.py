@@ -33,18 +33,20 @@ def _weight_files(path: Path) -> list[Path]:
     raise SpecdError(f"{path} has no model.safetensors (or model.safetensors.index.json)")
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    """Build the model from config.json and load every weight; missing or extra tensors are an error."""
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> LlamaForCausalLM:
+    """Build the model from config.json and load every weight straight onto `device` (no full copy
+    in host memory first); missing or extra tensors are an error."""
     path = check_model_dir(model_dir)
     config = LlamaConfig.from_file(path / "config.json")
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(path):
-        state.update(load_file(str(file)))
+        state.update(load_file(str(file), device=str(device)))
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    model = model.to_empty(device="cpu")
+    model = model.to_empty(device=device)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
@@ -52,7 +54,8 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> Lla
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     # The rotary tables are buffers computed from the config, not checkpoint tensors.
-    model.model.rotary = type(model.model.rotary)(config.head_dim, config.max_position_embeddings, config.rope_theta)
+    with torch.device(device):
+        model.model.rotary = type(model.model.rotary)(config.head_dim, config.max_position_embeddings, config.rope_theta)
     return model.to(dtype).eval().requires_grad_(False)
 
 

@@ -95,7 +95,8 @@ class EarlyExits:
         (Path(model_dir) / EARLY_EXIT_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def load_adapter(model_dir: str | Path, config: LlamaConfig, dtype: torch.dtype = torch.float32) -> KangarooAdapter:
+def load_adapter(model_dir: str | Path, config: LlamaConfig, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> KangarooAdapter:
     from safetensors.torch import load_file
 
     exits = EarlyExits.read(model_dir)
@@ -106,8 +107,8 @@ def load_adapter(model_dir: str | Path, config: LlamaConfig, dtype: torch.dtype 
     state = load_file(str(weights))
     vocabulary = state.pop(VOCABULARY_KEY, None)
     adapter.load_state_dict(state)
-    adapter = adapter.to(dtype).eval().requires_grad_(False)
-    adapter.vocabulary = vocabulary.long() if vocabulary is not None else None
+    adapter = adapter.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    adapter.vocabulary = vocabulary.long().to(device) if vocabulary is not None else None
     return adapter
 
 

@@ -12,8 +12,6 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-import torch
-
 from specd.contract import MAX_K
 from specd.errors import SpecdError
 from specd.worker.runner import ForwardItem, ModelRunner
@@ -50,7 +48,7 @@ class RequestStats:
 class _Active:
     request: GenerationRequest
     committed: list[int]
-    generator: torch.Generator
+    seed: int  # of the request's noise
     generated: list[int] = field(default_factory=list)
     stats: RequestStats = field(default_factory=RequestStats)
     finished: bool = False
@@ -106,7 +104,7 @@ class SpeculativeEngine:
         request_id = request.request_id or f"req-{next(self._ids)}"
         if request_id in self._active:
             raise SpecdError(f"request id {request_id!r} is already active")
-        self._active[request_id] = _Active(request, list(request.prompt), request.params.generator())
+        self._active[request_id] = _Active(request, list(request.prompt), request.params.noise_seed())
         return request_id
 
     def prefill(self) -> None:
@@ -138,14 +136,14 @@ class SpeculativeEngine:
         ks = {rid: self._step_k(state) for rid, state in states}
         proposals = {}
         if self.proposer is not None:
-            drafts = [DraftRequest(rid, s.committed, ks[rid], s.request.params, s.generator) for rid, s in states]
+            drafts = [DraftRequest(rid, s.committed, ks[rid], s.request.params, s.seed) for rid, s in states]
             proposals = {d.request_id: p for d, p in zip(drafts, self.proposer.propose(drafts))}
         verify = []
         for rid, s in states:
             proposal = proposals.get(rid)
             tokens = proposal.tokens if proposal else []
             verify.append(VerifyRequest(rid, s.committed, tokens, proposal.probs if proposal else None,
-                                        s.request.params, s.generator))
+                                        s.request.params, s.seed))
         for (rid, state), result in zip(states, self.verifier.verify(verify)):
             drafted = len(proposals[rid].tokens) if rid in proposals else 0  # a method may stop before k
             state.stats.steps += 1

@@ -49,7 +49,7 @@ def make_proposer(method: str, target: ModelRunner, target_dir: str | Path,
             raise SpecdError("draft method 'model' needs a draft model")
         return DraftProposer(draft)
     if method == "ngram":
-        return NgramProposer(target.config.vocab_size)
+        return NgramProposer(target.config.vocab_size, target.device)
     if method == "early-exit":
         confidence = EarlyExits.read(target_dir).confidence
         return EarlyExitProposer(target) if confidence is None else EarlyExitProposer(target, confidence)

@@ -37,7 +37,9 @@ class PackedBatch:
     def __post_init__(self) -> None:
         # token j of a request's n new tokens sits at position start + j and sees keys 0..start+j;
         # a single new token sees everything, which needs no mask
-        self.masks = [None if n == 1 else torch.arange(start + n) <= (start + torch.arange(n)).unsqueeze(1)
+        device = self.positions.device
+        self.masks = [None if n == 1 else
+                      torch.arange(start + n, device=device) <= (start + torch.arange(n, device=device)).unsqueeze(1)
                       for start, n in zip(self.starts, self.counts)]
 
 
@@ -79,11 +81,24 @@ def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> to
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """q: [heads, n, hd]; keys, values: [kv_heads, length, hd]; mask: [n, length] or None -> [heads, n, hd].
+    """q: [heads, n, hd]; keys, values: [kv_heads, length, hd]; mask: [n, length] (True: may attend)
+    or None -> [heads, n, hd]. PyTorch's fused kernels on a GPU; the grouped matmuls on a CPU."""
+    if q.device.type == "cpu":
+        return attend_grouped(q, keys, values, mask)
+    return attend_fused(q, keys, values, mask)
 
-    Grouped-query heads share their key/value head without copies: the group's queries are
-    stacked into one matrix per key/value head (faster than the math path of
-    scaled_dot_product_attention on a CPU for these small shapes)."""
+
+def attend_fused(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """scaled_dot_product_attention (flash / memory-efficient kernels on CUDA), grouped-query
+    heads shared without copies (enable_gqa)."""
+    out = F.scaled_dot_product_attention(q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0),
+                                         attn_mask=mask, enable_gqa=True)
+    return out.squeeze(0)
+
+
+def attend_grouped(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The group's queries of each key/value head stacked into one matrix (faster than the math
+    path of scaled_dot_product_attention on a CPU for these small shapes)."""
     heads, n, hd = q.shape
     kv_heads = keys.shape[0]
     group = heads // kv_heads

@@ -28,6 +28,7 @@ import torch
 from specd.errors import SpecdError
 from specd.worker.kv_cache import KVPool, RequestKV
 from specd.worker.checkpoint import load_model
+from specd.worker.device import CPU, Placement
 from specd.worker.early_exit import KangarooAdapter, load_adapter
 from specd.worker.model import LlamaForCausalLM, PackedBatch
 
@@ -66,6 +67,7 @@ class ModelRunner:
                  adapter: KangarooAdapter | None = None) -> None:
         self.model = model
         self.config = model.config
+        self.device = next(model.parameters()).device  # every tensor of a pass is made here
         self.adapter = adapter
         cfg = self.config
         self.num_layers = cfg.num_hidden_layers
@@ -79,10 +81,10 @@ class ModelRunner:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, kv_budget_mib: float = DEFAULT_KV_BUDGET_MIB,
-                 dtype: torch.dtype = torch.float32, with_adapter: bool = False) -> "ModelRunner":
-        model = load_model(model_dir, dtype)
+                 placement: Placement = CPU, with_adapter: bool = False) -> "ModelRunner":
+        model = load_model(model_dir, placement.dtype, placement.device)
         model.fuse_projections()  # one process holds the whole model (tensor_parallel.py builds sharded ones)
-        adapter = load_adapter(model_dir, model.config, dtype) if with_adapter else None
+        adapter = load_adapter(model_dir, model.config, placement.dtype, placement.device) if with_adapter else None
         return cls(model, kv_budget_mib, adapter)
 
     # -- state-changing calls (replicated to tensor-parallel followers) -------------------------
@@ -187,7 +189,7 @@ class ModelRunner:
         if cache.length > start + held:
             cache.truncate(start + held)
         new_tokens = item.tokens[held:]
-        embedded = self.model.model.embed_tokens(torch.tensor(new_tokens, dtype=torch.long))
+        embedded = self.model.model.embed_tokens(torch.tensor(new_tokens, dtype=torch.long, device=self.device))
         states = torch.cat([cache.states(start, start + held), embedded]) if held else embedded
         return _Rows(item, cache, start, depth, cache.depths[start:] + [0] * len(new_tokens), new_tokens, states)
 
@@ -206,9 +208,10 @@ class ModelRunner:
                         taking_part.append((r, joined))
             if not taking_part:
                 continue
+            positions = [p for r, j in taking_part for p in range(r.start + j, r.start + len(r.depths))]
             batch = PackedBatch(
-                tokens=torch.empty(0, dtype=torch.long),
-                positions=torch.cat([torch.arange(r.start + j, r.start + len(r.depths)) for r, j in taking_part]),
+                tokens=torch.empty(0, dtype=torch.long, device=self.device),
+                positions=torch.tensor(positions, dtype=torch.long, device=self.device),
                 caches=[r.cache for r, _ in taking_part],
                 starts=[r.start + j for r, j in taking_part],
                 counts=[len(r.depths) - j for r, j in taking_part],

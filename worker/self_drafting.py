@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specd.worker.acceptance import accept
+from specd.worker.acceptance import accept_batch
+from specd.worker.device import to_device
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import probabilities
 from specd.worker.speculation import DraftRequest, Proposal, draw, stack_probs
@@ -35,8 +36,9 @@ class NgramProposer:
 
     runner = None
 
-    def __init__(self, vocab_size: int, sizes: tuple[int, int] = DEFAULT_NGRAM) -> None:
+    def __init__(self, vocab_size: int, device: torch.device, sizes: tuple[int, int] = DEFAULT_NGRAM) -> None:
         self.vocab_size = vocab_size
+        self.device = device
         self.min_n, self.max_n = sizes
 
     def lookup(self, sequence: list[int], k: int) -> list[int]:
@@ -54,8 +56,8 @@ class NgramProposer:
             tokens = self.lookup(r.committed, r.k) if r.k > 0 else []
             probs = None
             if tokens and not r.params.greedy:
-                probs = torch.zeros(len(tokens), self.vocab_size)
-                probs[torch.arange(len(tokens)), torch.tensor(tokens)] = 1.0
+                index = to_device(tokens, torch.int64, self.device).unsqueeze(1)
+                probs = torch.zeros(len(tokens), self.vocab_size, device=self.device).scatter_(1, index, 1.0)
             proposals.append(Proposal(tokens, probs))
         return proposals
 
@@ -80,17 +82,17 @@ def draft_from_exit(runner: ModelRunner, requests: list[DraftRequest], sequences
     active = [s for s in states if s.limit > 0]
     while active:
         logits = runner.forward([ForwardItem(s.request.request_id, s.feed, depth=depth) for s in active])
+        last = torch.cat([row[-1:] for row in logits])  # [active, vocab]
+        drawn, q = draw(last, [s.request for s in active], [len(s.sequence) for s in active])
+        tops = torch.stack([q_row if q_row is not None else row.softmax(-1) for q_row, row in zip(q, last)]).amax(-1)
         still = []
-        for s, row in zip(active, logits):
-            row = row[-1]
-            token, q = draw(row, s.request, len(s.sequence))
-            top = (q if q is not None else row.softmax(-1)).max()
+        for s, token, top, q_row in zip(active, drawn.tolist(), tops.tolist(), q):  # one read-back per pass
             if top < confidence:
                 continue  # the second early exit: this draft is too unsure to be worth verifying
             s.tokens.append(token)
             s.sequence.append(token)
-            if q is not None:
-                s.probs.append(q)
+            if q_row is not None:
+                s.probs.append(q_row)
             s.feed = [token]
             if len(s.tokens) < s.limit:
                 still.append(s)
@@ -145,9 +147,11 @@ class HierarchicalProposer:
                 items.append(ForwardItem(d.request.request_id, pending + d.tokens, num_logits=len(d.tokens) + 1,
                                          depth=self.verify_exit))
             logits = self.target.forward(items)
+            results = accept_batch([d.tokens for d in drafted], [stack_probs(d.probs) for d in drafted], logits,
+                                   [r.params for r in active], [r.seed for r in active],
+                                   [len(seq) for seq in sequences], tentative=True)
             still = []
-            for r, d, seq, row in zip(active, drafted, sequences, logits):
-                result = accept(d.tokens, stack_probs(d.probs), row, r.params, r.generator, len(seq))
+            for r, result, row in zip(active, results, logits):
                 tokens, probs = tentative[r.request_id]
                 tokens.extend(result.tokens)
                 if not r.params.greedy:  # each tentative token is an exact sample of its intermediate row

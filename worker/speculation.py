@@ -16,9 +16,10 @@ from typing import Protocol
 
 import torch
 
-from specd.worker.acceptance import Acceptance, accept
+from specd.worker.device import to_device
+from specd.worker.acceptance import Acceptance, accept_batch
 from specd.worker.runner import ForwardItem, ModelRunner
-from specd.worker.sampling import SamplingParams, gumbel_choice, probabilities, sample
+from specd.worker.sampling import Rows, SamplingParams, choose, draft_stream, row_probabilities
 
 
 @dataclass
@@ -27,7 +28,7 @@ class DraftRequest:
     committed: list[int]
     k: int
     params: SamplingParams
-    generator: torch.Generator
+    seed: int  # of the request's noise (SamplingParams.noise_seed)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class VerifyRequest:
     draft_tokens: list[int]
     draft_probs: torch.Tensor | None
     params: SamplingParams
-    generator: torch.Generator
+    seed: int
 
 
 class Proposer(Protocol):
@@ -55,14 +56,21 @@ class Proposer(Protocol):
     def propose(self, requests: list[DraftRequest]) -> list[Proposal]: ...
 
 
-def draw(logits: torch.Tensor, request: DraftRequest, position: int) -> tuple[int, torch.Tensor | None]:
-    """One drafted token from [vocab] logits at sequence `position`, and q (None when greedy)."""
-    if request.params.greedy:
-        return int(logits.argmax()), None
-    q = probabilities(logits.unsqueeze(0), request.params)
-    if request.params.seed is not None:  # the noise the target will use at this position
-        return gumbel_choice(q, request.params.seed, position)[0], q[0]
-    return int(sample(q, request.generator)), q[0]
+def draw(logits: torch.Tensor, requests: list[DraftRequest], positions: list[int]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """One drafted token per row of [n, vocab] logits (request i at sequence position positions[i])
+    -> ([n] tokens on the device, q of each row, None when greedy), batched: no read-back here."""
+    tokens = logits.argmax(-1)
+    q: list[torch.Tensor | None] = [None] * len(requests)
+    sampled = [i for i, r in enumerate(requests) if not r.params.greedy]
+    if sampled:
+        rows = Rows.build([requests[i].params for i in sampled], [requests[i].seed for i in sampled],
+                          [positions[i] for i in sampled], [1] * len(sampled), logits.device)
+        at = to_device(sampled, torch.int64, logits.device)
+        probs = row_probabilities(logits[at], rows)
+        tokens[at] = choose(probs, rows.seed, rows.position, draft_stream(rows))
+        for i, row in zip(sampled, probs):
+            q[i] = row
+    return tokens, q
 
 
 def stack_probs(rows: list[torch.Tensor]) -> torch.Tensor | None:
@@ -83,10 +91,11 @@ class DraftProposer:
         step = 0
         while active:
             logits = self.runner.forward([ForwardItem(r.request_id, feed[r.request_id]) for r in active])
-            for r, row in zip(active, logits):
-                token, q = draw(row[-1], r, len(r.committed) + step)
-                if q is not None:
-                    probs[r.request_id].append(q)
+            drawn, q = draw(torch.cat([row[-1:] for row in logits]), active,
+                            [len(r.committed) + step for r in active])
+            for r, token, q_row in zip(active, drawn.tolist(), q):  # one read-back per pass
+                if q_row is not None:
+                    probs[r.request_id].append(q_row)
                 tokens[r.request_id].append(token)
                 feed[r.request_id] = [token]
             step += 1
@@ -107,10 +116,10 @@ class Verifier:
             pending = self.runner.sync(r.request_id, r.committed)
             items.append(ForwardItem(r.request_id, pending + r.draft_tokens, num_logits=len(r.draft_tokens) + 1))
         logits = self.runner.forward(items)
-        results = []
-        for r, row in zip(requests, logits):
-            result = accept(r.draft_tokens, r.draft_probs, row, r.params, r.generator, len(r.committed))
+        results = accept_batch([r.draft_tokens for r in requests], [r.draft_probs for r in requests], logits,
+                               [r.params for r in requests], [r.seed for r in requests],
+                               [len(r.committed) for r in requests])
+        for r, result in zip(requests, results):
             # keep only the committed prefix plus the accepted drafts in the target's cache
             self.runner.truncate(r.request_id, len(r.committed) + result.accepted)
-            results.append(result)
         return results

@@ -20,7 +20,7 @@ from specd.worker import acceptance, speculation
 from specd.worker.engine import GenerationRequest, SpeculativeEngine
 from specd.worker.methods import make_proposer, needs_adapter
 from specd.worker.runner import ForwardItem, ModelRunner
-from specd.worker.sampling import SamplingParams, gumbel_noise, probabilities
+from specd.worker.sampling import SamplingParams, Stream, gumbel, probabilities, uniform
 
 PROMPT = [17, 42, 99, 5]
 SAMPLES = 3000
@@ -110,9 +110,9 @@ def _p_value(pairs: list[tuple[int, int]], joint: dict[tuple[int, int], float]) 
 
 @pytest.fixture
 def unseeded_streams(monkeypatch):
-    """Unseeded requests draw from fresh random streams; numbered ones keep the test repeatable."""
+    """Unseeded requests draw a fresh random noise seed; numbered ones keep the test repeatable."""
     numbers = itertools.count(1)
-    monkeypatch.setattr(SamplingParams, "generator", lambda self: torch.Generator().manual_seed(next(numbers)))
+    monkeypatch.setattr(SamplingParams, "noise_seed", lambda self: self.seed if self.seed is not None else next(numbers))
 
 
 @pytest.mark.parametrize("coupling", ["rejection", "gumbel"])
@@ -137,41 +137,58 @@ def test_self_drafting_sampling_matches_target(early_exit_target, method, coupli
     assert p > 1e-3, f"{method} samples do not fit the target distribution (p = {p:.2e})"
 
 
-def _broken_accept(draft_tokens, draft_probs, target_logits, params, generator, position):
+def _broken_residual(p, q):
     """Wrong on purpose: after a rejection it samples from p, ignoring that q was already tried."""
-    if params.greedy or not draft_tokens:
-        return acceptance.accept(draft_tokens, draft_probs, target_logits, params, generator, position)
-    target_probs = probabilities(target_logits, params)
-    result = acceptance.accept_sampled(draft_tokens, draft_probs, target_probs, generator)
-    if result.accepted == len(draft_tokens):
-        return result
-    i = result.accepted
-    resampled = int(torch.multinomial(target_probs[i], 1, generator=generator))
-    return acceptance.Acceptance(i, draft_tokens[:i] + [resampled])
+    return p
 
 
-def _broken_gumbel_accept(draft_tokens, draft_probs, target_logits, params, generator, position):
+def _broken_gumbel(monkeypatch):
     """Wrong on purpose: at the first mismatch it keeps the draft's token instead of the target's."""
-    result = acceptance.accept(draft_tokens, draft_probs, target_logits, params, generator, position)
-    if result.accepted < len(draft_tokens):
-        return acceptance.Acceptance(result.accepted + 1, draft_tokens[: result.accepted + 1])
-    return result
+    real = acceptance.accept_batch
+
+    def keep_the_draft(drafts, *args, **kwargs):
+        results = real(drafts, *args, **kwargs)
+        return [acceptance.Acceptance(r.accepted + 1, d[: r.accepted + 1]) if r.accepted < len(d) else r
+                for d, r in zip(drafts, results)]
+    monkeypatch.setattr(speculation, "accept_batch", keep_the_draft)
 
 
-@pytest.mark.parametrize("coupling,broken", [("rejection", _broken_accept), ("gumbel", _broken_gumbel_accept)])
-def test_broken_acceptance_rule_fails_the_same_test(distant_models, monkeypatch, unseeded_streams, coupling, broken):
-    monkeypatch.setattr(speculation, "accept", broken)
+@pytest.mark.parametrize("coupling", ["rejection", "gumbel"])
+def test_broken_acceptance_rule_fails_the_same_test(distant_models, monkeypatch, unseeded_streams, coupling):
+    if coupling == "rejection":
+        monkeypatch.setattr(acceptance, "residual", _broken_residual)
+    else:
+        _broken_gumbel(monkeypatch)
     params = SamplingParams(temperature=1.0)
     pairs = _sample_pairs(_draft_model_engine(distant_models), params, coupling)
     p = _p_value(pairs, _exact_joint(distant_models.target, params))
     assert p < 1e-3, f"the goodness-of-fit test did not notice a biased acceptance rule (p = {p:.2e})"
 
 
-def test_gumbel_noise_is_keyed_by_seed_and_position():
-    noise = {(seed, pos): gumbel_noise(seed, pos, 64) for seed in (7, 8) for pos in (0, 1)}
-    assert torch.equal(noise[(7, 1)], gumbel_noise(7, 1, 64))  # draft and target derive the same
-    assert len({tuple(n.tolist()) for n in noise.values()}) == 4  # other seed or position: other noise
-    assert torch.isfinite(torch.stack(list(noise.values()))).all()
+def _splitmix(x: int) -> int:
+    """The reference splitmix64 finaliser on Python integers (unbounded, masked to 64 bits)."""
+    mask = (1 << 64) - 1
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def test_noise_is_a_pure_function_of_seed_position_stream_and_column():
+    """The tensor hash equals a plain-integer reference (so it is the same on any device), and
+    other seeds, positions or streams give other numbers."""
+    mask, golden = (1 << 64) - 1, 0x9E3779B97F4A7C15
+    seeds, positions = torch.tensor([7, 7, 8, 2**61 + 5]), torch.tensor([0, 1, 0, 10**6])
+    got = uniform(seeds, positions, int(Stream.ACCEPT), 5)
+    for row, (seed, position) in enumerate(zip(seeds.tolist(), positions.tolist())):
+        key = _splitmix((seed * golden + _splitmix((position * 0xBF58476D1CE4E5B9 + Stream.ACCEPT) & mask)) & mask)
+        for column in range(5):
+            bits = _splitmix((key + (column + 1) * golden) & mask)
+            assert float(got[row, column]) == ((bits >> 41) + 0.5) * 2.0**-23
+    assert len({tuple(r) for r in got.tolist()}) == 4
+    assert not torch.equal(got, uniform(seeds, positions, int(Stream.DRAFT), 5))
+    assert ((got > 0) & (got < 1)).all()
+    noise = gumbel(seeds, positions, int(Stream.COUPLED), 4096)
+    assert torch.isfinite(noise).all() and abs(float(noise.mean()) - 0.5772) < 0.05  # Gumbel's mean: γ
 
 
 def test_a_seed_reproduces_its_output_whatever_k(distant_models):

@@ -122,7 +122,7 @@ def test_early_exit_stops_drafting_below_the_confidence_threshold(early_exit_tar
 
 
 def test_ngram_lookup_takes_the_latest_longest_match():
-    ngram = NgramProposer(vocab_size=100, sizes=(1, 3))
+    ngram = NgramProposer(vocab_size=100, device=torch.device("cpu"), sizes=(1, 3))
     assert ngram.lookup([1, 2, 3, 9, 1, 2, 3, 8, 5, 1, 2, 3], 2) == [8, 5]  # latest occurrence of 1 2 3
     assert ngram.lookup([4, 7, 1, 2, 9, 2], 3) == [9, 2]  # falls back to the 1-gram "2"; stops at the end
     assert ngram.lookup([1, 2, 3], 4) == []

@@ -40,7 +40,7 @@ class Mirror:
 
     committed: list[int]
     params: SamplingParams
-    generator: torch.Generator
+    seed: int  # of the request's noise (a failover draws a new one for an unseeded request: still exact)
 
 
 def sampling_params(msg: common_pb2.SamplingParams) -> SamplingParams:
@@ -49,7 +49,7 @@ def sampling_params(msg: common_pb2.SamplingParams) -> SamplingParams:
 
 
 def probs_to_bytes(probs: torch.Tensor | None) -> bytes:
-    return b"" if probs is None else probs.to(torch.float32).contiguous().numpy().tobytes()
+    return b"" if probs is None else probs.to(dtype=torch.float32, device="cpu").contiguous().numpy().tobytes()
 
 
 def probs_from_bytes(data: bytes, k: int, vocab: int) -> torch.Tensor | None:
@@ -121,7 +121,7 @@ class WorkerCore:
                                f"the router sent tokens from position {delta.start}")
         if mirror is None:
             params = sampling_params(delta.sampling)
-            mirror = self.mirrors[delta.request_id] = Mirror([], params, params.generator())
+            mirror = self.mirrors[delta.request_id] = Mirror([], params, params.noise_seed())
         del mirror.committed[delta.start:]
         mirror.committed.extend(delta.tokens)
         if not mirror.committed:
@@ -152,7 +152,7 @@ class WorkerCore:
         for item in items:
             _check_k(item.delta.request_id, item.k)
             mirror = self.apply(item.delta)
-            requests.append(DraftRequest(item.delta.request_id, mirror.committed, item.k, mirror.params, mirror.generator))
+            requests.append(DraftRequest(item.delta.request_id, mirror.committed, item.k, mirror.params, mirror.seed))
         # the first pass feeds what each cache misses, every later pass one token per request
         fed = sum(len(self.runner.sync(r.request_id, r.committed)) + r.k - 1 for r in requests if r.k)
         proposals, cost = self._timed(lambda: self.proposer.propose(requests), len(items),
@@ -175,10 +175,10 @@ class WorkerCore:
             probs = probs_from_bytes(item.draft_probs, len(drafts), vocab)
             if drafts and probs is None and not mirror.params.greedy:
                 raise SpecdError(f"request {rid!r}: sampled verification needs draft_probs")
-            requests.append(VerifyRequest(rid, mirror.committed, drafts, probs, mirror.params, mirror.generator))
+            requests.append(VerifyRequest(rid, mirror.committed, drafts, probs, mirror.params, mirror.seed))
             if item.self_draft_k:
                 own_drafts.append((requests[-1], DraftRequest(rid, mirror.committed, item.self_draft_k, mirror.params,
-                                                              mirror.generator)))
+                                                              mirror.seed)))
         if self.exit_decoder is not None:
             return self._verify_with_exits(requests)
         draft_seconds, drafted = 0.0, []
