@@ -10,6 +10,7 @@ from specd import contract
 from specd.contract import DRAFT_METHODS, MAX_BATCH_SIZE, POLICIES
 from specd.demo.paths import resolve_model_dirs
 from specd.errors import SpecdError
+from specd.worker.cli import add_placement_args
 
 
 def register(subparsers, bench_subparsers) -> None:
@@ -81,6 +82,7 @@ def _register_worker(subparsers) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: more threads thrash on a shared CPU)")
     p.add_argument("--kv-budget-mib", type=float, default=512, help="KV cache memory budget (default: 512)")
+    add_placement_args(p)
     p.add_argument("--grace", type=float, default=30, help="seconds to finish running calls after SIGTERM")
     p.set_defaults(func=_worker)
 
@@ -99,7 +101,8 @@ def _worker(args) -> int:
         raise SpecdError("--threads must be at least 1")
     torch.set_num_threads(args.threads)
     _logging()
-    core = load_core(args.role, args.model, args.tensor_parallel_size, args.kv_budget_mib, args.draft_method)
+    core = load_core(args.role, args.model, args.tensor_parallel_size, args.kv_budget_mib, args.draft_method,
+                     args.device, args.dtype)
     asyncio.run(serve_worker(core, args.host, args.port, args.grace))
     return 0
 

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from specd.worker import bench_peers
-from specd.worker.engine import GenerationRequest, RequestStats, SpeculativeEngine
 from specd.contract import DRAFTING_METHODS
+from specd.worker import bench_peers
+from specd.worker.device import CPU, Placement, synchronize
+from specd.worker.engine import GenerationRequest, RequestStats, SpeculativeEngine
 from specd.worker.methods import DEFAULT_K, make_exit_decoder, make_proposer, needs_adapter
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.specee import teacher_forced_losses
@@ -57,8 +58,10 @@ def step_cost(runner: ModelRunner, context: list[int], repeats: int = 30) -> flo
     times = []
     for _ in range(repeats):
         runner.truncate("cost-probe", len(context))
+        synchronize(runner.device)
         started = time.perf_counter()
         runner.forward([ForwardItem("cost-probe", [context[-1]])])
+        synchronize(runner.device)
         times.append(time.perf_counter() - started)
     runner.release("cost-probe")
     return statistics.median(times)
@@ -91,16 +94,17 @@ def _timed(engine: SpeculativeEngine, prompts: list[list[int]], batch: int, k: i
     return tally
 
 
-def _engines(target_dir: Path, draft_dir: Path, methods: tuple[str, ...]) -> dict[str, tuple[SpeculativeEngine, int]]:
+def _engines(target_dir: Path, draft_dir: Path, methods: tuple[str, ...],
+             placement: Placement) -> dict[str, tuple[SpeculativeEngine, int]]:
     """(engine, k) per method; the methods that draft inside the target share one target runner
     (with the adapter when early-exit is among them)."""
-    target = ModelRunner.from_dir(target_dir, with_adapter=any(needs_adapter(m) for m in methods))
+    target = ModelRunner.from_dir(target_dir, placement=placement, with_adapter=any(needs_adapter(m) for m in methods))
     engines = {}
     for method in methods:
         if method == "plain":
             engines[method] = (SpeculativeEngine(target), 0)
         else:
-            draft = ModelRunner.from_dir(draft_dir) if method == "model" else None
+            draft = ModelRunner.from_dir(draft_dir, placement=placement) if method == "model" else None
             engines[method] = (SpeculativeEngine(target, proposer=make_proposer(method, target, target_dir, draft),
                                                  exit_decoder=make_exit_decoder(method, target, target_dir)),
                                DEFAULT_K[method])
@@ -130,7 +134,8 @@ def specee_quality(engine: SpeculativeEngine, tokenizer: Tokenizer, texts: list[
     decoder = engine.exit_decoder
     stream = [t for text in texts for t in tokenizer.encode(text)]
     stride = max(1, (len(stream) - length - 1) // windows)
-    batch = torch.tensor([stream[i * stride : i * stride + length + 1] for i in range(windows)])
+    batch = torch.tensor([stream[i * stride : i * stride + length + 1] for i in range(windows)],
+                         device=decoder.runner.device)
     losses = teacher_forced_losses(decoder.runner, decoder.predictors, decoder.config, batch)
     return {"held_out_loss": {"plain": round(losses["plain"], 4), "specee": round(losses["specee"], 4)},
             "held_out_loss_change": round(losses["specee"] / losses["plain"] - 1, 4),
@@ -138,17 +143,61 @@ def specee_quality(engine: SpeculativeEngine, tokenizer: Tokenizer, texts: list[
             "threshold": decoder.config.threshold}
 
 
+def decode_bandwidth(runner: ModelRunner, context: float, seconds_per_token: float) -> dict:
+    """Memory traffic of plain decoding at batch 1: each token reads every weight once (the
+    embedding only its row) and the KV cache of the context; against the device's peak."""
+    weights = sum(p.numel() * p.element_size() for name, p in runner.model.named_parameters()
+                  if name != "model.embed_tokens.weight" or runner.config.tie_word_embeddings)
+    cfg = runner.config
+    element = next(runner.model.parameters()).element_size()
+    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * element * context
+    peak, source = peak_bandwidth(runner.device)
+    achieved = (weights + kv) / seconds_per_token
+    return {"bytes_per_token": int(weights + kv), "achieved_bytes_per_s": round(achieved),
+            "peak_bytes_per_s": round(peak), "peak_source": source,
+            "hbm_bandwidth_fraction": round(achieved / peak, 4)}
+
+
+# Peak memory bandwidth of common data-centre GPUs, from their vendors' data sheets (bytes/s).
+PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12,
+                  "H100": 3.35e12, "A100-SXM4-80GB": 2.039e12, "A100 80GB PCIe": 1.935e12, "A100": 1.555e12,
+                  "L40S": 8.64e11, "L4": 3.0e11, "A10G": 6.0e11}
+
+
+def peak_bandwidth(device: torch.device) -> tuple[float, str]:
+    """(bytes/s, where the figure comes from): the data sheet of a known GPU, else a measured
+    device-to-device copy (an achievable, not a peak, figure: the fraction then reads high)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in PEAK_BANDWIDTH.items():  # a model's specific names come before its family's
+            if key in name:
+                return value, f"data sheet ({name})"
+    buffer = torch.empty(64 * 2**20 if device.type == "cpu" else 1 << 30, dtype=torch.uint8, device=device)
+    copy = torch.empty_like(buffer)
+    copy.copy_(buffer)
+    times = []
+    for _ in range(5):
+        synchronize(device)
+        started = time.perf_counter()
+        copy.copy_(buffer)
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return 2 * buffer.numel() / min(times), f"measured copy ({device})"
+
+
 def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeBenchSettings,
-        log=lambda _msg: None, peers: bool = True, held_out_texts: list[str] = ()) -> dict:
+        log=lambda _msg: None, peers: bool = True, held_out_texts: list[str] = (),
+        placement: Placement = CPU) -> dict:
     methods = tuple(dict.fromkeys(("plain", "model") + settings.methods))  # plain and model feed the top level
-    engines = _engines(target_dir, draft_dir, methods)
+    engines = _engines(target_dir, draft_dir, methods, placement)
     engines["model"] = (engines["model"][0], settings.k)
     target = engines["plain"][0].target
     tokenizer = Tokenizer(target_dir)
     encoded = [tokenizer.encode(p) for p in prompts[: settings.prompts]]
     c = step_cost(engines["model"][0].draft, encoded[0]) / step_cost(target, encoded[0])
     log(f"draft/target step cost ratio c = {c:.3f}")
-    peer_reason = bench_peers.unavailable_reason() if peers else "not asked for (--no-peers)"
+    peer_reason = ("not asked for (--no-peers)" if not peers else bench_peers.unavailable_reason()
+                   or (None if placement.device.type == "cpu" else "the transformers peers run on the CPU only"))
     peer_runs = {} if peer_reason else bench_peers.load_peers(target_dir, draft_dir)
     # one untimed pass of every contestant first: the first run after loading pays one-off costs
     for method in methods:
@@ -204,6 +253,12 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
         quality = specee_quality(engines["specee"][0], tokenizer, held_out_texts)
         per_method["specee"] = [{**figures, **quality} for figures in per_method["specee"]]
     first = per_batch[0]
+    if 1 in settings.batch_sizes:
+        plain_seconds = tokens / per_batch[settings.batch_sizes.index(1)]["autoregressive_tokens_per_s"]
+        context = statistics.mean(len(p) for p in encoded) + settings.max_new_tokens / 2
+        bandwidth = decode_bandwidth(target, context, plain_seconds)
+    else:
+        bandwidth = {"hbm_bandwidth_fraction": None}
     plain_figures = [{"method": "plain", "batch_size": b["batch_size"], "k": 0,
                       "tokens_per_s": b["autoregressive_tokens_per_s"], "speedup": 1.0, "mean_accepted_tokens": 1.0,
                       "acceptance_rate": 0.0, "lossless": True, "agreement": 1.0} for b in per_batch]
@@ -217,6 +272,11 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
         "max_new_tokens": settings.max_new_tokens,
         "rounds": settings.rounds,
         "torch_threads": torch.get_num_threads(),
+        "device": str(target.device),
+        "dtype": str(next(target.model.parameters()).dtype).removeprefix("torch."),
+        "target_parameters": sum(p.numel() for p in target.model.parameters()),
+        # plain decoding at batch 1: bytes read per token / time / the device's peak bandwidth
+        **bandwidth,
         "batches": per_batch,
         # one object per method: its batch-1 figures, and every batch size under "batches"
         "methods": [{**figures[0], "batches": figures} for figures in

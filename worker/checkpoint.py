@@ -68,7 +68,7 @@ def save_model(model: LlamaForCausalLM, model_dir: str | Path, dtype: torch.dtyp
     config = model.config.to_hf_dict()
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    state = {name: t.detach().to(dtype).contiguous() for name, t in model.state_dict().items()}
+    state = {name: t.detach().to(device="cpu", dtype=dtype).contiguous() for name, t in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight")
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})

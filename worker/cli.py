@@ -8,7 +8,7 @@ import sys
 import time
 
 # no torch-importing module at import time: the operator's image (no torch) builds this parser too
-from specd.contract import DEFAULT_DRAFT_METHOD, DRAFT_METHODS, DRAFTING_METHODS
+from specd.contract import DEFAULT_DRAFT_METHOD, DEVICE_KINDS, DRAFT_METHODS, DRAFTING_METHODS, DTYPES
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -53,14 +53,28 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
                             f"(default: {','.join(DRAFTING_METHODS)})")
     bench.add_argument("--no-peers", action="store_true",
                        help="skip the Hugging Face transformers peers (run by default when transformers is installed)")
+    bench.add_argument("--random-model", metavar="SHAPE",
+                       help="race on a randomly initialised Llama-shaped pair instead of the demo models: 1b "
+                            "(Llama 3.2 1B's shape) or small; the draft is the target's first two layers "
+                            "(speed figures only: random weights say nothing of acceptance)")
     _add_model_args(bench)
     bench.set_defaults(func=_bench_decode)
+
+
+def add_placement_args(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype (worker/device.py resolves them)."""
+    parser.add_argument("--device", default="auto",
+                        help=f"where the models run: {', '.join(DEVICE_KINDS)} or cuda:N (default: auto, a GPU "
+                             "when CUDA is available, else the CPU)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                        help="weights and activations (default: auto, bfloat16 on a GPU, float32 on the CPU)")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-model", help="target model directory (default: the demo target)")
     parser.add_argument("--draft-model", help="draft model directory (default: the demo draft)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    add_placement_args(parser)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -77,19 +91,21 @@ def _generate(args: argparse.Namespace) -> int:
     from specd.worker.runner import ModelRunner
     from specd.worker.sampling import SamplingParams
     from specd.worker.methods import make_exit_decoder, make_proposer, needs_adapter
+    from specd.worker.device import resolve_placement
     from specd.worker.tensor_parallel import load_runner
     from specd.worker.tokenizer import StreamDecoder, Tokenizer
 
     torch.set_num_threads(args.threads)
+    placement = resolve_placement(args.device, args.dtype)
     target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
     tokenizer = Tokenizer(target_dir)
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
         raise SpecdError("prompt is empty")
     method = args.draft_method
-    target = load_runner(target_dir, args.tensor_parallel_size, with_adapter=needs_adapter(method))
+    target = load_runner(target_dir, args.tensor_parallel_size, with_adapter=needs_adapter(method), placement=placement)
     try:
-        draft = ModelRunner.from_dir(draft_dir) if method == "model" and args.k > 0 else None
+        draft = ModelRunner.from_dir(draft_dir, placement=placement) if method == "model" and args.k > 0 else None
         proposer = make_proposer(method, target, target_dir, draft) if method != "model" or draft else None
         engine = SpeculativeEngine(target, proposer=proposer,
                                    exit_decoder=make_exit_decoder(method, target, target_dir))
@@ -119,8 +135,10 @@ def _bench_decode(args: argparse.Namespace) -> int:
     from specd.demo.paths import resolve_model_dirs
     from specd.errors import SpecdError
     from specd.worker import bench_decode
+    from specd.worker.device import resolve_placement
 
     torch.set_num_threads(args.threads)
+    placement = resolve_placement(args.device, args.dtype)
     try:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     except ValueError:
@@ -132,8 +150,17 @@ def _bench_decode(args: argparse.Namespace) -> int:
     settings = bench_decode.DecodeBenchSettings(args.k, batch_sizes, args.prompts, args.max_new_tokens, args.rounds,
                                                 methods)
     target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
+    if args.random_model:
+        from specd.demo.paths import cache_dir
+        from specd.worker.random_model import write_random_pair
+
+        tokenizer_json = (target_dir / "tokenizer.json").read_text()  # the demo's, for the prompts
+        target_dir, draft_dir = write_random_pair(cache_dir() / "random-models", args.random_model, tokenizer_json,
+                                                  placement.device, placement.dtype)
     result = bench_decode.run(target_dir, draft_dir, held_out_prompts(args.prompts), settings,
                               log=lambda msg: print(msg, file=sys.stderr), peers=not args.no_peers,
-                              held_out_texts=read_texts(held_out=True))
+                              held_out_texts=read_texts(held_out=True), placement=placement)
+    if args.random_model:
+        result["random_model"] = args.random_model
     print(json.dumps(result, indent=None if args.json else 2))
     return 0

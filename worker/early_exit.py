@@ -115,7 +115,7 @@ def load_adapter(model_dir: str | Path, config: LlamaConfig, dtype: torch.dtype 
 def save_adapter(adapter: KangarooAdapter, model_dir: str | Path, dtype: torch.dtype) -> None:
     from safetensors.torch import save_file
 
-    state = {name: t.detach().to(dtype).contiguous() for name, t in adapter.state_dict().items()}
+    state = {name: t.detach().to(device="cpu", dtype=dtype).contiguous() for name, t in adapter.state_dict().items()}
     if adapter.vocabulary is not None:
-        state[VOCABULARY_KEY] = adapter.vocabulary.long().contiguous()
+        state[VOCABULARY_KEY] = adapter.vocabulary.long().cpu().contiguous()
     save_file(state, str(Path(model_dir) / ADAPTER_FILE), metadata={"format": "pt"})

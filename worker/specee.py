@@ -85,7 +85,8 @@ class SpecEEConfig:
                 "threshold": self.threshold, "weights": PREDICTORS_FILE}
 
 
-def load_predictors(model_dir: str | Path, config: SpecEEConfig) -> dict[int, ExitPredictor]:
+def load_predictors(model_dir: str | Path, config: SpecEEConfig,
+                    device: torch.device | str = "cpu") -> dict[int, ExitPredictor]:
     from safetensors.torch import load_file
 
     state = load_file(str(Path(model_dir) / PREDICTORS_FILE))
@@ -94,7 +95,7 @@ def load_predictors(model_dir: str | Path, config: SpecEEConfig) -> dict[int, Ex
         predictor = ExitPredictor(config.candidates)
         predictor.load_state_dict({name.removeprefix(f"{depth}."): t.float() for name, t in state.items()
                                    if name.startswith(f"{depth}.")})
-        predictors[depth] = predictor.eval().requires_grad_(False)
+        predictors[depth] = predictor.to(device).eval().requires_grad_(False)
     return predictors
 
 
@@ -132,7 +133,7 @@ class SpecEEDecoder:
     @classmethod
     def from_dir(cls, runner: ModelRunner, model_dir: str | Path) -> "SpecEEDecoder":
         config = SpecEEConfig.read(model_dir)
-        return cls(runner, config, load_predictors(model_dir, config))
+        return cls(runner, config, load_predictors(model_dir, config, runner.device))
 
     def schedule(self, request_id: str) -> list[int]:
         """The depths checked for this request's next token: offline ∪ neighbours of recent exits."""
@@ -159,15 +160,17 @@ class SpecEEDecoder:
             cand_logits = candidate_logits(runner, states, torch.stack([t.candidates for t in checking]))
             features, probs = candidate_features(cand_logits, torch.stack([t.probs for t in checking]))
             scores = self.predictors[depth](features)
-            for t, score, p, logit_row in zip(checking, scores.tolist(), probs, cand_logits):
+            likeliest = torch.stack([t.candidates for t in checking]).gather(1, cand_logits.argmax(-1, keepdim=True))
+            # one read-back per checked depth: which tokens exit, and as what
+            for t, score, p, token in zip(checking, scores.tolist(), probs, likeliest.squeeze(1).tolist()):
                 t.probs = p
                 if score > self.config.threshold:
-                    t.token, t.exit_depth = int(t.candidates[int(logit_row.argmax())]), depth
+                    t.token, t.exit_depth = token, depth
         rest = [t for t in tokens if t.token is None]
         if rest:
             full = runner.forward([ForwardItem(t.request_id, runner.sync(t.request_id, t.committed)) for t in rest])
-            for t, row in zip(rest, full):
-                t.token, t.exit_depth = int(row[-1].argmax()), runner.num_layers
+            for t, token in zip(rest, torch.cat([row[-1:] for row in full]).argmax(-1).tolist()):
+                t.token, t.exit_depth = token, runner.num_layers
         for t in tokens:
             self.exits[t.exit_depth] = self.exits.get(t.exit_depth, 0) + 1
             if t.exit_depth < runner.num_layers:
@@ -191,7 +194,7 @@ def teacher_forced_losses(runner: ModelRunner, predictors: dict[int, ExitPredict
     x, y = windows[:, :-1], windows[:, 1:].reshape(-1)
     B, S = x.shape
     layers = model.config.num_hidden_layers
-    batch = PackedBatch(tokens=x.reshape(-1), positions=torch.arange(S).repeat(B),
+    batch = PackedBatch(tokens=x.reshape(-1), positions=torch.arange(S, device=x.device).repeat(B),
                         caches=[RequestKV(layers + 1) for _ in range(B)], starts=[0] * B, counts=[S] * B)
     rope = model.model.rotary.tables(batch.positions, torch.float32)
     h = model.model.embed_tokens(batch.tokens)
@@ -200,8 +203,8 @@ def teacher_forced_losses(runner: ModelRunner, predictors: dict[int, ExitPredict
     candidates = draft_logits.topk(config.candidates).indices
     previous = draft_logits.gather(1, candidates).softmax(-1)
     rows = model.lm_head.weight[candidates]
-    chosen = torch.full((len(y),), -1)  # exit depth per position (-1: none)
-    exit_logits = torch.zeros(len(y), model.config.vocab_size)
+    chosen = torch.full((len(y),), -1, device=x.device)  # exit depth per position (-1: none)
+    exit_logits = torch.zeros(len(y), model.config.vocab_size, device=x.device)
     depth = adapter.exit_layer
     for check in sorted(config.offline):
         h = model.run_layers(h, batch, depth, check, rope)

@@ -26,3 +26,8 @@ def resolve_model_dirs(target: str | Path | None, draft: str | Path | None) -> t
         return Path(target), Path(draft)
     demo_target, demo_draft = demo_model_dirs()
     return Path(target or demo_target), Path(draft or demo_draft)
+
+
+def cache_dir() -> Path:
+    """specd's cache ($SPECD_CACHE, else ~/.cache/specd), as the build scripts under hack/ use it."""
+    return Path(os.environ.get("SPECD_CACHE") or Path.home() / ".cache" / "specd")

@@ -74,8 +74,10 @@ class TargetServicer(_Base, worker_pb2_grpc.TargetWorkerServicer):
 
 
 def load_core(role: str, model_dir: str, tensor_parallel_size: int = 1, kv_budget_mib: float = 512,
-              draft_method: str = "none") -> WorkerCore:
-    """draft_method: the service's; a target worker runs the methods that draft inside it."""
+              draft_method: str = "none", device: str = "auto", dtype: str = "auto") -> WorkerCore:
+    """draft_method: the service's; a target worker runs the methods that draft inside it.
+    device, dtype: the worker's placement (worker/device.py; `auto`: a GPU with bfloat16 if any)."""
+    from specd.worker.device import resolve_placement
     from specd.worker.methods import check_method, needs_adapter
     from specd.worker.tensor_parallel import load_runner
 
@@ -88,7 +90,10 @@ def load_core(role: str, model_dir: str, tensor_parallel_size: int = 1, kv_budge
         check_method(own, model_dir)  # before loading: a target without trained exits is refused by name
     if own in contract.APPROXIMATE_METHODS:
         log.warning("draft method %s is APPROXIMATE: greedy outputs may differ from the target's own", own)
-    runner = load_runner(model_dir, tensor_parallel_size, kv_budget_mib, with_adapter=needs_adapter(own))
+    placement = resolve_placement(device, dtype)
+    runner = load_runner(model_dir, tensor_parallel_size, kv_budget_mib, with_adapter=needs_adapter(own),
+                         placement=placement)
+    log.info("%s worker: %s on %s", role, model_dir, placement.describe())
     return WorkerCore(role, runner, model_dir, tensor_parallel_size, own)
 
 
