@@ -235,7 +235,8 @@ def target_command(spec: dict[str, Any], model: ModelSource) -> list[str]:
     target = spec["target"]
     command = ["specd", "worker", "--role", n.TARGET, "--model", model.path,
                "--port", str(n.TARGET_PORT),
-               "--tensor-parallel-size", str(target["tensorParallelSize"])]
+               "--tensor-parallel-size", str(target["tensorParallelSize"]),
+               "--dtype", target.get("dtype", "auto")]
     if spec["draft"]["method"] in c.IN_TARGET_METHODS:  # this worker runs the method itself
         command += ["--draft-method", spec["draft"]["method"]]
     return command
@@ -254,6 +255,11 @@ def target_deployment(owner: Owner, spec: dict[str, Any], image: str,
     container = _worker_container(image, pull_policy, target_command(spec, model),
                                   n.TARGET_PORT, _resources(target.get("resources"), tp),
                                   model.mounts() + [shm_mount])
+    if tp > 1:
+        # a rank that fails (or a collective that times out) aborts the process group instead of
+        # leaving the other ranks blocked in NCCL: the pod exits and restarts as a whole
+        container["env"] = [{"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"},
+                            {"name": "NCCL_DEBUG", "value": "WARN"}]
     pod_spec = {"automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": 60,
                 "containers": [container],
@@ -271,7 +277,7 @@ def draft_deployment(owner: Owner, spec: dict[str, Any], image: str,
     draft = spec["draft"]
     model = parse_model_uri(draft["model"]["uri"])
     command = ["specd", "worker", "--role", n.DRAFT, "--model", model.path,
-               "--port", str(n.DRAFT_PORT)]
+               "--port", str(n.DRAFT_PORT), "--dtype", draft.get("dtype", "auto")]
     container = _worker_container(image, pull_policy, command, n.DRAFT_PORT,
                                   _resources(draft.get("resources"), draft["gpus"]),
                                   model.mounts())

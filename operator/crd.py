@@ -27,6 +27,8 @@ SHORT_NAMES = ["sds"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 DRAFT_METHODS = list(c.DRAFT_METHODS)
+DTYPE_DESCRIPTION = ("Weights and activations: auto is bfloat16 on a GPU and float32 without one; "
+                     "float16 for GPUs without bfloat16 (before Ampere).")
 POLICIES = list(c.POLICIES)
 SPECULATION_MODES = list(c.SPECULATION_MODES)  # canonical spellings only (no aliases, no booleans)
 TENSOR_PARALLEL_SIZES = list(c.TENSOR_PARALLEL_SIZES)
@@ -126,6 +128,7 @@ def _spec_schema() -> dict[str, Any]:
                 }],
             },
             "replicas": _int(c.TARGET_REPLICAS, "Number of target pods (the scale subresource)."),
+            "dtype": _enum(list(c.DTYPES), "auto", DTYPE_DESCRIPTION),
             "resources": _resources("Resources of a target pod; nvidia.com/gpu is set to "
                                     "tensorParallelSize by the operator."),
             **_placement(),
@@ -150,6 +153,7 @@ def _spec_schema() -> dict[str, Any]:
             "model": _model("The draft model (required when method is 'model')."),
             "replicas": _int(c.DRAFT_REPLICAS, "Number of draft pods (method 'model' only)."),
             "gpus": _int(c.DRAFT_GPUS, "GPUs per draft pod (method 'model' only)."),
+            "dtype": _enum(list(c.DTYPES), "auto", DTYPE_DESCRIPTION),
             "resources": _resources("Resources of a draft pod."),
             **_placement(),
         },

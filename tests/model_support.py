@@ -6,6 +6,7 @@ are; its early_exit.json sets Kangaroo's confidence threshold η to 0.25."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,9 +14,14 @@ import torch
 
 from specd.worker.checkpoint import save_model
 from specd.worker.config import LlamaConfig
+from specd.worker.device import resolve_placement
 from specd.worker.early_exit import EarlyExits, KangarooAdapter, save_adapter
 from specd.worker.model import LlamaForCausalLM
 from specd.worker.specee import ExitPredictor, SpecEEConfig, save_predictors
+
+# Where the engine's correctness tests run: the CPU, or SPECD_TEST_DEVICE (hack/gpu-check.sh sets
+# cuda). float32 everywhere: the tests compare speculative with plain decoding token for token.
+TEST_PLACEMENT = resolve_placement(os.environ.get("SPECD_TEST_DEVICE", "cpu"), "float32")
 
 
 def build_early_exit_target(path: Path, config: LlamaConfig, tokenizer_json: str, head_std: float,

@@ -62,7 +62,9 @@ def test_target_pod_runs_all_tensor_parallel_ranks_with_tp_gpus() -> None:
     (container,) = pod["containers"]
     assert container["command"] == ["specd", "worker", "--role", "target", "--model",
                                     "/models/llama-70b", "--port", "50061",
-                                    "--tensor-parallel-size", "8"]
+                                    "--tensor-parallel-size", "8", "--dtype", "auto"]
+    # eight ranks in one pod: a failed rank aborts NCCL instead of leaving the others blocked
+    assert {"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"} in container["env"]
     assert container["image"] == "registry.example/specd:test"
     assert container["resources"] == {"requests": {"memory": "400Gi"},
                                       "limits": {"nvidia.com/gpu": 8}}
@@ -97,7 +99,7 @@ def test_draft_pool_pod() -> None:
     assert draft["spec"]["replicas"] == 4
     (container,) = draft["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["specd", "worker", "--role", "draft", "--model",
-                                    "/models/llama-1b", "--port", "50062"]
+                                    "/models/llama-1b", "--port", "50062", "--dtype", "auto"]
     assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
 
 

@@ -254,9 +254,9 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
         per_method["specee"] = [{**figures, **quality} for figures in per_method["specee"]]
     first = per_batch[0]
     if 1 in settings.batch_sizes:
-        plain_seconds = tokens / per_batch[settings.batch_sizes.index(1)]["autoregressive_tokens_per_s"]
+        seconds_per_token = 1 / per_batch[settings.batch_sizes.index(1)]["autoregressive_tokens_per_s"]
         context = statistics.mean(len(p) for p in encoded) + settings.max_new_tokens / 2
-        bandwidth = decode_bandwidth(target, context, plain_seconds)
+        bandwidth = decode_bandwidth(target, context, seconds_per_token)
     else:
         bandwidth = {"hbm_bandwidth_fraction": None}
     plain_figures = [{"method": "plain", "batch_size": b["batch_size"], "k": 0,

@@ -28,7 +28,7 @@ import torch
 from specd.errors import SpecdError
 from specd.worker.kv_cache import KVPool, RequestKV
 from specd.worker.checkpoint import load_model
-from specd.worker.device import CPU, Placement
+from specd.worker.device import CPU, Placement, to_device
 from specd.worker.early_exit import KangarooAdapter, load_adapter
 from specd.worker.model import LlamaForCausalLM, PackedBatch
 
@@ -189,7 +189,7 @@ class ModelRunner:
         if cache.length > start + held:
             cache.truncate(start + held)
         new_tokens = item.tokens[held:]
-        embedded = self.model.model.embed_tokens(torch.tensor(new_tokens, dtype=torch.long, device=self.device))
+        embedded = self.model.model.embed_tokens(to_device(new_tokens, torch.long, self.device))
         states = torch.cat([cache.states(start, start + held), embedded]) if held else embedded
         return _Rows(item, cache, start, depth, cache.depths[start:] + [0] * len(new_tokens), new_tokens, states)
 
@@ -211,7 +211,7 @@ class ModelRunner:
             positions = [p for r, j in taking_part for p in range(r.start + j, r.start + len(r.depths))]
             batch = PackedBatch(
                 tokens=torch.empty(0, dtype=torch.long, device=self.device),
-                positions=torch.tensor(positions, dtype=torch.long, device=self.device),
+                positions=to_device(positions, torch.long, self.device),
                 caches=[r.cache for r, _ in taking_part],
                 starts=[r.start + j for r, j in taking_part],
                 counts=[len(r.depths) - j for r, j in taking_part],

@@ -85,8 +85,10 @@ def draft_from_exit(runner: ModelRunner, requests: list[DraftRequest], sequences
         last = torch.cat([row[-1:] for row in logits])  # [active, vocab]
         drawn, q = draw(last, [s.request for s in active], [len(s.sequence) for s in active])
         tops = torch.stack([q_row if q_row is not None else row.softmax(-1) for q_row, row in zip(q, last)]).amax(-1)
+        # one read-back per pass: the tokens and their top probabilities (float64 holds token ids exactly)
+        drawn_host, tops_host = torch.stack([drawn.double(), tops.double()]).tolist()
         still = []
-        for s, token, top, q_row in zip(active, drawn.tolist(), tops.tolist(), q):  # one read-back per pass
+        for s, token, top, q_row in zip(active, map(int, drawn_host), tops_host, q):
             if top < confidence:
                 continue  # the second early exit: this draft is too unsure to be worth verifying
             s.tokens.append(token)

@@ -161,8 +161,9 @@ class SpecEEDecoder:
             features, probs = candidate_features(cand_logits, torch.stack([t.probs for t in checking]))
             scores = self.predictors[depth](features)
             likeliest = torch.stack([t.candidates for t in checking]).gather(1, cand_logits.argmax(-1, keepdim=True))
-            # one read-back per checked depth: which tokens exit, and as what
-            for t, score, p, token in zip(checking, scores.tolist(), probs, likeliest.squeeze(1).tolist()):
+            # one read-back per checked depth: which tokens exit, and as what (float64 holds token ids exactly)
+            scores_host, likeliest_host = torch.stack([scores.double(), likeliest.squeeze(1).double()]).tolist()
+            for t, score, p, token in zip(checking, scores_host, probs, map(int, likeliest_host)):
                 t.probs = p
                 if score > self.config.threshold:
                     t.token, t.exit_depth = token, depth

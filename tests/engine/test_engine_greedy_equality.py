@@ -8,11 +8,12 @@ import pytest
 
 from specd.worker.engine import GenerationRequest, SpeculativeEngine
 from specd.worker.runner import ModelRunner
+from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_models) -> SpeculativeEngine:
-    return SpeculativeEngine(ModelRunner.from_dir(tiny_models.target), ModelRunner.from_dir(tiny_models.draft))
+    return SpeculativeEngine(ModelRunner.from_dir(tiny_models.target, placement=TEST_PLACEMENT), ModelRunner.from_dir(tiny_models.draft, placement=TEST_PLACEMENT))
 
 
 def _prompts(count: int, seed: int) -> list[list[int]]:
@@ -50,8 +51,8 @@ def test_mixed_k_in_one_batch(engine):
 
 
 def test_draft_identical_to_target_accepts_everything(tiny_models):
-    target = ModelRunner.from_dir(tiny_models.target)
-    engine = SpeculativeEngine(target, ModelRunner.from_dir(tiny_models.target))
+    target = ModelRunner.from_dir(tiny_models.target, placement=TEST_PLACEMENT)
+    engine = SpeculativeEngine(target, ModelRunner.from_dir(tiny_models.target, placement=TEST_PLACEMENT))
     [(tokens, stats)] = engine.generate([GenerationRequest([5, 6, 7], 21, k=4, stop_at_eos=False)])
     assert stats.acceptance_rate == 1.0
     assert stats.steps == 5  # 4 drafts + 1 bonus token per step: 21 tokens in 5 steps (the last one k=0)

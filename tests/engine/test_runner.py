@@ -9,11 +9,12 @@ import torch
 from specd.errors import SpecdError
 from specd.worker.kv_cache import KVBudgetExceeded
 from specd.worker.runner import ContextTooLong, ForwardItem, ModelRunner
+from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 
 @pytest.fixture
 def runner(tiny_models) -> ModelRunner:
-    return ModelRunner.from_dir(tiny_models.target)
+    return ModelRunner.from_dir(tiny_models.target, placement=TEST_PLACEMENT)
 
 
 def _full(runner: ModelRunner, tokens: list[int]) -> torch.Tensor:
@@ -55,7 +56,7 @@ def test_release_frees_the_cache(runner):
 
 
 def test_kv_budget_is_enforced_with_a_clear_error(tiny_models):
-    runner = ModelRunner.from_dir(tiny_models.target, kv_budget_mib=0.05)
+    runner = ModelRunner.from_dir(tiny_models.target, kv_budget_mib=0.05, placement=TEST_PLACEMENT)
     budget = runner.kv.budget_tokens
     runner.forward([ForwardItem("a", [1] * (budget - 2), num_logits=0)])
     with pytest.raises(KVBudgetExceeded, match="KV cache budget exhausted"):
@@ -84,9 +85,9 @@ def test_same_logits_as_transformers(tiny_models):
     tokens = [5, 17, 33, 2, 250, 11, 7]
     with torch.no_grad():
         expected = reference(torch.tensor([tokens])).logits[0]
-    runner = ModelRunner.from_dir(tiny_models.target)
+    runner = ModelRunner.from_dir(tiny_models.target, placement=TEST_PLACEMENT)
     first = runner.forward([ForwardItem("a", tokens[:4], num_logits=4)])[0]
     rest = runner.forward([ForwardItem("a", tokens[4:], num_logits=3)])[0]
-    torch.testing.assert_close(torch.cat([first, rest]), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.cat([first, rest]).cpu(), expected, rtol=1e-4, atol=1e-4)
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tiny_models.target / "tokenizer.json"))
     assert tokenizer.decode(tokenizer.encode("def add(a, b):")) == "def add(a, b):"

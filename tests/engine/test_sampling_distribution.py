@@ -21,6 +21,7 @@ from specd.worker.engine import GenerationRequest, SpeculativeEngine
 from specd.worker.methods import make_proposer, needs_adapter
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams, Stream, gumbel, probabilities, uniform
+from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 PROMPT = [17, 42, 99, 5]
 SAMPLES = 3000
@@ -28,7 +29,7 @@ MIN_EXPECTED = 5.0  # chi-square cells with fewer expected counts are pooled
 
 
 def _exact_joint(target_dir, params: SamplingParams, prompt: list[int] = PROMPT) -> dict[tuple[int, int], float]:
-    runner = ModelRunner.from_dir(target_dir)
+    runner = ModelRunner.from_dir(target_dir, placement=TEST_PLACEMENT)
     [first] = runner.forward([ForwardItem("x", prompt)])
     p1 = probabilities(first, params)[0]
     joint = {}
@@ -42,18 +43,18 @@ def _exact_joint(target_dir, params: SamplingParams, prompt: list[int] = PROMPT)
 
 
 def _draft_model_engine(models) -> SpeculativeEngine:
-    return SpeculativeEngine(ModelRunner.from_dir(models.target), ModelRunner.from_dir(models.draft))
+    return SpeculativeEngine(ModelRunner.from_dir(models.target, placement=TEST_PLACEMENT), ModelRunner.from_dir(models.draft, placement=TEST_PLACEMENT))
 
 
 def _self_drafting_engine(target_dir, method: str) -> SpeculativeEngine:
-    target = ModelRunner.from_dir(target_dir, with_adapter=needs_adapter(method))
+    target = ModelRunner.from_dir(target_dir, with_adapter=needs_adapter(method), placement=TEST_PLACEMENT)
     return SpeculativeEngine(target, proposer=make_proposer(method, target, target_dir))
 
 
 def _repeating_prompt(target_dir) -> list[int]:
     """[17, 42, t, 5, 17, 42] with the t the target finds likeliest to come next: n-gram lookup
     drafts t, which the target then accepts often but not always."""
-    runner = ModelRunner.from_dir(target_dir)
+    runner = ModelRunner.from_dir(target_dir, placement=TEST_PLACEMENT)
     best, best_p = 0, -1.0
     for t in range(1, runner.config.vocab_size):
         prompt = [17, 42, t, 5, 17, 42]
@@ -194,7 +195,7 @@ def test_noise_is_a_pure_function_of_seed_position_stream_and_column():
 def test_a_seed_reproduces_its_output_whatever_k(distant_models):
     """The Gumbel-max coupling: a seeded request's tokens do not depend on the speculation length
     (the router's goodput control changes k from iteration to iteration)."""
-    engine = SpeculativeEngine(ModelRunner.from_dir(distant_models.target), ModelRunner.from_dir(distant_models.draft))
+    engine = SpeculativeEngine(ModelRunner.from_dir(distant_models.target, placement=TEST_PLACEMENT), ModelRunner.from_dir(distant_models.draft, placement=TEST_PLACEMENT))
     params = [SamplingParams(temperature=0.9, top_p=0.95, seed=seed) for seed in (1234, 1235)]
     outputs = {(p.seed, k): engine.generate([GenerationRequest(PROMPT, 24, p, k=k, stop_at_eos=False)])[0][0]
                for p in params for k in (0, 1, 3, 8)}

@@ -17,12 +17,13 @@ from specd.worker.self_drafting import EarlyExitProposer, NgramProposer
 from specd.worker.specee import SpecEEDecoder
 from specd.worker.speculation import DraftRequest
 from specd.worker.sampling import SamplingParams
+from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 SELF_METHODS = ["early-exit", "hierarchical", "ngram"]
 
 
 def _runner(path, adapter: bool = True) -> ModelRunner:
-    return ModelRunner.from_dir(path, with_adapter=adapter)
+    return ModelRunner.from_dir(path, with_adapter=adapter, placement=TEST_PLACEMENT)
 
 
 def _rows_per_layer(runner: ModelRunner) -> tuple[dict[int, int], list]:
@@ -52,7 +53,7 @@ def test_resuming_shallow_tokens_gives_the_logits_of_one_full_pass(early_exit_ta
         handle.remove()
     # layer 0 ran only for the last draft; layers 1..3 for the four verified positions
     assert seen == {0: 1, 1: 4, 2: 4, 3: 4}
-    fresh = ModelRunner.from_dir(early_exit_target)
+    fresh = ModelRunner.from_dir(early_exit_target, placement=TEST_PLACEMENT)
     [expected] = fresh.forward([ForwardItem("f", prompt + drafts, num_logits=4)])
     torch.testing.assert_close(verified, expected, rtol=1e-4, atol=1e-4)
     assert runner.kv.get("r").partial is None and runner.kv.get("r").full_length == len(prompt) + 3
@@ -163,7 +164,7 @@ def test_specee_exits_early_and_finishes_the_exited_tokens_exactly(early_exit_ta
     # needed their deeper layers yet (the fifth is pending: not in the cache)
     assert cache.depths == [4] * (len(prompt) - 1) + [2] * 5
     [logits] = engine.target.forward([ForwardItem("r", engine.target.sync("r", prompt + tokens), num_logits=1)])
-    fresh = ModelRunner.from_dir(early_exit_target)
+    fresh = ModelRunner.from_dir(early_exit_target, placement=TEST_PLACEMENT)
     [expected] = fresh.forward([ForwardItem("f", prompt + tokens, num_logits=1)])
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     for layer in range(4):  # keys of every layer equal a plain pass over the same tokens
