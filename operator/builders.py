@@ -184,6 +184,16 @@ def _resources(resources: dict[str, Any] | None, gpus: int) -> dict[str, Any]:
     return {section: quantities for section, quantities in out.items() if quantities}
 
 
+def _with_metrics(container: dict[str, Any], owner: Owner) -> dict[str, Any]:
+    """Prometheus /metrics on a port of its own (named `metrics`, for a PodMonitor), and the
+    service name its series are labelled with."""
+    port = c.METRICS_PORT.default
+    container["command"] = [*container["command"], "--metrics-port", str(port)]
+    container["ports"] = [*container["ports"], {"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    container["env"] = [*container.get("env", []), {"name": c.SERVICE_ENV, "value": owner.name}]
+    return container
+
+
 def _grpc_probe(port: int, period: int, failures: int) -> dict[str, Any]:
     return {"grpc": {"port": port}, "periodSeconds": period, "failureThreshold": failures}
 
@@ -260,6 +270,7 @@ def target_deployment(owner: Owner, spec: dict[str, Any], image: str,
         # leaving the other ranks blocked in NCCL: the pod exits and restarts as a whole
         container["env"] = [{"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"},
                             {"name": "NCCL_DEBUG", "value": "WARN"}]
+    _with_metrics(container, owner)
     pod_spec = {"automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": 60,
                 "containers": [container],
@@ -281,6 +292,7 @@ def draft_deployment(owner: Owner, spec: dict[str, Any], image: str,
     container = _worker_container(image, pull_policy, command, n.DRAFT_PORT,
                                   _resources(draft.get("resources"), draft["gpus"]),
                                   model.mounts())
+    _with_metrics(container, owner)
     pod_spec = {"automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": 30,
                 "containers": [container],
@@ -316,6 +328,7 @@ def router_deployment(owner: Owner, spec: dict[str, Any], image: str, pull_polic
                          {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
     }
+    _with_metrics(container, owner)
     pod_spec = {"serviceAccountName": n.router_account_name(owner.name),
                 "containers": [container],
                 "volumes": [{"name": "config",

@@ -83,8 +83,15 @@ def _register_worker(subparsers) -> None:
                    help="torch threads per process (default 1: more threads thrash on a shared CPU)")
     p.add_argument("--kv-budget-mib", type=float, default=512, help="KV cache memory budget (default: 512)")
     add_placement_args(p)
+    _add_metrics_port(p)
     p.add_argument("--grace", type=float, default=30, help="seconds to finish running calls after SIGTERM")
     p.set_defaults(func=_worker)
+
+
+def _add_metrics_port(p) -> None:
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics on this port (0: any free port; default: none; "
+                        f"the operator's pods use {contract.METRICS_PORT.default})")
 
 
 def _worker(args) -> int:
@@ -103,7 +110,7 @@ def _worker(args) -> int:
     _logging()
     core = load_core(args.role, args.model, args.tensor_parallel_size, args.kv_budget_mib, args.draft_method,
                      args.device, args.dtype)
-    asyncio.run(serve_worker(core, args.host, args.port, args.grace))
+    asyncio.run(serve_worker(core, args.host, args.port, args.grace, args.metrics_port))
     return 0
 
 
@@ -123,6 +130,7 @@ def _register_router(subparsers) -> None:
     add_scheduling_flags(p, defaults=False)
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for a target worker")
     p.add_argument("--grace", type=float, default=30, help="seconds to finish admitted requests after SIGTERM")
+    _add_metrics_port(p)
     p.set_defaults(func=_router)
 
 
@@ -167,7 +175,8 @@ def _router(args) -> int:
     config = router_config(args)
     discovery = _discovery(args, config)
     _logging()
-    asyncio.run(serve_router(config, discovery, args.host, args.port, args.ready_timeout, args.grace))
+    asyncio.run(serve_router(config, discovery, args.host, args.port, args.ready_timeout, args.grace,
+                             args.metrics_port))
     return 0
 
 
@@ -218,7 +227,8 @@ def _up(args) -> int:
             print(f"{worker.name} worker on {worker.address}", file=sys.stderr)
         router = stack.start_router(args.policy, args.speculation, args.max_batch_size, args.port or free_port())
         stack.wait_serving(router, 120)
-        print(router.address, flush=True)
+        print(router.address)
+        print(f"metrics: http://{router.metrics}/metrics", flush=True)
         print(f"specd is serving on {router.address} (policy {args.policy}, speculation {args.speculation}, "
               f"draft method {args.draft_method}); "
               f"try: specd generate --address {router.address} --prompt 'def '; Ctrl-C stops", file=sys.stderr)

@@ -33,8 +33,9 @@ def _specd(*args: str) -> list[str]:
 @dataclass
 class Process:
     name: str
-    address: str
+    address: str  # HOST:PORT of its gRPC service
     popen: subprocess.Popen
+    metrics: str = ""  # HOST:PORT of its Prometheus /metrics ("": none)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -50,27 +51,27 @@ class LocalStack:
 
     def start_worker(self, role: str, model_dir: str | Path, threads: int = 1, log_dir: Path | None = None,
                      tensor_parallel_size: int = 1, draft_method: str = contract.DEFAULT_DRAFT_METHOD) -> Process:
-        port = free_port()
+        port, metrics = free_port(), free_port()
         name = f"{role}-{sum(w.name.startswith(role) for w in self.workers)}"
         popen = _spawn(_specd("worker", "--role", role, "--model", str(model_dir), "--host", HOST,
                               "--port", str(port), "--threads", str(threads),
                               "--tensor-parallel-size", str(tensor_parallel_size),
-                              "--draft-method", draft_method), name, log_dir)
-        process = Process(name, f"{HOST}:{port}", popen)
+                              "--draft-method", draft_method, "--metrics-port", str(metrics)), name, log_dir)
+        process = Process(name, f"{HOST}:{port}", popen, f"{HOST}:{metrics}")
         self.workers.append(process)
         return process
 
     def start_router(self, policy: str, speculation: str, max_batch_size: int, port: int = 0,
                      log_dir: Path | None = None) -> Process:
         """A router over every live worker of the stack."""
-        port = port or free_port()
+        port, metrics = port or free_port(), free_port()
         args = ["router", "--host", HOST, "--port", str(port), "--policy", policy, "--speculation", speculation,
-                "--max-batch-size", str(max_batch_size)]
+                "--max-batch-size", str(max_batch_size), "--metrics-port", str(metrics)]
         for role in ("target", "draft"):
             for address in self.addresses(role):
                 args += [f"--{role}", address]
         name = f"router-{len(self.routers)}-{policy}-{speculation.replace(':', '')}"
-        router = Process(name, f"{HOST}:{port}", _spawn(_specd(*args), name, log_dir))
+        router = Process(name, f"{HOST}:{port}", _spawn(_specd(*args), name, log_dir), f"{HOST}:{metrics}")
         self.routers.append(router)
         return router
 

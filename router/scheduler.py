@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import grpc
 from specd import contract
 from specd.proto.v1 import serving_pb2, worker_pb2
 from specd.router.config import RouterConfig
+from specd.router.metrics import RouterMetrics
 from specd.router.policies import make_policy
 from specd.router.replicas import Replica, ReplicaPool
 from specd.router.request import Acceptance, Request
@@ -140,6 +142,8 @@ class Scheduler:
         self._lanes: dict[str, list[asyncio.Task]] = {}
         self._background: set[asyncio.Task] = set()
         self._busy: dict[str, int] = {}  # target address -> lanes inside an iteration
+        self.metrics = RouterMetrics(os.environ.get(contract.SERVICE_ENV, "local"), config.policy,
+                                     config.speculation_label, self.stats)
 
     # -- admission, cancellation ---------------------------------------------------------------
 
@@ -156,6 +160,7 @@ class Scheduler:
         r.acceptance = Acceptance.seeded(self.speculation.acceptance.value)
         self._pin(r, "target", target)
         self.requests[r.id] = r
+        self.metrics.admitted(len(r.prompt))
         self._signal.fire()
 
     def stats(self) -> serving_pb2.RouterStats:
@@ -297,6 +302,7 @@ class Scheduler:
         r.proposed += k
         r.accepted += verdict.accepted
         self.drafted += k
+        self.metrics.verified(k, verdict.accepted)
         r.last_k = k
         self.speculation.observe(r, k, verdict.accepted)
         r.acceptance_history.append(r.acceptance.value)
@@ -312,6 +318,7 @@ class Scheduler:
             r.first_token = r.first_token or now
             r.events.put_nowait(tokens)
             self.streamed.add(len(tokens), now)
+            self.metrics.streamed(len(tokens))
         if not reason and r.remaining <= 0:
             reason = serving_pb2.FINISH_REASON_LENGTH
         if reason:
@@ -319,6 +326,8 @@ class Scheduler:
             r.finished_at = now
             self.finished += 1
             self.lengths.observe(r)
+            self.metrics.finished(serving_pb2.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower(),
+                                  r.arrival, r.first_scheduled, r.first_token, now, r.generated)
             r.events.put_nowait(None)
             self._retire(r)
 
@@ -444,6 +453,7 @@ class Scheduler:
 
     def _evict(self, r: Request, replica: Replica) -> None:
         log.info("KV of %s full: request %s waits (its cache is recomputed when it runs again)", replica.address, r.id)
+        self.metrics.preempted()
         r.sent.pop(replica.address, None)
         if replica.role == "target":
             replica.kv_waiting.add(r.id)
@@ -462,12 +472,14 @@ class Scheduler:
                                             "the request's target worker failed and no other target worker is left"))
             else:
                 log.info("request %s moves to target %s (prefilled again)", r.id, target.address)
+                self.metrics.failed_over()
                 self._pin(r, "target", target)
 
     def _fail(self, r: Request, error: RequestFailed) -> None:
         if r.done:
             return
         r.finished_at = time.monotonic()
+        self.metrics.failed(error.code.name)
         r.events.put_nowait(error)
         self._retire(r)
 

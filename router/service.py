@@ -14,6 +14,7 @@ import grpc
 
 from specd.contract import MAX_K
 from specd.errors import SpecdError
+from specd.metrics_server import MetricsServer
 from specd.proto import server as grpc_server
 from specd.proto.v1 import serving_pb2, serving_pb2_grpc, worker_pb2
 from specd.router.config import RouterConfig
@@ -177,6 +178,7 @@ class RunningRouter:
     pool: ReplicaPool
     discovery: Discovery
     _loop_task: asyncio.Task
+    metrics: MetricsServer | None = None
 
     @property
     def port(self) -> int:
@@ -189,6 +191,8 @@ class RunningRouter:
             log.info("length predictor: %d requests, mean relative error %.1f%%", self.scheduler.lengths.count,
                      100 * self.scheduler.lengths.mean_relative_error)
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             self._loop_task.cancel()
             await self.scheduler.stop()
             self.discovery.stop()
@@ -196,8 +200,9 @@ class RunningRouter:
 
 
 async def start_router(config: RouterConfig, discovery: Discovery, host: str = "127.0.0.1", port: int = 0,
-                       ready_timeout_s: float = 300.0) -> RunningRouter:
-    """Follow `discovery`, wait for a target worker (its tokenizer), then serve the public API."""
+                       ready_timeout_s: float = 300.0, metrics_port: int | None = None) -> RunningRouter:
+    """Follow `discovery`, wait for a target worker (its tokenizer), then serve the public API;
+    metrics_port: serve Prometheus /metrics there too (0: any free port; None: not at all)."""
     loop = asyncio.get_running_loop()
     pool = ReplicaPool()
     discovery.subscribe(lambda endpoints: loop.call_soon_threadsafe(pool.set_endpoints, endpoints))
@@ -217,14 +222,15 @@ async def start_router(config: RouterConfig, discovery: Discovery, host: str = "
         discovery.stop()
         await pool.close()
         raise
-    log.info("router serving on %s:%d (policy %s, speculation %s, model %s)", host, running.port, config.policy,
-             config.speculation_label, info.model)
-    return RunningRouter(running, scheduler, pool, discovery, task)
+    metrics = MetricsServer.start(scheduler.metrics.registry, host, metrics_port) if metrics_port is not None else None
+    log.info("router serving on %s:%d (policy %s, speculation %s, model %s)%s", host, running.port, config.policy,
+             config.speculation_label, info.model, f", metrics on :{metrics.port}" if metrics else "")
+    return RunningRouter(running, scheduler, pool, discovery, task, metrics)
 
 
 async def serve_router(config: RouterConfig, discovery: Discovery, host: str = "0.0.0.0", port: int = 50051,
-                       ready_timeout_s: float = 300.0, grace_s: float = 30.0) -> None:
+                       ready_timeout_s: float = 300.0, grace_s: float = 30.0, metrics_port: int | None = None) -> None:
     """Serve the public API until SIGTERM/SIGINT, then drain: finish admitted requests, stop."""
-    router = await start_router(config, discovery, host, port, ready_timeout_s)
+    router = await start_router(config, discovery, host, port, ready_timeout_s, metrics_port)
     await grpc_server.wait_for_signal()
     await router.stop(grace_s)

@@ -101,6 +101,12 @@ ROUTER_PORT = Range(1, 65535, default=50051)  # the router's gRPC port (Service 
 # worker ports the router's EndpointSlice discovery dials when the configuration names none
 DISCOVERY_TARGET_PORT = Range(1, 65535, default=50052)
 DISCOVERY_DRAFT_PORT = Range(1, 65535, default=50053)
+# Prometheus /metrics of the router and of every worker, each on a port of its own (the operator
+# sets this one on every pod; the command lines serve none unless given --metrics-port).
+METRICS_PORT = Range(1, 65535, default=9090)
+# The SpecDecodingService a process serves, for the `service` label of its metrics (the operator
+# sets it on every pod; a local stack is "local").
+SERVICE_ENV = "SPECD_SERVICE"
 
 
 # --- speculation spellings ----------------------------------------------------------------------
@@ -274,7 +280,7 @@ __all__ = [
     "MAX_BATCH_SIZE", "CLUSTER_MAX_BATCH_SIZE_DEFAULT", "MAX_QUEUED_REQUESTS", "PIPELINE_DEPTH", "QUEUES",
     "FIRST_QUANTUM", "QUANTUM_GROWTH", "STABILITY_WINDOW", "STABILITY_THRESHOLD", "TENSOR_PARALLEL_SIZES",
     "TENSOR_PARALLEL_SIZE", "TARGET_REPLICAS", "DRAFT_REPLICAS", "DRAFT_GPUS", "ROUTER_REPLICAS", "PORT",
-    "ROUTER_PORT", "DISCOVERY_TARGET_PORT", "DISCOVERY_DRAFT_PORT", "speculation_mode", "parse_speculation",
+    "ROUTER_PORT", "DISCOVERY_TARGET_PORT", "DISCOVERY_DRAFT_PORT", "METRICS_PORT", "SERVICE_ENV", "speculation_mode", "parse_speculation",
     "speculation_label", "SpeculationConfig", "LapsSdConfig", "DiscoveryConfig", "RouterConfigFile",
     "parse_router_config",
 ]

@@ -206,6 +206,8 @@ def _local(command: list[str], port: int) -> list[str]:
     assert command[0] == "specd"
     args = list(command[1:])
     args[args.index("--port") + 1] = str(port)
+    if "--metrics-port" in args:  # every pod has its own; on one host each process needs another
+        args[args.index("--metrics-port") + 1] = "0"
     return [sys.executable, "-m", "specd.cli", *args, "--host", "127.0.0.1"]
 
 

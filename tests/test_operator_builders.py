@@ -62,7 +62,10 @@ def test_target_pod_runs_all_tensor_parallel_ranks_with_tp_gpus() -> None:
     (container,) = pod["containers"]
     assert container["command"] == ["specd", "worker", "--role", "target", "--model",
                                     "/models/llama-70b", "--port", "50061",
-                                    "--tensor-parallel-size", "8", "--dtype", "auto"]
+                                    "--tensor-parallel-size", "8", "--dtype", "auto",
+                                    "--metrics-port", "9090"]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    assert {"name": "SPECD_SERVICE", "value": "svc"} in container["env"]
     # eight ranks in one pod: a failed rank aborts NCCL instead of leaving the others blocked
     assert {"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"} in container["env"]
     assert container["image"] == "registry.example/specd:test"
@@ -99,7 +102,8 @@ def test_draft_pool_pod() -> None:
     assert draft["spec"]["replicas"] == 4
     (container,) = draft["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["specd", "worker", "--role", "draft", "--model",
-                                    "/models/llama-1b", "--port", "50062", "--dtype", "auto"]
+                                    "/models/llama-1b", "--port", "50062", "--dtype", "auto",
+                                    "--metrics-port", "9090"]
     assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
 
 
@@ -110,7 +114,8 @@ def test_drafting_inside_the_target_has_no_draft_pool(method: str) -> None:
     children = _by_kind_name(builders.build_children(_body(spec), CONFIG))
     assert not [key for key in children if key[1] == "svc-draft"]
     (container,) = children[("Deployment", "svc-target")]["spec"]["template"]["spec"]["containers"]
-    assert container["command"][-2:] == ["--draft-method", method]
+    command = container["command"]
+    assert command[command.index("--draft-method") + 1] == method
     config = yaml.safe_load(children[("ConfigMap", "svc-router-config")]["data"]["router.yaml"])
     assert config["discovery"]["draftService"] is None
     assert config["speculation"]["mode"] == "goodput"
@@ -142,7 +147,8 @@ def test_router_config_is_the_contract_with_specd_router() -> None:
     router = children[("Deployment", "svc-router")]
     pod = router["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"] == ["specd", "router", "--config",
-                                               "/etc/specd/router.yaml", "--port", "50051"]
+                                               "/etc/specd/router.yaml", "--port", "50051",
+                                               "--metrics-port", "9090"]
     assert pod["serviceAccountName"] == "svc-router"
     assert {"name": "config", "configMap": {"name": "svc-router-config"}} in pod["volumes"]
     assert {"name": "config", "mountPath": "/etc/specd", "readOnly": True} in pod[

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import yaml
-from specd.operator import crd
+from specd.operator import builders, crd
 
 from specd.devcluster import binaries
 
@@ -91,3 +91,26 @@ def test_image_values_are_configurable(helm: pathlib.Path) -> None:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/specd/specd-operator:1.2.3"
     assert "registry.example/specd:0.1.0" in container["args"]
+
+
+def test_pod_monitor_is_rendered_where_the_prometheus_operator_is(helm: pathlib.Path) -> None:
+    assert not [o for o in _template(helm) if o["kind"] == "PodMonitor"]  # no monitoring API: none
+    objects = _template(helm, "--api-versions", "monitoring.coreos.com/v1/PodMonitor",
+                        "--set", "metrics.podMonitor.labels.release=kube-prometheus")
+    (monitor,) = [o for o in objects if o["kind"] == "PodMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    # it selects the pods the operator makes, whose containers name their metrics port so
+    children = builders.build_children(_body_for_chart(), builders.OperatorConfig())
+    pods = [c["spec"]["template"] for c in children if c["kind"] == "Deployment"]
+    assert len(pods) == 3
+    for pod in pods:
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert any(p["name"] == "metrics" for p in pod["spec"]["containers"][0]["ports"])
+
+
+def _body_for_chart() -> dict:
+    """manifests/examples/demo.yaml as the API server would hand it to the operator."""
+    body = yaml.safe_load((REPO / "manifests" / "examples" / "demo.yaml").read_text())
+    body["metadata"].update(namespace="default", uid="uid-1", generation=1)
+    return body

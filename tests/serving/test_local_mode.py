@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
 from serving_support import PROMPTS
 
 from specd.client import Client
@@ -24,6 +26,8 @@ def test_up_serves_and_drains_on_sigterm(models, reference, tokenizer, capsys):
     try:
         address = up.stdout.readline().strip()
         assert address.startswith("127.0.0.1:"), up.stderr.read() if up.poll() is not None else address
+        metrics_url = up.stdout.readline().strip().removeprefix("metrics: ")
+        assert metrics_url.startswith("http://127.0.0.1:") and metrics_url.endswith("/metrics")
 
         assert generate_remote(argparse.Namespace(address=address, prompt=PROMPTS[0], max_tokens=8, k=2)) == 0
         assert capsys.readouterr().out.strip()
@@ -32,6 +36,24 @@ def test_up_serves_and_drains_on_sigterm(models, reference, tokenizer, capsys):
         figures = json.loads(stats.stdout)
         assert figures["finished_requests"] == 1 and figures["speculation"] == "fixed:2", stats.stderr
         assert figures["live_targets"] == figures["live_drafts"] == 1
+
+        # the router's Prometheus metrics after that one request, parsed by prometheus_client
+        samples = _scrape(metrics_url)
+        labels = {"service": "local", "pool": "target", "policy": "laps-sd", "speculation": "fixed:2"}
+
+        def value(name: str, **extra: str) -> float:
+            return samples[(name, frozenset({**labels, **extra}.items()))]
+        assert value("specd_request_success_total", finished_reason="length") == 1
+        assert value("specd_generation_tokens_total") == 8
+        drafted = value("specd_spec_decode_num_draft_tokens_total")
+        accepted = value("specd_spec_decode_num_accepted_tokens_total")
+        assert drafted > 0 and 0 <= accepted <= drafted
+        per_position = {dict(key)["position"]: v for (name, key), v in samples.items()
+                        if name == "specd_spec_decode_num_accepted_tokens_per_pos_total"}
+        assert sum(per_position.values()) == accepted and set(per_position) <= {"0", "1"}  # k = 2
+        assert value("specd_spec_decode_num_drafts_total") >= drafted / 2  # at most 2 drafts per step
+        assert value("specd_time_to_first_token_seconds_count") == 1
+        assert value("specd_num_requests_running") == 0 and value("specd_speculation_k") == 2
 
         # a long stream is under way when SIGTERM arrives: it must finish, whole
         result = {}
@@ -56,3 +78,10 @@ def test_up_serves_and_drains_on_sigterm(models, reference, tokenizer, capsys):
     finally:
         if up.poll() is None:
             up.kill()
+
+
+def _scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """(sample name, its labels) -> value."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

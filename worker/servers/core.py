@@ -20,6 +20,7 @@ from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams
 from specd.worker.acceptance import Acceptance
 from specd.worker.methods import make_exit_decoder, make_proposer
+from specd.worker.servers.metrics import WorkerMetrics
 from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
 
 COST_WINDOW = 256  # forward passes kept for the step-cost fit
@@ -102,6 +103,7 @@ class WorkerCore:
         self.tensor_parallel_size = tensor_parallel_size
         self.mirrors: dict[str, Mirror] = {}
         self.costs = CostMeter()
+        self.metrics = WorkerMetrics(role)
         self.proposer = DraftProposer(runner)
         self.verifier = Verifier(runner)
         self.self_draft_method = self_draft_method
@@ -133,7 +135,11 @@ class WorkerCore:
         for rid in request_ids:
             self.mirrors.pop(rid, None)
             released += self.runner.release(rid)
+        self._kv_metrics()
         return released
+
+    def _kv_metrics(self) -> None:
+        self.metrics.kv(self.runner.kv.used_tokens(), self.runner.kv.budget_tokens, len(self.mirrors))
 
     # -- model calls ---------------------------------------------------------------------------
 
@@ -145,7 +151,7 @@ class WorkerCore:
             pending = self.runner.sync(delta.request_id, mirror.committed)[:-1]
             if pending:
                 items.append(ForwardItem(delta.request_id, pending, num_logits=0))
-        return self._timed(lambda: self.runner.forward(items) if items else None, len(items))[1]
+        return self._timed("prefill", lambda: self.runner.forward(items) if items else None, len(items))[1]
 
     def propose(self, items: list[worker_pb2.ProposeItem]) -> tuple[list[worker_pb2.Proposal], worker_pb2.StepCost]:
         requests = []
@@ -155,7 +161,7 @@ class WorkerCore:
             requests.append(DraftRequest(item.delta.request_id, mirror.committed, item.k, mirror.params, mirror.seed))
         # the first pass feeds what each cache misses, every later pass one token per request
         fed = sum(len(self.runner.sync(r.request_id, r.committed)) + r.k - 1 for r in requests if r.k)
-        proposals, cost = self._timed(lambda: self.proposer.propose(requests), len(items),
+        proposals, cost = self._timed("propose", lambda: self.proposer.propose(requests), len(items),
                                       passes=max((r.k for r in requests), default=0), tokens=fed)
         return [worker_pb2.Proposal(tokens=p.tokens, probs=probs_to_bytes(p.probs)) for p in proposals], cost
 
@@ -189,7 +195,7 @@ class WorkerCore:
             for (request, _), proposal in zip(own_drafts, proposals):
                 request.draft_tokens, request.draft_probs = proposal.tokens, proposal.probs
             drafted = [len(p.tokens) for p in proposals]
-        results, cost = self._timed(lambda: self.verifier.verify(requests), len(items))
+        results, cost = self._timed("verify", lambda: self.verifier.verify(requests), len(items))
         cost.compute_seconds += draft_seconds
         cost.draft_seconds, cost.draft_passes, cost.draft_tokens = draft_seconds, max(drafted, default=0), sum(drafted)
         return [_verdict(request, result) for request, result in zip(requests, results)], cost
@@ -207,10 +213,12 @@ class WorkerCore:
             verdicts.update((r.request_id, _verdict(r, v)) for r, v in zip(exact, self.verifier.verify(exact)))
         seconds = time.perf_counter() - started
         self.costs.add(1.0, seconds, 1)
+        self.metrics.call("verify", seconds, 1, len(requests))
+        self._kv_metrics()
         return [verdicts[r.request_id] for r in requests], worker_pb2.StepCost(
             compute_seconds=seconds, forward_passes=1, tokens=len(requests), batch_size=len(requests))
 
-    def _timed(self, call, batch_size: int, passes: int = 1, tokens: int | None = None):
+    def _timed(self, kind: str, call, batch_size: int, passes: int = 1, tokens: int | None = None):
         """Run `call` and record its per-pass cost; `tokens` defaults to what the last pass was fed."""
         started = time.perf_counter()
         result = call()
@@ -219,6 +227,8 @@ class WorkerCore:
             tokens = self.runner.forward_tokens if batch_size else 0
         if passes and batch_size:
             self.costs.add(tokens / passes, seconds / passes, passes)
+            self.metrics.call(kind, seconds, passes, tokens)
+        self._kv_metrics()
         return result, worker_pb2.StepCost(compute_seconds=seconds, forward_passes=passes, tokens=tokens,
                                            batch_size=batch_size)
 

@@ -17,6 +17,7 @@ import grpc
 
 from specd import contract
 from specd.errors import SpecdError
+from specd.metrics_server import MetricsServer
 from specd.proto import server as grpc_server
 from specd.proto.v1 import worker_pb2, worker_pb2_grpc
 from specd.worker.kv_cache import KVBudgetExceeded
@@ -109,13 +110,20 @@ async def start_worker(core: WorkerCore, host: str = "127.0.0.1", port: int = 0)
     return running
 
 
-async def serve_worker(core: WorkerCore, host: str, port: int, grace_s: float = 30.0) -> None:
-    """Serve until SIGTERM/SIGINT, then finish the calls under way and stop."""
+async def serve_worker(core: WorkerCore, host: str, port: int, grace_s: float = 30.0,
+                       metrics_port: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then finish the calls under way and stop; metrics_port: serve
+    Prometheus /metrics there too (0: any free port)."""
     running = await start_worker(core, host, port)
+    metrics = MetricsServer.start(core.metrics.registry, host, metrics_port) if metrics_port is not None else None
+    if metrics:
+        log.info("%s worker metrics on %s:%d/metrics", core.role, host, metrics.port)
     try:
         await grpc_server.wait_for_signal()
         await running.stop(grace_s)
     finally:
+        if metrics:
+            metrics.stop()
         close = getattr(core.runner, "close", None)
         if close:
             close()
