@@ -162,7 +162,9 @@ def router_service(owner: Owner, spec: dict[str, Any]) -> dict[str, Any]:
             "metadata": _meta(owner, n.child_name(owner.name, n.ROUTER), n.ROUTER),
             "spec": {"type": service["type"],
                      "selector": n.selector_labels(owner.name, n.ROUTER),
-                     "ports": [_grpc_port(service["port"])]}}
+                     "ports": [_grpc_port(service["port"]),
+                               {"name": "http", "port": service["httpPort"],
+                                "targetPort": "http", "protocol": "TCP"}]}}
 
 
 def disruption_budget(owner: Owner, role: str) -> dict[str, Any]:
@@ -315,8 +317,10 @@ def router_deployment(owner: Owner, spec: dict[str, Any], image: str, pull_polic
         "name": "router",
         "image": image,
         "imagePullPolicy": pull_policy,
-        "command": ["specd", "router", "--config", config_path, "--port", str(n.ROUTER_PORT)],
-        "ports": [{"name": "grpc", "containerPort": n.ROUTER_PORT, "protocol": "TCP"}],
+        "command": ["specd", "router", "--config", config_path, "--port", str(n.ROUTER_PORT),
+                    "--http-port", str(c.HTTP_PORT.default)],
+        "ports": [{"name": "grpc", "containerPort": n.ROUTER_PORT, "protocol": "TCP"},
+                  {"name": "http", "containerPort": c.HTTP_PORT.default, "protocol": "TCP"}],
         "resources": _resources(router.get("resources"), 0),
         # The router serves once a target worker does, which may take as long as loading the
         # target's checkpoint: liveness waits for that (found on the real node).

@@ -199,7 +199,9 @@ def _spec_schema() -> dict[str, Any]:
                 "default": {},
                 "properties": {
                     "type": _enum(SERVICE_TYPES, "ClusterIP", "Type of the router Service."),
-                    "port": _int(c.ROUTER_PORT, "Port of the router Service."),
+                    "port": _int(c.ROUTER_PORT, "gRPC port of the router Service."),
+                    "httpPort": _int(c.HTTP_PORT, "OpenAI-compatible HTTP port of the router Service "
+                                                  "(/v1/completions, /v1/chat/completions, /v1/models)."),
                 },
             },
         },

@@ -53,6 +53,9 @@ class Settings:
     drafts: int = 1
     seed: int = 0
     log_dir: Path | None = None
+    # service-level objectives of `request_goodput` (None: that bound does not apply)
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,36 @@ def busy_seconds(outcomes: list[Outcome]) -> float:
     return total
 
 
-def summarize(policy: str, speculation: str, rate: float, runs: list[list[Outcome]]) -> dict:
+def serving_metrics(runs: list[list[Outcome]], makespan: float, slo_ttft_ms: float | None = None,
+                    slo_tpot_ms: float | None = None) -> dict:
+    """The metric names of common serving benchmarks, in milliseconds: TTFT, TPOT = (e2e - TTFT) /
+    (output tokens - 1), ITL (the gaps between streamed chunks: with speculation one chunk may
+    carry several tokens), end-to-end latency; request and output throughput over the runs'
+    summed makespan; request_goodput: requests per second that met every SLO given."""
+    outcomes = [o for run in runs for o in run]
+    ttft = [1e3 * o.ttft for o in outcomes]
+    e2el = [1e3 * (o.end - o.sent) for o in outcomes]
+    tpot = [1e3 * (o.end - o.sent - o.ttft) / (o.tokens - 1) for o in outcomes if o.tokens > 1]
+    itl = [1e3 * (b[0] - a[0]) for o in outcomes for a, b in zip(o.chunks, o.chunks[1:])]
+    figures = {}
+    for name, values in (("ttft", ttft), ("tpot", tpot), ("itl", itl), ("e2el", e2el)):
+        ordered = sorted(values)
+        figures[f"mean_{name}_ms"] = round(statistics.fmean(ordered), 3) if ordered else None
+        figures[f"median_{name}_ms"] = round(_quantile(ordered, 0.5), 3) if ordered else None
+        figures[f"p99_{name}_ms"] = round(_quantile(ordered, 0.99), 3) if ordered else None
+
+    def meets_slo(o: Outcome) -> bool:
+        per_token = 1e3 * (o.end - o.sent - o.ttft) / (o.tokens - 1) if o.tokens > 1 else 0.0
+        return ((slo_ttft_ms is None or 1e3 * o.ttft <= slo_ttft_ms)
+                and (slo_tpot_ms is None or per_token <= slo_tpot_ms))
+    figures["request_throughput"] = round(len(outcomes) / makespan, 4)
+    figures["output_throughput"] = round(sum(o.tokens for o in outcomes) / makespan, 3)
+    figures["request_goodput"] = round(sum(map(meets_slo, outcomes)) / makespan, 4)
+    return figures
+
+
+def summarize(policy: str, speculation: str, rate: float, runs: list[list[Outcome]],
+              slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None) -> dict:
     """Figures of one configuration over its runs: latencies pooled, rates over the summed times."""
     outcomes = [o for run in runs for o in run]
     latencies = sorted(o.end - o.sent for o in outcomes)
@@ -180,6 +212,7 @@ def summarize(policy: str, speculation: str, rate: float, runs: list[list[Outcom
         "requests": len(outcomes),
         "generated_tokens": tokens,
         "offered_tokens_per_s": round(rate * tokens / len(outcomes), 2),
+        **serving_metrics(runs, makespan, slo_ttft_ms, slo_tpot_ms),
     }
 
 
@@ -327,7 +360,7 @@ def sweep(schedule: dict[float, list[Config]], workloads: list[list[Item]], addr
             for config in configs[shift:] + configs[:shift]:
                 runs[config].append(asyncio.run(drive(addresses[config], items, rate)))
         for config in configs:
-            r = summarize(*config, rate, runs[config])
+            r = summarize(*config, rate, runs[config], s.slo_ttft_ms, s.slo_tpot_ms)
             results.append(r)
             _progress(f"rate {rate:g}/s {r['policy']:8s} {r['speculation']:9s} mean {r['mean_latency_s']:.3f}s "
                       f"(short {r['short_mean_latency_s']}s, long {r['long_mean_latency_s']}s) "

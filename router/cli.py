@@ -131,6 +131,10 @@ def _register_router(subparsers) -> None:
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for a target worker")
     p.add_argument("--grace", type=float, default=30, help="seconds to finish admitted requests after SIGTERM")
     _add_metrics_port(p)
+    p.add_argument("--http-port", type=int, default=None,
+                   help="serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models) "
+                        f"on this port (0: any free port; default: none; the operator's routers use "
+                        f"{contract.HTTP_PORT.default})")
     p.set_defaults(func=_router)
 
 
@@ -176,7 +180,7 @@ def _router(args) -> int:
     discovery = _discovery(args, config)
     _logging()
     asyncio.run(serve_router(config, discovery, args.host, args.port, args.ready_timeout, args.grace,
-                             args.metrics_port))
+                             args.metrics_port, args.http_port))
     return 0
 
 
@@ -227,7 +231,8 @@ def _up(args) -> int:
             print(f"{worker.name} worker on {worker.address}", file=sys.stderr)
         router = stack.start_router(args.policy, args.speculation, args.max_batch_size, args.port or free_port())
         stack.wait_serving(router, 120)
-        print(router.address)
+        print(router.address)  # one per line, for scripts: gRPC, then the OpenAI base URL, then metrics
+        print(f"http: http://{router.http}/v1")
         print(f"metrics: http://{router.metrics}/metrics", flush=True)
         print(f"specd is serving on {router.address} (policy {args.policy}, speculation {args.speculation}, "
               f"draft method {args.draft_method}); "
@@ -317,6 +322,9 @@ def _register_bench(bench_subparsers) -> None:
     p.add_argument("--draft-model", help="draft model directory (default: the demo draft)")
     p.add_argument("--seed", type=int, default=0, help="workload and arrival seed (default: 0)")
     p.add_argument("--log-dir", help="write worker and router logs here")
+    p.add_argument("--slo-ttft-ms", type=float, help="request_goodput counts requests whose TTFT is at most this")
+    p.add_argument("--slo-tpot-ms", type=float,
+                   help="request_goodput counts requests whose time per output token is at most this")
     p.set_defaults(func=_bench_serve)
 
 
@@ -342,7 +350,7 @@ def _bench_serve(args) -> int:
         short_tokens=_length_range("--short-tokens", args.short_tokens),
         long_tokens=_length_range("--long-tokens", args.long_tokens),
         long_fraction=args.long_fraction, targets=args.targets, drafts=args.drafts, seed=args.seed,
-        log_dir=Path(args.log_dir) if args.log_dir else None)
+        log_dir=Path(args.log_dir) if args.log_dir else None, slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms)
     report = bench.run(settings, target_dir, draft_dir)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -36,6 +36,7 @@ class Process:
     address: str  # HOST:PORT of its gRPC service
     popen: subprocess.Popen
     metrics: str = ""  # HOST:PORT of its Prometheus /metrics ("": none)
+    http: str = ""  # HOST:PORT of a router's OpenAI-compatible HTTP ("": none)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -64,14 +65,15 @@ class LocalStack:
     def start_router(self, policy: str, speculation: str, max_batch_size: int, port: int = 0,
                      log_dir: Path | None = None) -> Process:
         """A router over every live worker of the stack."""
-        port, metrics = port or free_port(), free_port()
+        port, metrics, http = port or free_port(), free_port(), free_port()
         args = ["router", "--host", HOST, "--port", str(port), "--policy", policy, "--speculation", speculation,
-                "--max-batch-size", str(max_batch_size), "--metrics-port", str(metrics)]
+                "--max-batch-size", str(max_batch_size), "--metrics-port", str(metrics), "--http-port", str(http)]
         for role in ("target", "draft"):
             for address in self.addresses(role):
                 args += [f"--{role}", address]
         name = f"router-{len(self.routers)}-{policy}-{speculation.replace(':', '')}"
-        router = Process(name, f"{HOST}:{port}", _spawn(_specd(*args), name, log_dir), f"{HOST}:{metrics}")
+        router = Process(name, f"{HOST}:{port}", _spawn(_specd(*args), name, log_dir), f"{HOST}:{metrics}",
+                         f"{HOST}:{http}")
         self.routers.append(router)
         return router
 

@@ -19,6 +19,7 @@ from specd.proto import server as grpc_server
 from specd.proto.v1 import serving_pb2, serving_pb2_grpc, worker_pb2
 from specd.router.config import RouterConfig
 from specd.router.discovery import Discovery
+from specd.router.openai_http import HttpServer, OpenAIFrontend
 from specd.router.replicas import ReplicaPool
 from specd.router.request import Request
 from specd.router.scheduler import RequestFailed, Scheduler
@@ -140,8 +141,8 @@ class SpecdServicer(serving_pb2_grpc.SpecdServicer):
         decoder = StreamDecoder(self.builder.tokenizer)
         async for tokens in self._events(r, context):
             yield serving_pb2.GenerateResponse(text=decoder.push(tokens), tokens=tokens, request_id=request.request_id)
-        yield serving_pb2.GenerateResponse(finish_reason=r.finish_reason, usage=_usage(r), timing=_timing(r),
-                                           request_id=request.request_id)
+        yield serving_pb2.GenerateResponse(text=decoder.flush(), finish_reason=r.finish_reason, usage=_usage(r),
+                                           timing=_timing(r), request_id=request.request_id)
 
     async def Stats(self, request, context):
         return self.scheduler.stats()
@@ -179,15 +180,19 @@ class RunningRouter:
     discovery: Discovery
     _loop_task: asyncio.Task
     metrics: MetricsServer | None = None
+    http: HttpServer | None = None
 
     @property
     def port(self) -> int:
         return self.running.port
 
     async def stop(self, grace_s: float = 30.0) -> None:
-        """Drain (finish admitted requests, admit none), then shut everything down."""
+        """Drain (finish admitted requests, admit none), then shut everything down. HTTP streams
+        under way finish during the drain; new HTTP requests are refused (503) meanwhile."""
         try:
             await self.running.stop(grace_s)
+            if self.http is not None:
+                await self.http.stop()
             log.info("length predictor: %d requests, mean relative error %.1f%%", self.scheduler.lengths.count,
                      100 * self.scheduler.lengths.mean_relative_error)
         finally:
@@ -200,9 +205,11 @@ class RunningRouter:
 
 
 async def start_router(config: RouterConfig, discovery: Discovery, host: str = "127.0.0.1", port: int = 0,
-                       ready_timeout_s: float = 300.0, metrics_port: int | None = None) -> RunningRouter:
+                       ready_timeout_s: float = 300.0, metrics_port: int | None = None,
+                       http_port: int | None = None) -> RunningRouter:
     """Follow `discovery`, wait for a target worker (its tokenizer), then serve the public API;
-    metrics_port: serve Prometheus /metrics there too (0: any free port; None: not at all)."""
+    metrics_port: serve Prometheus /metrics there too, http_port: the OpenAI-compatible HTTP API
+    (0: any free port; None: not at all)."""
     loop = asyncio.get_running_loop()
     pool = ReplicaPool()
     discovery.subscribe(lambda endpoints: loop.call_soon_threadsafe(pool.set_endpoints, endpoints))
@@ -216,6 +223,8 @@ async def start_router(config: RouterConfig, discovery: Discovery, host: str = "
         server = grpc_server.new_server()
         serving_pb2_grpc.add_SpecdServicer_to_server(SpecdServicer(builder, scheduler), server)
         running = await grpc_server.start(server, [SERVICE_NAME], host, port, drain=scheduler.drain)
+        http = (await HttpServer.start(OpenAIFrontend(builder, scheduler, info.model), host, http_port)
+                if http_port is not None else None)
     except BaseException:
         task.cancel()
         await scheduler.stop()
@@ -223,14 +232,16 @@ async def start_router(config: RouterConfig, discovery: Discovery, host: str = "
         await pool.close()
         raise
     metrics = MetricsServer.start(scheduler.metrics.registry, host, metrics_port) if metrics_port is not None else None
-    log.info("router serving on %s:%d (policy %s, speculation %s, model %s)%s", host, running.port, config.policy,
-             config.speculation_label, info.model, f", metrics on :{metrics.port}" if metrics else "")
-    return RunningRouter(running, scheduler, pool, discovery, task, metrics)
+    log.info("router serving on %s:%d (policy %s, speculation %s, model %s)%s%s", host, running.port, config.policy,
+             config.speculation_label, info.model, f", metrics on :{metrics.port}" if metrics else "",
+             f", OpenAI HTTP on :{http.port}" if http else "")
+    return RunningRouter(running, scheduler, pool, discovery, task, metrics, http)
 
 
 async def serve_router(config: RouterConfig, discovery: Discovery, host: str = "0.0.0.0", port: int = 50051,
-                       ready_timeout_s: float = 300.0, grace_s: float = 30.0, metrics_port: int | None = None) -> None:
+                       ready_timeout_s: float = 300.0, grace_s: float = 30.0, metrics_port: int | None = None,
+                       http_port: int | None = None) -> None:
     """Serve the public API until SIGTERM/SIGINT, then drain: finish admitted requests, stop."""
-    router = await start_router(config, discovery, host, port, ready_timeout_s, metrics_port)
+    router = await start_router(config, discovery, host, port, ready_timeout_s, metrics_port, http_port)
     await grpc_server.wait_for_signal()
     await router.stop(grace_s)

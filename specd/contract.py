@@ -104,6 +104,8 @@ DISCOVERY_DRAFT_PORT = Range(1, 65535, default=50053)
 # Prometheus /metrics of the router and of every worker, each on a port of its own (the operator
 # sets this one on every pod; the command lines serve none unless given --metrics-port).
 METRICS_PORT = Range(1, 65535, default=9090)
+# The router's OpenAI-compatible HTTP (/v1/completions, /v1/chat/completions, /v1/models).
+HTTP_PORT = Range(1, 65535, default=8000)
 # The SpecDecodingService a process serves, for the `service` label of its metrics (the operator
 # sets it on every pod; a local stack is "local").
 SERVICE_ENV = "SPECD_SERVICE"
@@ -280,7 +282,7 @@ __all__ = [
     "MAX_BATCH_SIZE", "CLUSTER_MAX_BATCH_SIZE_DEFAULT", "MAX_QUEUED_REQUESTS", "PIPELINE_DEPTH", "QUEUES",
     "FIRST_QUANTUM", "QUANTUM_GROWTH", "STABILITY_WINDOW", "STABILITY_THRESHOLD", "TENSOR_PARALLEL_SIZES",
     "TENSOR_PARALLEL_SIZE", "TARGET_REPLICAS", "DRAFT_REPLICAS", "DRAFT_GPUS", "ROUTER_REPLICAS", "PORT",
-    "ROUTER_PORT", "DISCOVERY_TARGET_PORT", "DISCOVERY_DRAFT_PORT", "METRICS_PORT", "SERVICE_ENV", "speculation_mode", "parse_speculation",
+    "ROUTER_PORT", "DISCOVERY_TARGET_PORT", "DISCOVERY_DRAFT_PORT", "METRICS_PORT", "HTTP_PORT", "SERVICE_ENV", "speculation_mode", "parse_speculation",
     "speculation_label", "SpeculationConfig", "LapsSdConfig", "DiscoveryConfig", "RouterConfigFile",
     "parse_router_config",
 ]

@@ -148,7 +148,7 @@ def test_router_config_is_the_contract_with_specd_router() -> None:
     pod = router["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"] == ["specd", "router", "--config",
                                                "/etc/specd/router.yaml", "--port", "50051",
-                                               "--metrics-port", "9090"]
+                                               "--http-port", "8000", "--metrics-port", "9090"]
     assert pod["serviceAccountName"] == "svc-router"
     assert {"name": "config", "configMap": {"name": "svc-router-config"}} in pod["volumes"]
     assert {"name": "config", "mountPath": "/etc/specd", "readOnly": True} in pod[

@@ -70,7 +70,7 @@ def test_apply_defaults_fills_nested_defaults_like_the_api_server() -> None:
     assert spec["target"]["replicas"] == 1 and spec["target"]["tensorParallelSize"] == 1
     assert spec["draft"]["method"] == "model"
     assert spec["scheduling"]["speculation"] == {"mode": "goodput", "k": 4, "maxK": 8}
-    assert spec["router"]["service"] == {"type": "ClusterIP", "port": 50051}
+    assert spec["router"]["service"] == {"type": "ClusterIP", "port": 50051, "httpPort": 8000}
     assert "model" not in spec["draft"]  # objects without a default stay absent
 
 

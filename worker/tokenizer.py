@@ -40,3 +40,10 @@ class StreamDecoder:
             return ""
         delta, self._emitted = text[self._emitted :], len(text)
         return delta
+
+    def flush(self) -> str:
+        """The text still held back at the end of the stream (an incomplete character decodes as
+        U+FFFD, as in a decode of the whole sequence)."""
+        text = self._tokenizer.decode(self._ids)
+        delta, self._emitted = text[self._emitted :], len(text)
+        return delta

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from specd.router.bench import (Outcome, Settings, busy_seconds, goals, is_stable, plan, router_configs,
-                                saturated_throughput, summarize, workload)
+                                saturated_throughput, serving_metrics, summarize, workload)
 
 
 def outcome(sent: float, end: float, tokens: int = 10) -> Outcome:
@@ -35,6 +35,21 @@ def test_summary_pools_latencies_and_sums_times_over_runs():
     assert r["short_mean_latency_s"] == pytest.approx(2.0) and r["long_mean_latency_s"] is None
     assert not is_stable(r, {"none": 20.0})  # 2/s x 10 tokens = 20 tokens/s offered, not below capacity
     assert is_stable(r, {"none": 25.0})
+
+
+def test_serving_metrics_use_the_common_benchmarks_definitions():
+    # request A: sent 0, first chunk at 0.5 (TTFT 500 ms), 5 tokens in chunks at 0.5, 1.0, 2.5, ends 2.5
+    a = Outcome(0.0, 2.5, 0.5, 5, 0, 0, 3, chunks=[(0.5, 1), (1.0, 2), (2.5, 2)])
+    # request B: sent 1, TTFT 100 ms, one token: no TPOT, no ITL
+    b = Outcome(1.0, 1.1, 0.1, 1, 0, 0, 1, chunks=[(1.1, 1)])
+    m = serving_metrics([[a, b]], makespan=2.5, slo_ttft_ms=200)
+    assert m["mean_ttft_ms"] == pytest.approx(300) and m["median_ttft_ms"] == pytest.approx(300)
+    assert m["mean_tpot_ms"] == pytest.approx((2500 - 500) / 4)  # (e2e - TTFT) / (tokens - 1)
+    assert m["mean_itl_ms"] == pytest.approx((500 + 1500) / 2) and m["p99_itl_ms"] == pytest.approx(1490)
+    assert m["mean_e2el_ms"] == pytest.approx((2500 + 100) / 2)
+    assert m["request_throughput"] == pytest.approx(2 / 2.5) and m["output_throughput"] == pytest.approx(6 / 2.5)
+    assert m["request_goodput"] == pytest.approx(1 / 2.5)  # only B's TTFT is within 200 ms
+    assert serving_metrics([[a, b]], 2.5)["request_goodput"] == m["request_throughput"]  # no SLO: every request
 
 
 def test_rates_are_loads_of_each_modes_capacity():
@@ -88,7 +103,9 @@ def test_bench_serve_prints_the_issue_keys_end_to_end(models):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     keys = {"policy", "speculation", "rate", "mean_latency_s", "p50_latency_s", "p99_latency_s", "mean_ttft_s",
-            "tokens_per_s", "goodput_tokens_per_s", "mean_k", "requests", "load"}
+            "tokens_per_s", "goodput_tokens_per_s", "mean_k", "requests", "load",
+            *(f"{stat}_{name}_ms" for stat in ("mean", "median", "p99") for name in ("ttft", "tpot", "itl", "e2el")),
+            "request_throughput", "output_throughput", "request_goodput"}
     assert {(r["policy"], r["speculation"]) for r in report["results"]} == {
         ("fcfs", "goodput"), ("laps-sd", "goodput"), ("laps-sd", "none")}
     for r in report["results"]:

@@ -26,6 +26,8 @@ def test_up_serves_and_drains_on_sigterm(models, reference, tokenizer, capsys):
     try:
         address = up.stdout.readline().strip()
         assert address.startswith("127.0.0.1:"), up.stderr.read() if up.poll() is not None else address
+        http_url = up.stdout.readline().strip().removeprefix("http: ")
+        assert http_url.startswith("http://127.0.0.1:") and http_url.endswith("/v1")
         metrics_url = up.stdout.readline().strip().removeprefix("metrics: ")
         assert metrics_url.startswith("http://127.0.0.1:") and metrics_url.endswith("/metrics")
 
