@@ -248,7 +248,7 @@ def target_command(spec: dict[str, Any], model: ModelSource) -> list[str]:
     command = ["specd", "worker", "--role", n.TARGET, "--model", model.path,
                "--port", str(n.TARGET_PORT),
                "--tensor-parallel-size", str(target["tensorParallelSize"]),
-               "--dtype", target.get("dtype", "auto")]
+               "--dtype", target["dtype"]]
     if spec["draft"]["method"] in c.IN_TARGET_METHODS:  # this worker runs the method itself
         command += ["--draft-method", spec["draft"]["method"]]
     return command
@@ -290,7 +290,7 @@ def draft_deployment(owner: Owner, spec: dict[str, Any], image: str,
     draft = spec["draft"]
     model = parse_model_uri(draft["model"]["uri"])
     command = ["specd", "worker", "--role", n.DRAFT, "--model", model.path,
-               "--port", str(n.DRAFT_PORT), "--dtype", draft.get("dtype", "auto")]
+               "--port", str(n.DRAFT_PORT), "--dtype", draft["dtype"]]
     container = _worker_container(image, pull_policy, command, n.DRAFT_PORT,
                                   _resources(draft.get("resources"), draft["gpus"]),
                                   model.mounts())

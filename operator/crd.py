@@ -128,7 +128,7 @@ def _spec_schema() -> dict[str, Any]:
                 }],
             },
             "replicas": _int(c.TARGET_REPLICAS, "Number of target pods (the scale subresource)."),
-            "dtype": _enum(list(c.DTYPES), "auto", DTYPE_DESCRIPTION),
+            "dtype": _enum(list(c.DTYPES), c.DEFAULT_DTYPE, DTYPE_DESCRIPTION),
             "resources": _resources("Resources of a target pod; nvidia.com/gpu is set to "
                                     "tensorParallelSize by the operator."),
             **_placement(),
@@ -153,7 +153,7 @@ def _spec_schema() -> dict[str, Any]:
             "model": _model("The draft model (required when method is 'model')."),
             "replicas": _int(c.DRAFT_REPLICAS, "Number of draft pods (method 'model' only)."),
             "gpus": _int(c.DRAFT_GPUS, "GPUs per draft pod (method 'model' only)."),
-            "dtype": _enum(list(c.DTYPES), "auto", DTYPE_DESCRIPTION),
+            "dtype": _enum(list(c.DTYPES), c.DEFAULT_DTYPE, DTYPE_DESCRIPTION),
             "resources": _resources("Resources of a draft pod."),
             **_placement(),
         },

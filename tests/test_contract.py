@@ -36,12 +36,15 @@ INTEGERS = {
     "scheduling.speculation.maxK": (c.MAX_K_RANGE, None),
     "router.replicas": (c.ROUTER_REPLICAS, None),
     "router.service.port": (c.ROUTER_PORT, None),
+    "router.service.httpPort": (c.HTTP_PORT, None),
 }
 ENUMS = {
     "draft.method": (c.DRAFT_METHODS, c.DEFAULT_DRAFT_METHOD),
     "scheduling.policy": (c.POLICIES, c.DEFAULT_POLICY),
     "scheduling.speculation.mode": (c.SPECULATION_MODES, c.DEFAULT_SPECULATION_MODE),
     "router.service.type": (tuple(crd.SERVICE_TYPES), "ClusterIP"),  # Kubernetes', not specd's
+    "target.dtype": (c.DTYPES, c.DEFAULT_DTYPE),
+    "draft.dtype": (c.DTYPES, c.DEFAULT_DTYPE),
 }
 
 
@@ -188,7 +191,7 @@ def _combinations() -> list[tuple[str, dict]]:
 
 def _body(spec: dict, target: Path, draft: Path) -> dict:
     spec = copy.deepcopy(spec)
-    spec["target"] = {"model": {"uri": str(target)}}
+    spec["target"] = {**spec.get("target", {}), "model": {"uri": str(target)}}
     spec.setdefault("draft", {})
     if spec["draft"].get("method", c.DEFAULT_DRAFT_METHOD) == "model":
         spec["draft"]["model"] = {"uri": str(draft)}
@@ -206,8 +209,9 @@ def _local(command: list[str], port: int) -> list[str]:
     assert command[0] == "specd"
     args = list(command[1:])
     args[args.index("--port") + 1] = str(port)
-    if "--metrics-port" in args:  # every pod has its own; on one host each process needs another
-        args[args.index("--metrics-port") + 1] = "0"
+    for flag in ("--metrics-port", "--http-port"):  # every pod has its own; on one host: any free port
+        if flag in args:
+            args[args.index(flag) + 1] = "0"
     return [sys.executable, "-m", "specd.cli", *args, "--host", "127.0.0.1"]
 
 
@@ -239,6 +243,19 @@ def test_everything_the_schema_admits_runs(tmp_path: Path) -> None:
             targets[method] = start(f"target-{method}", command, port)
         port = free_port()
         draft = start("draft", _local(_command(model_body, "walk-draft"), port), port)
+        # every other dtype: a target and a draft worker from the pods' commands of a spec that sets it
+        by_dtype = {}
+        for dtype in _node("target.dtype")["enum"]:
+            if dtype == c.DEFAULT_DTYPE:
+                continue
+            children = builders.build_children(_body({"target": {"dtype": dtype}, "draft": {"dtype": dtype}},
+                                                     target_dir, draft_dir), builders.OperatorConfig())
+            pair = []
+            for role in ("target", "draft"):
+                command = _local(_command(children, f"walk-{role}"), port := free_port())
+                assert command[command.index("--dtype") + 1] == dtype
+                pair.append(start(f"{role}-{dtype}", command, port))
+            by_dtype[dtype] = pair
         for worker in stack.workers:
             try:
                 stack.wait_serving(worker, 300)
@@ -275,6 +292,15 @@ def test_everything_the_schema_admits_runs(tmp_path: Path) -> None:
                 assert result.usage.draft_tokens_proposed == 0, rendered
             if mode == "fixed" and rendered["discovery"]["draftService"]:
                 assert result.usage.draft_tokens_proposed > 0, rendered
+        for dtype, (target, draft_worker) in by_dtype.items():  # speculative decoding in each dtype
+            router = start(f"router-{dtype}", _local(["specd", "router", "--port", "0", "--speculation", "fixed:2",
+                                                      "--target", target.address, "--draft", draft_worker.address],
+                                                     port := free_port()), port)
+            stack.wait_serving(router, 120)
+            with Client(router.address, timeout=60) as client:
+                result = client.generate("def main():", 8, ignore_eos=True)
+            assert result.usage.generated_tokens == 8 and result.usage.draft_tokens_proposed > 0, dtype
+            assert f"on cpu {dtype}" in log(target) and f"on cpu {dtype}" in log(draft_worker)
     finally:
         stack.stop(grace_s=10)
 

@@ -8,7 +8,8 @@ import sys
 import time
 
 # no torch-importing module at import time: the operator's image (no torch) builds this parser too
-from specd.contract import DEFAULT_DRAFT_METHOD, DEVICE_KINDS, DRAFT_METHODS, DRAFTING_METHODS, DTYPES
+from specd.contract import (DEFAULT_DEVICE, DEFAULT_DRAFT_METHOD, DEFAULT_DTYPE, DEVICE_KINDS, DRAFT_METHODS,
+                            DRAFTING_METHODS, DTYPES)
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -63,10 +64,10 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
 
 def add_placement_args(parser: argparse.ArgumentParser) -> None:
     """--device and --dtype (worker/device.py resolves them)."""
-    parser.add_argument("--device", default="auto",
+    parser.add_argument("--device", default=DEFAULT_DEVICE,
                         help=f"where the models run: {', '.join(DEVICE_KINDS)} or cuda:N (default: auto, a GPU "
                              "when CUDA is available, else the CPU)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPES,
                         help="weights and activations (default: auto, bfloat16 on a GPU, float32 on the CPU)")
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specd.contract import DEVICE_KINDS, DTYPES
+from specd.contract import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICE_KINDS, DTYPES
 from specd.errors import SpecdError
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -30,7 +30,7 @@ class Placement:
 CPU = Placement(torch.device("cpu"), torch.float32)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
     """`auto`, `cpu`, `cuda` or `cuda:N` -> a device this process can use (clear error otherwise)."""
     kind, _, index = name.partition(":")
     if kind not in DEVICE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
@@ -54,7 +54,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-def resolve_placement(device: str = "auto", dtype: str = "auto") -> Placement:
+def resolve_placement(device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE) -> Placement:
     resolved = resolve_device(device)
     return Placement(resolved, resolve_dtype(dtype, resolved))
 

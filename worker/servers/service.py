@@ -75,7 +75,8 @@ class TargetServicer(_Base, worker_pb2_grpc.TargetWorkerServicer):
 
 
 def load_core(role: str, model_dir: str, tensor_parallel_size: int = 1, kv_budget_mib: float = 512,
-              draft_method: str = "none", device: str = "auto", dtype: str = "auto") -> WorkerCore:
+              draft_method: str = "none", device: str = contract.DEFAULT_DEVICE,
+              dtype: str = contract.DEFAULT_DTYPE) -> WorkerCore:
     """draft_method: the service's; a target worker runs the methods that draft inside it.
     device, dtype: the worker's placement (worker/device.py; `auto`: a GPU with bfloat16 if any)."""
     from specd.worker.device import resolve_placement
