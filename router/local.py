@@ -20,10 +20,20 @@ from specd.errors import SpecdError
 HOST = "127.0.0.1"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and never the same one twice in this process: the ports of a
+    stack's processes are picked before they bind, and the kernel may offer a port again
+    meanwhile (a router takes three: gRPC, HTTP, metrics)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _specd(*args: str) -> list[str]:
