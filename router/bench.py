@@ -350,7 +350,8 @@ def burst_capacity(address: str, items: list[Item], slots: int) -> float:
     return saturated_throughput(asyncio.run(drive(address, items, BURST_RATE)), slots)
 
 
-def sweep(schedule: dict[float, list[Config]], workloads: list[list[Item]], addresses: dict[Config, str]) -> list[dict]:
+def sweep(schedule: dict[float, list[Config]], workloads: list[list[Item]], addresses: dict[Config, str],
+          slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None) -> list[dict]:
     """Every (rate, configuration) of the schedule over every workload; a result per pair."""
     results = []
     for rate, configs in schedule.items():
@@ -360,7 +361,7 @@ def sweep(schedule: dict[float, list[Config]], workloads: list[list[Item]], addr
             for config in configs[shift:] + configs[:shift]:
                 runs[config].append(asyncio.run(drive(addresses[config], items, rate)))
         for config in configs:
-            r = summarize(*config, rate, runs[config], s.slo_ttft_ms, s.slo_tpot_ms)
+            r = summarize(*config, rate, runs[config], slo_ttft_ms, slo_tpot_ms)
             results.append(r)
             _progress(f"rate {rate:g}/s {r['policy']:8s} {r['speculation']:9s} mean {r['mean_latency_s']:.3f}s "
                       f"(short {r['short_mean_latency_s']}s, long {r['long_mean_latency_s']}s) "
@@ -402,7 +403,8 @@ def run(s: Settings, target_dir: Path, draft_dir: Path) -> dict:
             return figures
 
         capacity = measure_capacity("before")
-        results = sweep(plan(s, capacity, mean_tokens), workloads, {c: r.address for c, r in routers.items()})
+        results = sweep(plan(s, capacity, mean_tokens), workloads, {c: r.address for c, r in routers.items()},
+                        s.slo_ttft_ms, s.slo_tpot_ms)
         after = measure_capacity("after")
         capacity = {spec: round(min(capacity[spec], after[spec]), 2) for spec in capacity}
     finally:

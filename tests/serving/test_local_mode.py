@@ -87,3 +87,10 @@ def _scrape(url: str) -> dict[tuple[str, frozenset], float]:
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_free_ports_are_never_handed_out_twice():
+    from specd.router.local import free_port
+
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
