@@ -11,6 +11,7 @@ import sys
 import threading
 import urllib.request
 
+import openai
 from prometheus_client.parser import text_string_to_metric_families
 from serving_support import PROMPTS
 
@@ -56,6 +57,13 @@ def test_up_serves_and_drains_on_sigterm(models, reference, tokenizer, capsys):
         assert value("specd_spec_decode_num_drafts_total") >= drafted / 2  # at most 2 drafts per step
         assert value("specd_time_to_first_token_seconds_count") == 1
         assert value("specd_num_requests_running") == 0 and value("specd_speculation_k") == 2
+        # the OpenAI client against the same stack's HTTP base URL: one more finished request
+        with openai.OpenAI(base_url=http_url, api_key="unused", max_retries=0) as http:
+            completion = http.completions.create(model=http.models.list().data[0].id, prompt=PROMPTS[0],
+                                                 max_tokens=8, temperature=0)
+        assert completion.usage.completion_tokens >= 1 and completion.choices[0].finish_reason in ("stop", "length")
+        samples = _scrape(metrics_url)
+        assert sum(v for (name, _), v in samples.items() if name == "specd_request_success_total") == 2
 
         # a long stream is under way when SIGTERM arrives: it must finish, whole
         result = {}
