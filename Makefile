@@ -16,8 +16,10 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/specd demo
 
-## Run the whole test suite. The Go builds (CPU) and the image build (network, disk) overlap.
+## Run the whole test suite (after ruff: lint and import order, configured in pyproject.toml).
+## The Go builds (CPU) and the image build (network, disk) overlap.
 test: install
+	$(VENV)/bin/ruff check .
 	$(MAKE) --no-print-directory -j2 testbins images
 	$(VENV)/bin/python -m pytest
 

@@ -8,8 +8,7 @@
 """
 
 from specd.client.aio import AsyncClient
-from specd.client.errors import (Cancelled, DeadlineExceeded, InvalidRequest, Overloaded, SpecdClientError,
-                                 Unavailable)
+from specd.client.errors import Cancelled, DeadlineExceeded, InvalidRequest, Overloaded, SpecdClientError, Unavailable
 from specd.client.sync import Client, Stream
 from specd.client.types import Chunk, Result, RouterStats, Timing, Usage
 

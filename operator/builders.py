@@ -11,6 +11,7 @@ import hashlib
 from typing import Any
 
 import yaml
+
 from specd import contract as c
 from specd.operator import crd
 from specd.operator import names as n

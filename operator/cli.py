@@ -46,13 +46,13 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import kopf
+
+    from specd.errors import SpecdError
     from specd.operator.builders import OperatorConfig
     from specd.operator.handlers import build_registry
     from specd.operator.kube import Kube
     from specd.operator.live import LiveFigures
     from specd.operator.reconcile import EveryResource, Reconciler, resync
-
-    from specd.errors import SpecdError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

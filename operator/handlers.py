@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 import kopf
+
 from specd.operator import builders, crd
 from specd.operator import names as n
 from specd.operator.kube import Kube, KubeError

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
-from specd.operator import crd
-from specd.operator.names import FIELD_MANAGER
 
 from specd.errors import SpecdError
+from specd.operator import crd
+from specd.operator.names import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from specd.operator.names import MODELS_DIR
-
 from specd.errors import SpecdError
+from specd.operator.names import MODELS_DIR
 
 PVC_SCHEME = "pvc://"
 

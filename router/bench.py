@@ -4,7 +4,8 @@ Workers start once, and one router per (policy, speculation) pair, all over the 
 (an idle router costs nothing). Rates are set against measured capacity: a burst of the whole
 workload through fcfs measures the tokens per second a speculation mode streams while every
 batch is full (until only as many requests remain as batches have room for), and each load in
-`loads` becomes the arrival rate offering that fraction of it (or `rates` gives absolute rates). The burst is repeated after the sweep and the
+`loads` becomes the arrival rate offering that fraction of it (or `rates` gives absolute rates).
+The burst is repeated after the sweep and the
 lower figure is the capacity against which stability is judged: a run is stable when it offers
 fewer tokens per second than that. Every run replays the same workload: the same prompts,
 output lengths and Poisson arrival pattern (scaled by the rate), so runs differ only in what is
@@ -304,17 +305,18 @@ def goals(results: list[dict], capacity: dict[str, float], s: Settings) -> dict:
     for spec in s.compare_speculations:
         pairs = [(f, find("laps-sd", spec, f["rate"])) for f in results
                  if (f["policy"], f["speculation"]) == ("fcfs", spec)]
-        pairs = sorted(((f, l) for f, l in pairs if l), key=lambda pair: pair[0]["rate"])
+        pairs = sorted(((f, laps) for f, laps in pairs if laps), key=lambda pair: pair[0]["rate"])
         if not pairs:
             continue
-        stable = [(f, l) for f, l in pairs if is_stable(f, capacity)]
+        stable = [(f, laps) for f, laps in pairs if is_stable(f, capacity)]
         fcfs, laps = (stable or pairs[:1])[-1]
         ratio = laps["mean_latency_s"] / fcfs["mean_latency_s"]
         out["laps_sd_vs_fcfs"].append({
             "speculation": spec, "rate": fcfs["rate"], "load": fcfs["load"],
             "fcfs_stable_rates": [f["rate"] for f, _ in stable],
             "ratio": round(ratio, 3), "goal": 0.75, "met": bool(stable) and ratio <= 0.75,
-            "ratios_by_load": {str(f["load"]): round(l["mean_latency_s"] / f["mean_latency_s"], 3) for f, l in pairs}})
+            "ratios_by_load": {str(f["load"]): round(laps["mean_latency_s"] / f["mean_latency_s"], 3)
+                               for f, laps in pairs}})
     per_rate = []
     for rate in sorted({r["rate"] for r in results}):
         good = find("laps-sd", "goodput", rate)
@@ -326,7 +328,8 @@ def goals(results: list[dict], capacity: dict[str, float], s: Settings) -> dict:
         row = {"rate": rate, "goodput_latency_s": good["mean_latency_s"]}
         if fixed:
             best = min(fixed, key=lambda r: r["mean_latency_s"])
-            row.update(best_fixed=best["speculation"], vs_best_fixed=round(good["mean_latency_s"] / best["mean_latency_s"], 3))
+            row.update(best_fixed=best["speculation"],
+                       vs_best_fixed=round(good["mean_latency_s"] / best["mean_latency_s"], 3))
             row["met_vs_fixed"] = row["vs_best_fixed"] <= 1.05
         if plain:
             row["vs_none"] = round(good["mean_latency_s"] / plain["mean_latency_s"], 3)
@@ -410,7 +413,8 @@ def run(s: Settings, target_dir: Path, draft_dir: Path) -> dict:
     finally:
         stack.stop()
     for r in results:
-        r["load"] = round(r["offered_tokens_per_s"] / capacity[r["speculation"]], 3) if r["speculation"] in capacity else None
+        spec = r["speculation"]
+        r["load"] = round(r["offered_tokens_per_s"] / capacity[spec], 3) if spec in capacity else None
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
     return {"results": results, "goals": goals(results, capacity, s), "capacity_tokens_per_s": capacity,
             "grpc_overhead": overhead, "settings": settings,

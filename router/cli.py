@@ -49,7 +49,8 @@ def add_scheduling_flags(parser: argparse.ArgumentParser, defaults: bool) -> Non
                         help="scheduling policy" + (f" (default: {policy})" if defaults else ""))
     parser.add_argument("--speculation", type=_speculation, default=speculation if defaults else None,
                         help="speculation length control: none (alias off), fixed:K (K in "
-                             f"{contract.K.describe()}) or goodput" + (f" (default: {speculation})" if defaults else ""))
+                             f"{contract.K.describe()}) or goodput"
+                             + (f" (default: {speculation})" if defaults else ""))
     parser.add_argument("--max-batch-size", type=_bounded("--max-batch-size", MAX_BATCH_SIZE),
                         default=batch if defaults else None,
                         help=f"requests per iteration batch, {MAX_BATCH_SIZE.describe()}"
@@ -72,7 +73,8 @@ def _register_worker(subparsers) -> None:
     p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer.json)")
     p.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="target only: processes the model is sharded over")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="target only: processes the model is sharded over")
     p.add_argument("--draft-method", choices=DRAFT_METHODS, default=contract.DEFAULT_DRAFT_METHOD,
                    help="how drafts are made: model (a separate draft worker proposes them); early-exit "
                         "(Kangaroo), hierarchical (HiSpec) or ngram (prompt lookup), drafted inside the target "
@@ -350,7 +352,8 @@ def _bench_serve(args) -> int:
         short_tokens=_length_range("--short-tokens", args.short_tokens),
         long_tokens=_length_range("--long-tokens", args.long_tokens),
         long_fraction=args.long_fraction, targets=args.targets, drafts=args.drafts, seed=args.seed,
-        log_dir=Path(args.log_dir) if args.log_dir else None, slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms)
+        log_dir=Path(args.log_dir) if args.log_dir else None,
+        slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms)
     report = bench.run(settings, target_dir, draft_dir)
     if args.json:
         print(json.dumps(report, indent=2))

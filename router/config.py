@@ -20,9 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from specd import contract
-from specd.contract import (DISCOVERY_DRAFT_PORT, DISCOVERY_TARGET_PORT, FIRST_QUANTUM, K, MAX_BATCH_SIZE, MAX_K_RANGE,
-                            MAX_QUEUED_REQUESTS, PIPELINE_DEPTH, POLICIES, QUANTUM_GROWTH, QUEUES, SPECULATION_MODES,
-                            STABILITY_THRESHOLD, STABILITY_WINDOW)
+from specd.contract import (
+    DISCOVERY_DRAFT_PORT,
+    DISCOVERY_TARGET_PORT,
+    FIRST_QUANTUM,
+    MAX_BATCH_SIZE,
+    MAX_K_RANGE,
+    MAX_QUEUED_REQUESTS,
+    PIPELINE_DEPTH,
+    POLICIES,
+    QUANTUM_GROWTH,
+    QUEUES,
+    SPECULATION_MODES,
+    STABILITY_THRESHOLD,
+    STABILITY_WINDOW,
+    K,
+)
 from specd.errors import SpecdError
 
 

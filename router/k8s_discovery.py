@@ -18,9 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from specd.operator.kube import Kube, KubeError, path, watch_events
-
 from specd.errors import SpecdError
+from specd.operator.kube import Kube, KubeError, path, watch_events
 
 log = logging.getLogger(__name__)
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

@@ -96,7 +96,8 @@ class LocalStack:
                 if not process.alive():
                     raise SpecdError(f"{process.name} exited with status {process.popen.returncode}")
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.RpcError:
                     pass

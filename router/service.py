@@ -72,7 +72,8 @@ class RequestBuilder:
             raise invalid("prompt", "empty (set prompt or prompt_tokens)")
         for i, token in enumerate(prompt):
             if token >= tok.vocab_size:
-                raise invalid(f"prompt_tokens[{i}]", f"token id {token} is outside the vocabulary [0, {tok.vocab_size})")
+                raise invalid(f"prompt_tokens[{i}]",
+                              f"token id {token} is outside the vocabulary [0, {tok.vocab_size})")
         if msg.max_new_tokens < 1:
             raise invalid("max_new_tokens", "must be at least 1")
         if len(prompt) >= tok.max_context:  # no room for even one new token: the prompt is at fault

@@ -6,10 +6,10 @@ import pathlib
 
 import pytest
 import yaml
-from specd.operator import builders, names
-from specd.operator.model import parse_model_uri
 
 from specd.errors import SpecdError
+from specd.operator import builders, names
+from specd.operator.model import parse_model_uri
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = builders.OperatorConfig(image="registry.example/specd:test")
@@ -239,9 +239,8 @@ def test_bad_model_uris_are_user_errors(uri: str) -> None:
 def test_pod_commands_and_router_config_are_accepted_by_the_serving_plane(method: str) -> None:
     """The contract with `specd worker` / `specd router`: their own parsers accept what the
     operator puts into pods, and the router reads the ConfigMap's configuration."""
-    from specd.router.config import config_from_dict
-
     from specd.cli import build_parser
+    from specd.router.config import config_from_dict
 
     spec = {**MODEL_DRAFT, "draft": {**MODEL_DRAFT["draft"], "method": method},
             "scheduling": {"speculation": {"mode": "none" if method == "none" else "fixed",

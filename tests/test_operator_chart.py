@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 import yaml
-from specd.operator import builders, crd
 
 from specd.devcluster import binaries
+from specd.operator import builders, crd
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "specd"

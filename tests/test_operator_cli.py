@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from specd.operator import cli
 
 from specd.errors import SpecdError
+from specd.operator import cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -6,6 +6,7 @@ import pathlib
 
 import pytest
 import yaml
+
 from specd.operator import crd
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

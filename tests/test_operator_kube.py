@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from specd.operator import kube
-from specd.operator.kube import KubeError, path, retrying, watch_events
 
 from specd.errors import SpecdError
+from specd.operator import kube
+from specd.operator.kube import KubeError, path, retrying, watch_events
 
 
 def test_paths_of_namespaced_cluster_wide_and_subresources() -> None:

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+
 from specd.operator.builders import OperatorConfig
 from specd.operator.reconcile import Reconciler, _Request, controller_of, owned_by
 

@@ -227,7 +227,8 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
             log(f"batch {batch} round {round_ + 1}: " + ", ".join(f"{m} {tallies[m].seconds:.2f}s" for m in names))
         plain = tallies["plain"]
         for method in per_method:
-            per_method[method].append(_method_figures(method, engines[method][1], tallies[method], plain, tokens, batch))
+            figures = _method_figures(method, engines[method][1], tallies[method], plain, tokens, batch)
+            per_method[method].append(figures)
         for name in peer_runs if batch == 1 else ():
             figures = _method_figures(name, bench_peers.PEER_K[name], tallies[name], plain, tokens, batch)
             figures["acceptance_rate"] = None  # not observable from outside transformers

@@ -85,12 +85,14 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32,
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise SpecdError(f"{path}: checkpoint does not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise SpecdError(f"{path}: checkpoint does not match config.json "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     # The rotary tables are buffers computed from the config, not checkpoint tensors.
     with torch.device(device):
-        model.model.rotary = type(model.model.rotary)(config.head_dim, config.max_position_embeddings, config.rope_theta)
+        model.model.rotary = type(model.model.rotary)(config.head_dim, config.max_position_embeddings,
+                                                      config.rope_theta)
     return model.to(dtype).eval().requires_grad_(False)  # the rotary tables; the weights already are
 
 

@@ -8,8 +8,15 @@ import sys
 import time
 
 # no torch-importing module at import time: the operator's image (no torch) builds this parser too
-from specd.contract import (DEFAULT_DEVICE, DEFAULT_DRAFT_METHOD, DEFAULT_DTYPE, DEVICE_KINDS, DRAFT_METHODS,
-                            DRAFTING_METHODS, DTYPES)
+from specd.contract import (
+    DEFAULT_DEVICE,
+    DEFAULT_DRAFT_METHOD,
+    DEFAULT_DTYPE,
+    DEVICE_KINDS,
+    DRAFT_METHODS,
+    DRAFTING_METHODS,
+    DTYPES,
+)
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -88,11 +95,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     from specd.demo.paths import resolve_model_dirs
     from specd.errors import SpecdError
+    from specd.worker.device import resolve_placement
     from specd.worker.engine import GenerationRequest, SpeculativeEngine
+    from specd.worker.methods import make_exit_decoder, make_proposer, needs_adapter
     from specd.worker.runner import ModelRunner
     from specd.worker.sampling import SamplingParams
-    from specd.worker.methods import make_exit_decoder, make_proposer, needs_adapter
-    from specd.worker.device import resolve_placement
     from specd.worker.tensor_parallel import load_runner
     from specd.worker.tokenizer import StreamDecoder, Tokenizer
 

@@ -118,7 +118,8 @@ class RequestKV:
 class KVPool:
     """All request caches of one model, with a budget counted in cached tokens."""
 
-    def __init__(self, num_layers: int, budget_tokens: int, bytes_per_token: int, full_depth: int | None = None) -> None:
+    def __init__(self, num_layers: int, budget_tokens: int, bytes_per_token: int,
+                 full_depth: int | None = None) -> None:
         if budget_tokens <= 0:
             raise SpecdError(f"kv budget must be positive, got {budget_tokens} tokens")
         self.num_layers = num_layers

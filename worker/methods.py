@@ -14,7 +14,6 @@ from specd.worker.self_drafting import EarlyExitProposer, HierarchicalProposer, 
 from specd.worker.specee import SpecEEConfig, SpecEEDecoder
 from specd.worker.speculation import DraftProposer, Proposer
 
-
 # the speculation length each method runs at by default: Kangaroo's γ = 6 (PAPERS.md §3), HiSpec's
 # m = 8 tentative tokens per full validation (§4); SpecEE drafts nothing
 DEFAULT_K = {"model": 4, "early-exit": 6, "hierarchical": 8, "ngram": 4, "specee": 0}
@@ -35,7 +34,8 @@ def check_method(method: str, target_dir: str | Path) -> None:
         raise SpecdError(f"{target_dir}: hierarchical drafting needs two trained exits (early_exit.json has none)")
     if method == "specee":
         if EarlyExits.read(target_dir).adapter_exit is None:
-            raise SpecdError(f"{target_dir}: specee takes candidates from a Kangaroo adapter (early_exit.json has none)")
+            raise SpecdError(f"{target_dir}: specee takes candidates from a Kangaroo adapter "
+                             "(early_exit.json has none)")
         SpecEEConfig.read(target_dir)
 
 

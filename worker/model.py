@@ -96,7 +96,8 @@ def attend_fused(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask
     return out.squeeze(0)
 
 
-def attend_grouped(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def attend_grouped(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                   mask: torch.Tensor | None) -> torch.Tensor:
     """The group's queries of each key/value head stacked into one matrix (faster than the math
     path of scaled_dot_product_attention on a CPU for these small shapes)."""
     heads, n, hd = q.shape
@@ -140,7 +141,8 @@ class LlamaAttention(nn.Module):
         offset = 0
         for cache, start, n, mask in zip(batch.caches, batch.starts, batch.counts, batch.masks):
             q_i = q[offset : offset + n].transpose(0, 1)  # [heads, n, hd]
-            keys, values = cache.write(layer, start, k[offset : offset + n].transpose(0, 1), v[offset : offset + n].transpose(0, 1))
+            keys, values = cache.write(layer, start, k[offset : offset + n].transpose(0, 1),
+                                       v[offset : offset + n].transpose(0, 1))
             outputs.append(attend(q_i, keys, values, mask).transpose(0, 1).reshape(n, -1))
             offset += n
         return self.o_proj(torch.cat(outputs) if len(outputs) > 1 else outputs[0])

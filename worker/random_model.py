@@ -68,7 +68,8 @@ def write_random_pair(root: Path, shape: str, tokenizer_json: str, device: torch
     save_adapter(adapter, target_dir, dtype)
     exits = sorted({DRAFT_LAYERS, *HIERARCHICAL})
     # η = 0: a random draft is never confident, and the point is to time the drafting machinery
-    EarlyExits(exits=tuple(exits), adapter_exit=DRAFT_LAYERS, hierarchical=HIERARCHICAL, confidence=0.0).write(target_dir)
+    EarlyExits(exits=tuple(exits), adapter_exit=DRAFT_LAYERS, hierarchical=HIERARCHICAL,
+               confidence=0.0).write(target_dir)
     for path in (target_dir, draft_dir):
         (path / "tokenizer.json").write_text(tokenizer_json)
         (path / "random.json").write_text(json.dumps({"shape": shape, "seed": seed}) + "\n")

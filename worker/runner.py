@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from specd.errors import SpecdError
-from specd.worker.kv_cache import KVPool, RequestKV
 from specd.worker.checkpoint import load_model
 from specd.worker.device import CPU, Placement, to_device
 from specd.worker.early_exit import KangarooAdapter, load_adapter
+from specd.worker.kv_cache import KVPool, RequestKV
 from specd.worker.model import LlamaForCausalLM, PackedBatch
 
 DEFAULT_KV_BUDGET_MIB = 512

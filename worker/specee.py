@@ -78,7 +78,8 @@ class SpecEEConfig:
         if not doc:
             raise SpecdError(f"{model_dir}: specee needs trained exit predictors ({EARLY_EXIT_FILE} has no "
                              "'specee' entry; `specd train-demo` trains them)")
-        return cls(doc["candidates"], tuple(doc["layers"]), tuple(doc["offline"]), doc.get("threshold", DEFAULT_THRESHOLD))
+        return cls(doc["candidates"], tuple(doc["layers"]), tuple(doc["offline"]),
+                   doc.get("threshold", DEFAULT_THRESHOLD))
 
     def as_json(self) -> dict:
         return {"candidates": self.candidates, "layers": list(self.layers), "offline": list(self.offline),
@@ -203,7 +204,6 @@ def teacher_forced_losses(runner: ModelRunner, predictors: dict[int, ExitPredict
     draft_logits = adapter.logits(adapter(h, batch, layers, rope), model)
     candidates = draft_logits.topk(config.candidates).indices
     previous = draft_logits.gather(1, candidates).softmax(-1)
-    rows = model.lm_head.weight[candidates]
     chosen = torch.full((len(y),), -1, device=x.device)  # exit depth per position (-1: none)
     exit_logits = torch.zeros(len(y), model.config.vocab_size, device=x.device)
     depth = adapter.exit_layer

@@ -16,8 +16,8 @@ from typing import Protocol
 
 import torch
 
-from specd.worker.device import to_device
 from specd.worker.acceptance import Acceptance, accept_batch
+from specd.worker.device import to_device
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import Rows, SamplingParams, choose, draft_stream, row_probabilities
 
@@ -56,7 +56,8 @@ class Proposer(Protocol):
     def propose(self, requests: list[DraftRequest]) -> list[Proposal]: ...
 
 
-def draw(logits: torch.Tensor, requests: list[DraftRequest], positions: list[int]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+def draw(logits: torch.Tensor, requests: list[DraftRequest],
+         positions: list[int]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """One drafted token per row of [n, vocab] logits (request i at sequence position positions[i])
     -> ([n] tokens on the device, q of each row, None when greedy), batched: no read-back here."""
     tokens = logits.argmax(-1)

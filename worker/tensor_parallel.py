@@ -51,7 +51,9 @@ def load_runner(model_dir: str | Path, tensor_parallel_size: int = 1,
     address = ("127.0.0.1", _free_port())
     context = mp.get_context("spawn")
     followers = [
-        context.Process(target=_follow, args=(str(model_dir), rank, tensor_parallel_size, address, kv_budget_mib, with_adapter, placement),
+        context.Process(target=_follow,
+                        args=(str(model_dir), rank, tensor_parallel_size, address, kv_budget_mib, with_adapter,
+                              placement),
                         daemon=True, name=f"specd-tp-rank{rank}")
         for rank in range(1, tensor_parallel_size)
     ]

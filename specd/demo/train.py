@@ -240,7 +240,8 @@ def fine_tune_early_exit(out_dir: Path, settings: TrainSettings, data: torch.Ten
         x, y = _window_batch(data, settings, gen)
         rotating = rotation[step % len(rotation)]
         depths = sorted({*settings.exits, rotating, layers})
-        weights = {d: settings.exit_weight for d in settings.exits} | {rotating: settings.rotating_exit_weight, layers: 1.0}
+        weights = ({d: settings.exit_weight for d in settings.exits}
+                   | {rotating: settings.rotating_exit_weight, layers: 1.0})
         losses = {d: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
                   for d, logits in zip(depths, exit_logits(target, x, depths))}
         loss = sum(weights[d] * losses[d] for d in depths)
@@ -294,7 +295,7 @@ def train_specee(out_dir: Path, settings: TrainSettings, data: torch.Tensor,
                  log: Callable[[str], None] = print) -> None:
     """Phase 5: one exit predictor per depth past the adapter's exit; the offline schedule is the
     depths where tokens first become exitable most often."""
-    from specd.worker.specee import (ExitPredictor, SpecEEConfig, candidate_features, save_predictors)
+    from specd.worker.specee import ExitPredictor, SpecEEConfig, candidate_features, save_predictors
 
     torch.manual_seed(settings.seed + 5)
     gen = torch.Generator().manual_seed(settings.seed + 5)
@@ -317,9 +318,9 @@ def train_specee(out_dir: Path, settings: TrainSettings, data: torch.Tensor,
             final = target.logits(states[-1]).argmax(-1)
             rows = target.lm_head.weight[candidates]
             layer_logits = [torch.einsum("nh,nkh->nk", target.model.norm(h), rows) for h in states[1:-1]]
-            layer_probs = [draft_logits.gather(1, candidates).softmax(-1)] + [l.softmax(-1) for l in layer_logits]
-            labels = [(candidates.gather(1, l.argmax(-1, keepdim=True)).squeeze(1) == final).float()
-                      for l in layer_logits]
+            layer_probs = [draft_logits.gather(1, candidates).softmax(-1)] + [x.softmax(-1) for x in layer_logits]
+            labels = [(candidates.gather(1, x.argmax(-1, keepdim=True)).squeeze(1) == final).float()
+                      for x in layer_logits]
             exitable = torch.stack(labels + [torch.ones_like(labels[0])])  # [depths + 1, N]
             first_exits.index_add_(0, torch.tensor([*depths, layers])[exitable.argmax(0)], torch.ones(len(final)))
         loss = 0.0
@@ -338,7 +339,8 @@ def train_specee(out_dir: Path, settings: TrainSettings, data: torch.Tensor,
     ranked = sorted(depths, key=lambda d: -first_exits[d].item())
     threshold = _calibrate_threshold(target, adapter, predictors, depths, data, settings, gen, log)
     config = SpecEEConfig(k, tuple(depths), tuple(sorted(ranked[: settings.specee_offline_layers])), threshold)
-    save_predictors({d: p.eval() for d, p in predictors.items()}, out_dir / "target", getattr(torch, settings.save_dtype))
+    save_predictors({d: p.eval() for d, p in predictors.items()}, out_dir / "target",
+                    getattr(torch, settings.save_dtype))
     exits = EarlyExits.read(out_dir / "target")
     EarlyExits(exits.exits, exits.adapter_exit, exits.hierarchical, config.as_json(), exits.confidence).write(
         out_dir / "target")
@@ -420,7 +422,8 @@ def corpus_tokens(model_dir: Path, held_out: bool, settings: TrainSettings) -> t
     return encode_corpus(tokenizer, texts)
 
 
-def _window_batch(data: torch.Tensor, settings: TrainSettings, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _window_batch(data: torch.Tensor, settings: TrainSettings,
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     starts = torch.randint(0, len(data) - settings.seq_len - 1, (settings.batch_size,), generator=gen)
     window = torch.stack([data[s : s + settings.seq_len + 1] for s in starts.tolist()])
     return window[:, :-1], window[:, 1:]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 from torch.overrides import TorchFunctionMode
 
 from specd.errors import SpecdError
@@ -21,7 +22,6 @@ from specd.worker.methods import make_exit_decoder, make_proposer, needs_adapter
 from specd.worker.model import attend_fused, attend_grouped
 from specd.worker.runner import ModelRunner
 from specd.worker.sampling import SamplingParams
-from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 FACTORIES = {"tensor", "as_tensor", "arange", "zeros", "ones", "empty", "full", "rand", "randn", "randint",
              "randperm", "linspace", "eye", "tensordot"}

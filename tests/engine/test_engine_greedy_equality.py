@@ -5,15 +5,16 @@ from __future__ import annotations
 import random
 
 import pytest
+from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 from specd.worker.engine import GenerationRequest, SpeculativeEngine
 from specd.worker.runner import ModelRunner
-from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_models) -> SpeculativeEngine:
-    return SpeculativeEngine(ModelRunner.from_dir(tiny_models.target, placement=TEST_PLACEMENT), ModelRunner.from_dir(tiny_models.draft, placement=TEST_PLACEMENT))
+    return SpeculativeEngine(ModelRunner.from_dir(tiny_models.target, placement=TEST_PLACEMENT),
+                             ModelRunner.from_dir(tiny_models.draft, placement=TEST_PLACEMENT))
 
 
 def _prompts(count: int, seed: int) -> list[list[int]]:
@@ -22,7 +23,8 @@ def _prompts(count: int, seed: int) -> list[list[int]]:
 
 
 def _plain(engine: SpeculativeEngine, prompts: list[list[int]], max_new: int) -> list[list[int]]:
-    return [tokens for tokens, _ in engine.generate([GenerationRequest(p, max_new, k=0, stop_at_eos=False) for p in prompts])]
+    requests = [GenerationRequest(p, max_new, k=0, stop_at_eos=False) for p in prompts]
+    return [tokens for tokens, _ in engine.generate(requests)]
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 8])

@@ -8,10 +8,10 @@ import sys
 import textwrap
 
 import pytest
+from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 from specd.worker.engine import GenerationRequest, SpeculativeEngine
 from specd.worker.runner import ModelRunner
-from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 PROMPTS = [[5, 6, 7], [11] * 9, [40, 41, 42, 43, 44]]
 
@@ -41,7 +41,8 @@ def test_tp2_equals_tp1(tiny_models):
     expected = [t for t, _ in engine.generate(
         [GenerationRequest(p, 16, k=k, stop_at_eos=False) for p, k in zip(PROMPTS, (0, 2, 4))])]
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_models.target), str(tiny_models.draft),
-                           json.dumps(PROMPTS), TEST_PLACEMENT.device.type], capture_output=True, text=True, timeout=600)
+                           json.dumps(PROMPTS), TEST_PLACEMENT.device.type],
+                          capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[0].removeprefix("RESULT "))
@@ -75,7 +76,8 @@ def test_early_exit_drafting_tp2_equals_plain_tp1(early_exit_target, method):
     engine = SpeculativeEngine(ModelRunner.from_dir(early_exit_target, placement=TEST_PLACEMENT))
     expected = [t for t, _ in engine.generate([GenerationRequest(p, 16, k=0, stop_at_eos=False) for p in PROMPTS])]
     proc = subprocess.run([sys.executable, "-c", EARLY_EXIT_SCRIPT, str(early_exit_target), method,
-                           json.dumps(PROMPTS), TEST_PLACEMENT.device.type], capture_output=True, text=True, timeout=600)
+                           json.dumps(PROMPTS), TEST_PLACEMENT.device.type],
+                          capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[0].removeprefix("RESULT "))

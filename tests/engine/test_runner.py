@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 from specd.errors import SpecdError
 from specd.worker.kv_cache import KVBudgetExceeded
 from specd.worker.runner import ContextTooLong, ForwardItem, ModelRunner
-from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 
 @pytest.fixture

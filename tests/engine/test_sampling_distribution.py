@@ -14,6 +14,7 @@ import itertools
 
 import pytest
 import torch
+from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 from scipy.stats import chisquare
 
 from specd.worker import acceptance, speculation
@@ -21,7 +22,6 @@ from specd.worker.engine import GenerationRequest, SpeculativeEngine
 from specd.worker.methods import make_proposer, needs_adapter
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams, Stream, gumbel, probabilities, uniform
-from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 PROMPT = [17, 42, 99, 5]
 SAMPLES = 3000
@@ -43,7 +43,8 @@ def _exact_joint(target_dir, params: SamplingParams, prompt: list[int] = PROMPT)
 
 
 def _draft_model_engine(models) -> SpeculativeEngine:
-    return SpeculativeEngine(ModelRunner.from_dir(models.target, placement=TEST_PLACEMENT), ModelRunner.from_dir(models.draft, placement=TEST_PLACEMENT))
+    return SpeculativeEngine(ModelRunner.from_dir(models.target, placement=TEST_PLACEMENT),
+                             ModelRunner.from_dir(models.draft, placement=TEST_PLACEMENT))
 
 
 def _self_drafting_engine(target_dir, method: str) -> SpeculativeEngine:
@@ -113,7 +114,8 @@ def _p_value(pairs: list[tuple[int, int]], joint: dict[tuple[int, int], float]) 
 def unseeded_streams(monkeypatch):
     """Unseeded requests draw a fresh random noise seed; numbered ones keep the test repeatable."""
     numbers = itertools.count(1)
-    monkeypatch.setattr(SamplingParams, "noise_seed", lambda self: self.seed if self.seed is not None else next(numbers))
+    monkeypatch.setattr(SamplingParams, "noise_seed",
+                        lambda self: self.seed if self.seed is not None else next(numbers))
 
 
 @pytest.mark.parametrize("coupling", ["rejection", "gumbel"])
@@ -195,7 +197,8 @@ def test_noise_is_a_pure_function_of_seed_position_stream_and_column():
 def test_a_seed_reproduces_its_output_whatever_k(distant_models):
     """The Gumbel-max coupling: a seeded request's tokens do not depend on the speculation length
     (the router's goodput control changes k from iteration to iteration)."""
-    engine = SpeculativeEngine(ModelRunner.from_dir(distant_models.target, placement=TEST_PLACEMENT), ModelRunner.from_dir(distant_models.draft, placement=TEST_PLACEMENT))
+    engine = SpeculativeEngine(ModelRunner.from_dir(distant_models.target, placement=TEST_PLACEMENT),
+                               ModelRunner.from_dir(distant_models.draft, placement=TEST_PLACEMENT))
     params = [SamplingParams(temperature=0.9, top_p=0.95, seed=seed) for seed in (1234, 1235)]
     outputs = {(p.seed, k): engine.generate([GenerationRequest(PROMPT, 24, p, k=k, stop_at_eos=False)])[0][0]
                for p in params for k in (0, 1, 3, 8)}

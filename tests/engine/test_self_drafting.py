@@ -8,16 +8,16 @@ import random
 
 import pytest
 import torch
+from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 from specd.errors import SpecdError
 from specd.worker.engine import GenerationRequest, SpeculativeEngine
 from specd.worker.methods import make_proposer, needs_adapter
 from specd.worker.runner import ForwardItem, ModelRunner
+from specd.worker.sampling import SamplingParams
 from specd.worker.self_drafting import EarlyExitProposer, NgramProposer
 from specd.worker.specee import SpecEEDecoder
 from specd.worker.speculation import DraftRequest
-from specd.worker.sampling import SamplingParams
-from model_support import TEST_PLACEMENT  # tests/ is on sys.path (conftest.py)
 
 SELF_METHODS = ["early-exit", "hierarchical", "ngram"]
 

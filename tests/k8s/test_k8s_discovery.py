@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import yaml
-from specd.operator.kube import Kube
-from specd.router.k8s_discovery import EndpointSliceWatcher, ready_addresses
 
 from specd.devcluster.cluster import DevCluster
+from specd.operator.kube import Kube
+from specd.router.k8s_discovery import EndpointSliceWatcher, ready_addresses
 
 NS = "specd-discovery"
 PORTS = {"target": 50061, "draft": 50062}

@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from k8s_support import condition, get, wait_for
 import yaml
-from specd.operator import builders, names
+from k8s_support import condition, get, wait_for
 
 from specd.devcluster import kwok
 from specd.devcluster.cluster import DevCluster
+from specd.operator import builders, names
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"

@@ -7,8 +7,8 @@ reach the workers through a PersistentVolumeClaim, as a user would provide a mod
 router's Service equals local plain decoding; live acceptance reaches the status; a second
 target replica serves; a target pod deleted mid-stream loses and repeats no token; deleting the
 resource removes every pod. Then `manifests/examples/self-speculative.yaml` (the target drafting
-from its own early exit, no draft pool) serves the same tokens. The node advertises fake nvidia.com/gpu (there is no GPU here): the
-workers run on the CPU.
+from its own early exit, no draft pool) serves the same tokens. The node advertises fake
+nvidia.com/gpu (there is no GPU here): the workers run on the CPU.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 from k8s_support import condition, get, wait_for
-from specd.operator import names
 
 from specd.devcluster import realnode
 from specd.devcluster.cluster import DevCluster
 from specd.devcluster.images import TAG
+from specd.operator import names
 
 pytestmark = pytest.mark.real_node
 

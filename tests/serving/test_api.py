@@ -7,9 +7,9 @@ import time
 
 import grpc
 import pytest
-from serving_support import PROMPTS, assert_released
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from serving_support import PROMPTS, assert_released
 
 from specd.client import AsyncClient, Client, InvalidRequest, Overloaded, Unavailable
 from specd.router.config import RouterConfig

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from specd.router.bench import (Outcome, Settings, busy_seconds, goals, is_stable, plan, router_configs,
-                                saturated_throughput, serving_metrics, summarize, workload)
+from specd.router.bench import (
+    Outcome,
+    Settings,
+    busy_seconds,
+    goals,
+    is_stable,
+    plan,
+    router_configs,
+    saturated_throughput,
+    serving_metrics,
+    summarize,
+    workload,
+)
 
 
 def outcome(sent: float, end: float, tokens: int = 10) -> Outcome:

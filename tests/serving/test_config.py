@@ -17,7 +17,8 @@ def test_reads_the_operator_router_yaml(tmp_path):
         "discovery": {"namespace": "ns", "targetService": "svc-target", "draftService": None,
                       "targetPort": 50052, "draftPort": 50053}}))
     config = load_config(path)
-    assert (config.policy, config.speculation, config.k, config.max_k, config.max_batch_size) == ("sjf", "fixed", 3, 6, 16)
+    assert (config.policy, config.speculation, config.k, config.max_k, config.max_batch_size) == (
+        "sjf", "fixed", 3, 6, 16)
     assert config.speculation_label == "fixed:3"
     assert config.discovery.target_service == "svc-target" and config.discovery.draft_service == ""
 

@@ -37,7 +37,8 @@ def holder(stack: LocalStack, role: str):
     for worker in stack.workers:
         if worker.name.startswith(role) and worker.alive():
             with grpc.insecure_channel(worker.address) as channel:
-                stub = (worker_pb2_grpc.TargetWorkerStub if role == "target" else worker_pb2_grpc.DraftWorkerStub)(channel)
+                kind = worker_pb2_grpc.TargetWorkerStub if role == "target" else worker_pb2_grpc.DraftWorkerStub
+                stub = kind(channel)
                 if stub.Stats(worker_pb2.StatsRequest(), timeout=5).active_requests:
                     return worker
     raise AssertionError(f"no {role} worker holds the request")

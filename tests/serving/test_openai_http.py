@@ -20,8 +20,8 @@ def router(loop, workers):
     from specd.router.service import start_router
 
     config = RouterConfig(policy="laps-sd", max_batch_size=4).with_speculation("fixed:2")
-    running = loop.run(start_router(config, StaticDiscovery([workers.addresses["target"]], [workers.addresses["draft"]]),
-                                    ready_timeout_s=30, http_port=0))
+    discovery = StaticDiscovery([workers.addresses["target"]], [workers.addresses["draft"]])
+    running = loop.run(start_router(config, discovery, ready_timeout_s=30, http_port=0))
     yield running
     loop.run(running.stop(grace_s=1))
 

@@ -14,7 +14,8 @@ def test_tensor_parallel_target_matches_plain_decoding(models, start_router, wor
     try:
         worker = stack.start_worker("target", models[0], log_dir=tmp_path, tensor_parallel_size=2)
         stack.wait_serving(worker, 180)
-        address = start_router(RouterConfig().with_speculation("fixed:2"), [worker.address], [workers.addresses["draft"]])
+        address = start_router(RouterConfig().with_speculation("fixed:2"), [worker.address],
+                               [workers.addresses["draft"]])
         with Client(address, timeout=60) as client:
             for prompt in PROMPTS[:2]:
                 result = client.generate(prompt, 16, ignore_eos=True)

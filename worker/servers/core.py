@@ -16,10 +16,10 @@ import torch
 from specd.contract import MAX_K
 from specd.errors import SpecdError
 from specd.proto.v1 import common_pb2, worker_pb2
-from specd.worker.runner import ForwardItem, ModelRunner
-from specd.worker.sampling import SamplingParams
 from specd.worker.acceptance import Acceptance
 from specd.worker.methods import make_exit_decoder, make_proposer
+from specd.worker.runner import ForwardItem, ModelRunner
+from specd.worker.sampling import SamplingParams
 from specd.worker.servers.metrics import WorkerMetrics
 from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
 
