@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from threading import Thread
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 @dataclass
 class MetricsServer:
     port: int
-    _server: object
+    _server: WSGIServer
     _thread: Thread
 
     @classmethod

@@ -57,21 +57,23 @@ def accept_batch(drafts: list[list[int]], draft_probs: list[torch.Tensor | None]
     offset_in_request = to_device([j for n in counts for j in range(n)], torch.int64, device)
     request_of_row = to_device([i for i, n in enumerate(counts) for _ in range(n)], torch.int64, device)
 
-    sampled, sampled_rows = [], []  # requests that sample, and their rows in the pass
-    rejection, rejection_rows, rejection_local = [], [], []  # unseeded ones, their rows in the pass and in `probs`
-    for i, p in enumerate(params):
-        if not p.greedy:
-            rows = list(range(starts[i], starts[i] + counts[i]))
-            if not p.coupled:
+    sampled: list[int] = []  # requests that sample
+    sampled_rows: list[int] = []  # their rows in the pass
+    rejection: list[int] = []  # the unseeded ones among them (the rejection rule)
+    rejection_rows: list[int] = []  # their rows in the pass
+    rejection_local: list[int] = []  # their rows among the sampled rows (in `probs`)
+    for i, param in enumerate(params):
+        if not param.greedy:
+            request_rows = list(range(starts[i], starts[i] + counts[i]))
+            if not param.coupled:
                 rejection.append(i)
-                rejection_rows += rows
+                rejection_rows += request_rows
                 rejection_local += range(len(sampled_rows), len(sampled_rows) + counts[i])
             sampled.append(i)
-            sampled_rows += rows
+            sampled_rows += request_rows
 
     # the target's own choice per row: argmax, or the coupled Gumbel-max sample
     choice = target.argmax(-1)
-    probs = rows = None
     if sampled:
         rows = Rows.build([params[i] for i in sampled], [seeds[i] for i in sampled],
                           [positions[i] for i in sampled], [counts[i] for i in sampled], device)
@@ -84,8 +86,9 @@ def accept_batch(drafts: list[list[int]], draft_probs: list[torch.Tensor | None]
     if rejection:
         local = to_device(rejection_local, torch.int64, device)
         p, seed, position = probs[local], rows.seed[local], rows.position[local]
-        q = torch.cat([torch.cat([draft_probs[i].to(device=p.device, dtype=p.dtype), p.new_zeros(1, p.shape[-1])])
-                       if drafts[i] else p.new_zeros(1, p.shape[-1]) for i in rejection])
+        bonus_row = p.new_zeros(1, p.shape[-1])  # q = 0 where no draft was made: residual(p, 0) = p
+        q = torch.cat([torch.cat([_probs_of(draft_probs[i], i).to(device=p.device, dtype=p.dtype), bonus_row])
+                       if drafts[i] else bonus_row for i in rejection])
         at = to_device(rejection_rows, torch.int64, device)
         x = draft_col[at]
         u = uniform(seed, position, int(Stream.TENTATIVE_ACCEPT if tentative else Stream.ACCEPT), 1).squeeze(1)
@@ -100,7 +103,8 @@ def accept_batch(drafts: list[list[int]], draft_probs: list[torch.Tensor | None]
     first_rows = to_device(starts, torch.int64, device)
     emitted = choice[first_rows + accepted]
     if rejection:
-        firsts, n = [], 0
+        firsts: list[int] = []
+        n = 0
         for i in rejection:
             firsts.append(n)
             n += counts[i]
@@ -110,3 +114,9 @@ def accept_batch(drafts: list[list[int]], draft_probs: list[torch.Tensor | None]
         emitted[which] = choose(residual(p[at], q[at]), seed[at], position[at], int(stream))
     accepted_host, emitted_host = torch.stack([accepted, emitted]).tolist()  # the one read-back of the pass
     return [Acceptance(n, d[:n] + [token]) for d, n, token in zip(drafts, accepted_host, emitted_host)]
+
+
+def _probs_of(draft_probs: torch.Tensor | None, request: int) -> torch.Tensor:
+    if draft_probs is None:
+        raise ValueError(f"request {request}: unseeded sampled drafts need their distributions q")
+    return draft_probs

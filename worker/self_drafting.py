@@ -136,7 +136,8 @@ class HierarchicalProposer:
         self.confidence = confidence
 
     def propose(self, requests: list[DraftRequest]) -> list[Proposal]:
-        tentative = {r.request_id: ([], []) for r in requests}  # tokens, intermediate distributions
+        # tokens, and the intermediate distribution each is a sample of
+        tentative: dict[str, tuple[list[int], list[torch.Tensor]]] = {r.request_id: ([], []) for r in requests}
         active = [r for r in requests if r.k > 0]
         while active:
             sequences = [r.committed + tentative[r.request_id][0] for r in active]
