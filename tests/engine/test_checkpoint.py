@@ -36,5 +36,6 @@ def test_loading_a_model_reads_no_weight_until_it_is_used(tmp_path, tiny_models)
     grown = _resident_bytes() - before
     assert grown < weights / 4, (f"loading took {grown / 2**20:.1f} MiB of host memory "
                                  f"for {weights / 2**20:.1f} MiB of weights")
-    total = sum(float(p.double().sum()) for p in model.parameters())  # now every page is read
-    assert total == total and _resident_bytes() - before > weights / 2
+    for p in model.parameters():  # read every page: now the weights are resident
+        p.sum()
+    assert _resident_bytes() - before > weights / 2
