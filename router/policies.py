@@ -16,49 +16,65 @@ out of the first places is preempted (its KV cache stays on its workers).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any
 
 from specd.router.config import QueueSettings
 from specd.router.request import Request
 
-# request -> (seconds of one draft pass, seconds of one target pass) for an iteration of it alone
-StepCosts = Callable[[Request], tuple[float, float]]
+# speculation length k -> (seconds of one draft pass, seconds of one target pass) for one request alone
+StepCosts = Callable[[int], tuple[float, float]]
 # () -> (global acceptance estimate, typical speculation length): stands in for unknown requests
 Population = Callable[[], tuple[float, int]]
+SortKey = Callable[[Request], Any]
 
 
-class Policy(Protocol):
+class Policy:
+    """An order of the waiting requests, as a sort key made once per decision (a key may read
+    figures that change between decisions, such as step costs: they are read once, not per request)."""
+
     name: str
 
-    def order(self, requests: list[Request]) -> list[Request]: ...
-
-
-class FCFS:
-    name = "fcfs"
+    def sort_key(self) -> SortKey:
+        raise NotImplementedError
 
     def order(self, requests: list[Request]) -> list[Request]:
-        return sorted(requests, key=lambda r: r.arrival)
+        return sorted(requests, key=self.sort_key())
+
+    def first(self, requests: list[Request], n: int) -> list[Request]:
+        """The first n of `order(requests)`, in O(len * log n)."""
+        if n >= len(requests):
+            return self.order(requests)
+        return heapq.nsmallest(n, requests, key=self.sort_key())
 
 
-class LAS:
+class FCFS(Policy):
+    name = "fcfs"
+
+    def sort_key(self) -> SortKey:
+        return lambda r: r.arrival
+
+
+class LAS(Policy):
     name = "las"
 
     def __init__(self, queues: QueueSettings) -> None:
         self.queues = queues
 
-    def order(self, requests: list[Request]) -> list[Request]:
-        return sorted(requests, key=lambda r: (self.queues.level(r.iterations), r.arrival))
+    def sort_key(self) -> SortKey:
+        level = self.queues.level
+        return lambda r: (level(r.iterations), r.arrival)
 
 
-class SJF:
+class SJF(Policy):
     name = "sjf"
 
-    def order(self, requests: list[Request]) -> list[Request]:
-        return sorted(requests, key=lambda r: (r.predicted_length, r.arrival))
+    def sort_key(self) -> SortKey:
+        return lambda r: (r.predicted_length, r.arrival)
 
 
-class LAPSSD:
+class LAPSSD(Policy):
     name = "laps-sd"
 
     def __init__(self, queues: QueueSettings, costs: StepCosts, population: Population) -> None:
@@ -70,19 +86,26 @@ class LAPSSD:
         return r.is_stable(self.queues.stability_window, self.queues.stability_threshold)
 
     def remaining_time(self, r: Request) -> float:
-        if self.perceptible(r):
-            alpha, n = r.acceptance.value, r.last_k
-        else:
-            alpha, n = self.population()
-        t_draft, t_target = self.costs(r)
-        remaining = max(r.predicted_length - r.generated, 1.0)
-        return remaining * (n * t_draft + t_target) / (n * alpha + 1)
+        return self._estimator()(r)
 
-    def key(self, r: Request) -> tuple:
-        return self.queues.level(r.iterations), self.remaining_time(r), r.arrival
+    def _estimator(self) -> Callable[[Request], float]:
+        """T = L_rem * (n*T_draft + T_target) / (n*A + 1), with this decision's population and costs."""
+        population = self.population()
+        costs: dict[int, tuple[float, float]] = {}
 
-    def order(self, requests: list[Request]) -> list[Request]:
-        return sorted(requests, key=self.key)
+        def remaining_time(r: Request) -> float:
+            alpha, n = (r.acceptance.value, r.last_k) if self.perceptible(r) else population
+            if r.last_k not in costs:
+                costs[r.last_k] = self.costs(r.last_k)
+            t_draft, t_target = costs[r.last_k]
+            remaining = max(r.predicted_length - r.generated, 1.0)
+            return remaining * (n * t_draft + t_target) / (n * alpha + 1)
+
+        return remaining_time
+
+    def sort_key(self) -> SortKey:
+        level, remaining_time = self.queues.level, self._estimator()
+        return lambda r: (level(r.iterations), remaining_time(r), r.arrival)
 
 
 def make_policy(name: str, queues: QueueSettings, costs: StepCosts,

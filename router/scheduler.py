@@ -26,32 +26,22 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
-from dataclasses import dataclass
 
 import grpc
 
 from specd import contract
 from specd.proto.v1 import serving_pb2, worker_pb2
 from specd.router.config import RouterConfig
+from specd.router.decisions import Decisions, RequestFailed
 from specd.router.metrics import RouterMetrics
-from specd.router.policies import make_policy
 from specd.router.replicas import Replica, ReplicaPool
-from specd.router.request import Acceptance, Request
-from specd.router.speculation import CostModel, SpeculationControl
+from specd.router.request import Request
 
+__all__ = ["RequestFailed", "Scheduler"]
 log = logging.getLogger(__name__)
 WORKER_TIMEOUT_S = 60.0
 # worker answers that mean "this call was wrong", not "this worker is broken"
 _REQUEST_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE}
-
-
-class RequestFailed(Exception):
-    """Ends a request's stream with a gRPC status."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Signal:
@@ -72,71 +62,15 @@ class Signal:
         self._waiters.clear()
 
 
-class TokenRate:
-    """Tokens streamed per second over a sliding window (the goodput the operator reports)."""
-
-    def __init__(self, window_s: float = 60.0) -> None:
-        self.window_s = window_s
-        self.started = time.monotonic()
-        self._events: deque[tuple[float, int]] = deque()
-        self._total = 0
-
-    def add(self, tokens: int, now: float) -> None:
-        self._events.append((now, tokens))
-        self._total += tokens
-        self._trim(now)
-
-    def per_second(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        self._trim(now)
-        span = min(self.window_s, now - self.started)
-        return self._total / span if span > 0 else 0.0
-
-    def _trim(self, now: float) -> None:
-        while self._events and self._events[0][0] < now - self.window_s:
-            self._total -= self._events.popleft()[1]
-
-
-class LengthPredictor:
-    """Predicted output length = max_new_tokens * (running mean of generated / max_new_tokens)."""
-
-    def __init__(self) -> None:
-        self.ratio = 1.0
-        self.count = 0
-        self.abs_error = 0.0  # sum of |predicted - actual| / actual
-
-    def predict(self, max_new_tokens: int) -> float:
-        return max(1.0, self.ratio * max_new_tokens)
-
-    def observe(self, r: Request) -> None:
-        actual = max(r.generated, 1)
-        self.count += 1
-        self.abs_error += abs(r.predicted_length - actual) / actual
-        self.ratio += (actual / r.max_new_tokens - self.ratio) / min(self.count, 50)
-
-    @property
-    def mean_relative_error(self) -> float:
-        return self.abs_error / self.count if self.count else 0.0
-
-
-@dataclass
-class _Failure:  # a failed call to a draft replica, handled once every draft call has returned
-    error: grpc.aio.AioRpcError
-
-
 class Scheduler:
+    """The live router's iteration pipeline: `Decisions` decides, this class does the I/O."""
+
     def __init__(self, config: RouterConfig, pool: ReplicaPool) -> None:
         self.config = config
         self.pool = pool
-        self.costs = CostModel()
-        self.speculation = SpeculationControl(config.speculation, config.k, config.max_k, self.costs)
-        self.policy = make_policy(config.policy, config.queues, lambda r: self.costs.single(r.last_k),
-                                  lambda: (self.speculation.acceptance.value, self.speculation.typical_k))
-        self.lengths = LengthPredictor()
-        self.streamed = TokenRate()
-        self.finished = 0
-        self.drafted = 0
-        self.requests: dict[str, Request] = {}  # admitted, not finished
+        self.decisions = Decisions(config)
+        self.lengths = self.decisions.lengths
+        self.requests = self.decisions.requests  # admitted, not finished
         self.accepting = True
         self._signal = Signal()
         self._lanes: dict[str, list[asyncio.Task]] = {}
@@ -148,28 +82,23 @@ class Scheduler:
     # -- admission, cancellation ---------------------------------------------------------------
 
     def admit(self, r: Request) -> None:
-        if not self.accepting:
-            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "the router is shutting down")
-        if len(self.requests) >= self.config.max_queued_requests:
-            raise RequestFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"queue full: {len(self.requests)} requests admitted "
-                                f"(maxQueuedRequests={self.config.max_queued_requests})")
+        self.decisions.check_admission(self.accepting)
         target = self.pool.place("target")
         if target is None:
             raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "no target worker is available")
-        r.acceptance = Acceptance.seeded(self.speculation.acceptance.value)
+        self.decisions.admit(r, target.address)
         self._pin(r, "target", target)
-        self.requests[r.id] = r
         self.metrics.admitted(len(r.prompt))
         self._signal.fire()
 
     def stats(self) -> serving_pb2.RouterStats:
+        d = self.decisions
         running = sum(r.in_flight for r in self.requests.values())
         return serving_pb2.RouterStats(
-            acceptance_rate=self.speculation.acceptance.value if self.drafted else 0.0,
-            goodput_tokens_per_s=self.streamed.per_second(), drafted_tokens=self.drafted,
-            current_k=self.speculation.typical_k, queued_requests=len(self.requests) - running,
-            running_requests=running, finished_requests=self.finished,
+            acceptance_rate=d.speculation.acceptance.value if d.drafted else 0.0,
+            goodput_tokens_per_s=d.streamed.per_second(), drafted_tokens=d.drafted,
+            current_k=d.speculation.typical_k, queued_requests=len(self.requests) - running,
+            running_requests=running, finished_requests=d.finished,
             live_targets=len(self.pool.live("target")), live_drafts=len(self.pool.live("draft")),
             policy=self.config.policy, speculation=self.config.speculation_label)
 
@@ -217,7 +146,7 @@ class Scheduler:
 
     async def _lane(self, replica: Replica) -> None:
         while replica.live:
-            batch = self._pick(replica)
+            batch = self.decisions.pick(replica.address, replica.kv_waiting)
             if not batch:
                 await self._signal.wait()
                 continue
@@ -239,22 +168,9 @@ class Scheduler:
                 self._repin()
                 self._signal.fire()
 
-    def _pick(self, replica: Replica) -> list[Request]:
-        """The next batch: the policy's first requests, up to an even share of the replica's requests
-        per lane (so that with few requests both lanes run small, fast batches) and maxBatchSize."""
-        mine = [r for r in self.requests.values() if r.target == replica.address and not r.done]
-        if not any(r.in_flight for r in mine):
-            replica.kv_waiting.clear()  # nothing running here will free room: let them try again
-        waiting = [r for r in mine if not r.in_flight and r.id not in replica.kv_waiting]
-        share = -(-len(mine) // self.config.pipeline_depth)  # ceil
-        return self.policy.order(waiting)[: min(self.config.max_batch_size, share)]
-
     # -- one iteration -------------------------------------------------------------------------
 
     async def _iterate(self, target: Replica, batch: list[Request]) -> None:
-        now = time.monotonic()
-        for r in batch:
-            r.first_scheduled = r.first_scheduled or now
         self._place_drafts(batch)
         await self._prefill(target, batch)
         if not target.live:
@@ -266,8 +182,8 @@ class Scheduler:
         own_drafts = bool(target.info and target.info.draft_method in contract.TARGET_DRAFT_METHODS)
         live_drafts = {d.address for d in self.pool.live("draft")}
         drafting = [own_drafts or r.draft in live_drafts for r in batch]
-        ks = self.speculation.choose(batch, drafting,
-                                     overlapped=not own_drafts and self._busy.get(target.address, 0) > 1)
+        ks = self.decisions.choose(batch, drafting,
+                                   overlapped=not own_drafts and self._busy.get(target.address, 0) > 1)
         k_of = {r.id: k for r, k in zip(batch, ks)}
         proposals = {} if own_drafts else await self._propose(batch, ks)
         batch = [r for r in batch if not r.done]  # failed by a draft worker (retired) or cancelled meanwhile
@@ -288,45 +204,25 @@ class Scheduler:
             self._call_failed(target, batch, exc)
             return
         cost, round_trip = reply.cost, time.perf_counter() - started
+        costs = self.decisions.costs
         if cost.draft_passes:  # drafted inside the target: its share is the draft cost, with no RPC of its own
-            self.costs.observe_draft(cost.draft_tokens / cost.draft_passes, cost.draft_passes, cost.draft_seconds,
+            costs.observe_draft(cost.draft_tokens / cost.draft_passes, cost.draft_passes, cost.draft_seconds,
                                      cost.draft_seconds)
-        self.costs.observe_target(cost.tokens, cost.compute_seconds - cost.draft_seconds,
+        costs.observe_target(cost.tokens, cost.compute_seconds - cost.draft_seconds,
                                   round_trip - cost.draft_seconds)
         done = time.monotonic()
         for r, verdict in zip(batch, reply.verdicts):
             self._commit(r, verdict.drafted, verdict, done)
 
     def _commit(self, r: Request, k: int, verdict: worker_pb2.Verdict, now: float) -> None:
-        r.iterations += 1
-        r.proposed += k
-        r.accepted += verdict.accepted
-        self.drafted += k
+        committed = self.decisions.commit(r, k, verdict.accepted, list(verdict.tokens), now)
         self.metrics.verified(k, verdict.accepted)
-        r.last_k = k
-        self.speculation.observe(r, k, verdict.accepted)
-        r.acceptance_history.append(r.acceptance.value)
-        if r.done:  # cancelled or failed while in flight
-            return
-        tokens = list(verdict.tokens)[: r.remaining]
-        reason = serving_pb2.FINISH_REASON_UNSPECIFIED
-        if r.stop_token is not None and r.stop_token in tokens:
-            tokens = tokens[: tokens.index(r.stop_token)]
-            reason = serving_pb2.FINISH_REASON_EOS
-        r.committed.extend(tokens)
-        if tokens:
-            r.first_token = r.first_token or now
-            r.events.put_nowait(tokens)
-            self.streamed.add(len(tokens), now)
-            self.metrics.streamed(len(tokens))
-        if not reason and r.remaining <= 0:
-            reason = serving_pb2.FINISH_REASON_LENGTH
-        if reason:
-            r.finish_reason = reason
-            r.finished_at = now
-            self.finished += 1
-            self.lengths.observe(r)
-            self.metrics.finished(serving_pb2.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower(),
+        if committed.tokens:
+            r.events.put_nowait(committed.tokens)
+            self.metrics.streamed(len(committed.tokens))
+        if committed.finish_reason:
+            self.metrics.finished(serving_pb2.FinishReason.Name(committed.finish_reason)
+                                  .removeprefix("FINISH_REASON_").lower(),
                                   r.arrival, r.first_scheduled, r.first_token, now, r.generated)
             r.events.put_nowait(None)
             self._retire(r)
@@ -356,27 +252,29 @@ class Scheduler:
         k_of = {r.id: k for r, k in zip(batch, ks)}
         groups = {d: [r for r in members if k_of[r.id] > 0] for d, members in self._by_draft(batch).items()}
         groups = {d: members for d, members in groups.items() if members}
-        results = await asyncio.gather(*(self._propose_one(d, members, k_of) for d, members in groups.items()))
+        # every call returns before a failure is handled: a failed replica's requests go on without drafts
+        results = await asyncio.gather(*(self._propose_one(d, members, k_of) for d, members in groups.items()),
+                                       return_exceptions=True)
         proposals: dict[str, tuple[list[int], bytes]] = {}
         for (draft, members), result in zip(groups.items(), results):
-            if isinstance(result, _Failure):
-                self._call_failed(draft, members, result.error)
+            if isinstance(result, grpc.aio.AioRpcError):
+                self._call_failed(draft, members, result)
                 continue
+            if isinstance(result, BaseException):
+                raise result
             for r, proposal in zip(members, result):
                 proposals[r.id] = (list(proposal.tokens), proposal.probs)
         return proposals
 
-    async def _propose_one(self, draft: Replica, members: list[Request], k_of: dict[str, int]):
+    async def _propose_one(self, draft: Replica, members: list[Request],
+                           k_of: dict[str, int]) -> list[worker_pb2.Proposal]:
         items = [worker_pb2.ProposeItem(delta=self._delta(r, draft.address), k=k_of[r.id]) for r in members]
         started = time.perf_counter()
-        try:
-            reply = await draft.stub.Propose(worker_pb2.ProposeRequest(items=items), timeout=WORKER_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            return _Failure(exc)
+        reply = await draft.stub.Propose(worker_pb2.ProposeRequest(items=items), timeout=WORKER_TIMEOUT_S)
         cost = reply.cost
         if cost.forward_passes:
-            self.costs.observe_draft(cost.tokens / cost.forward_passes, cost.forward_passes, cost.compute_seconds,
-                                     time.perf_counter() - started)
+            self.decisions.costs.observe_draft(cost.tokens / cost.forward_passes, cost.forward_passes,
+                                               cost.compute_seconds, time.perf_counter() - started)
         return list(reply.proposals)
 
     # -- placement and failures ----------------------------------------------------------------
@@ -406,7 +304,10 @@ class Scheduler:
         return draft
 
     def _pin(self, r: Request, role: str, replica: Replica) -> None:
-        setattr(r, role, replica.address)
+        if role == "target":
+            self.decisions.move(r, replica.address)
+        else:
+            r.draft = replica.address
         r.sent.pop(replica.address, None)
         replica.pinned.add(r.id)
 
@@ -417,7 +318,10 @@ class Scheduler:
             if replica is not None:
                 replica.pinned.discard(r.id)
             r.sent.pop(address, None)
-        setattr(r, role, None)
+        if role == "target":
+            self.decisions.move(r, None)
+        else:
+            r.draft = None
 
     def _call_failed(self, replica: Replica, members: list[Request], exc: grpc.aio.AioRpcError) -> None:
         for r in members:
@@ -439,12 +343,12 @@ class Scheduler:
         holders = [r for r in self.requests.values() if r.sent.get(replica.address) and not r.in_flight
                    and r not in members and not r.done]
         if holders:
-            self._evict(self.policy.order(holders)[-1], replica)
+            self._evict(self.decisions.policy.order(holders)[-1], replica)
         elif replica.role == "draft":
             pass  # the batch went on without drafts this iteration
         elif len(members) > 1 or any(r.in_flight and r.target == replica.address and r not in members
                                      for r in self.requests.values()):
-            self._evict(self.policy.order(members)[-1], replica)
+            self._evict(self.decisions.policy.order(members)[-1], replica)
         else:
             for r in members:
                 self._fail(r, RequestFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -485,7 +389,7 @@ class Scheduler:
 
     def _retire(self, r: Request) -> None:
         """Forget a finished or cancelled request and free its KV caches on its workers."""
-        if self.requests.pop(r.id, None) is None:
+        if not self.decisions.forget(r):
             return
         for role in ("target", "draft"):
             replica = self.pool.replicas.get(getattr(r, role) or "")

@@ -21,7 +21,7 @@ def request(rid: str, arrival: float, length: int, predicted: float | None = Non
                    max_k=K, stop_token=None, predicted_length=predicted or length, arrival=arrival)
 
 
-def costs(r: Request) -> tuple[float, float]:
+def costs(k: int) -> tuple[float, float]:
     return 0.1, 1.0  # draft pass, target pass
 
 

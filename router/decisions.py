@@ -1,0 +1,195 @@
+"""The scheduler's decisions, free of I/O: admission limits, which requests a lane runs next, how
+many tokens each drafts, and what a verified iteration commits.
+
+The live router (`router/scheduler.py`: asyncio lanes, gRPC calls, failover) and the simulator
+(`specd/sim`: simulated workers on a virtual clock) both run this code; they differ only in the
+clock and in how an iteration's calls reach the workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from specd.proto.v1 import serving_pb2
+from specd.router.config import RouterConfig
+from specd.router.policies import make_policy
+from specd.router.request import Acceptance, Request
+from specd.router.speculation import CostModel, SpeculationControl
+
+Clock = Callable[[], float]
+
+
+class RequestFailed(Exception):
+    """Ends a request's stream with a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TokenRate:
+    """Tokens streamed per second over a sliding window (the goodput the operator reports)."""
+
+    def __init__(self, clock: Clock = time.monotonic, window_s: float = 60.0) -> None:
+        self.clock = clock
+        self.window_s = window_s
+        self.started = clock()
+        self._events: deque[tuple[float, int]] = deque()
+        self._total = 0
+
+    def add(self, tokens: int, now: float) -> None:
+        self._events.append((now, tokens))
+        self._total += tokens
+        self._trim(now)
+
+    def per_second(self, now: float | None = None) -> float:
+        now = self.clock() if now is None else now
+        self._trim(now)
+        span = min(self.window_s, now - self.started)
+        return self._total / span if span > 0 else 0.0
+
+    def _trim(self, now: float) -> None:
+        while self._events and self._events[0][0] < now - self.window_s:
+            self._total -= self._events.popleft()[1]
+
+
+class LengthPredictor:
+    """Predicted output length = max_new_tokens * (running mean of generated / max_new_tokens)."""
+
+    def __init__(self) -> None:
+        self.ratio = 1.0
+        self.count = 0
+        self.abs_error = 0.0  # sum of |predicted - actual| / actual
+
+    def predict(self, max_new_tokens: int) -> float:
+        return max(1.0, self.ratio * max_new_tokens)
+
+    def observe(self, r: Request) -> None:
+        actual = max(r.generated, 1)
+        self.count += 1
+        self.abs_error += abs(r.predicted_length - actual) / actual
+        self.ratio += (actual / r.max_new_tokens - self.ratio) / min(self.count, 50)
+
+    @property
+    def mean_relative_error(self) -> float:
+        return self.abs_error / self.count if self.count else 0.0
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What one verified iteration added to a request's output."""
+
+    tokens: list[int]  # new tokens to stream (after the length cap and the stop token)
+    finish_reason: int  # serving_pb2.FinishReason; FINISH_REASON_UNSPECIFIED while it goes on
+
+
+class Decisions:
+    """Admitted requests (indexed by their target replica) and the decisions made on them."""
+
+    def __init__(self, config: RouterConfig, clock: Clock = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.costs = CostModel()
+        self.speculation = SpeculationControl(config.speculation, config.k, config.max_k, self.costs)
+        self.policy = make_policy(config.policy, config.queues, self.costs.single,
+                                  lambda: (self.speculation.acceptance.value, self.speculation.typical_k))
+        self.lengths = LengthPredictor()
+        self.streamed = TokenRate(clock)
+        self.finished = 0
+        self.drafted = 0
+        self.requests: dict[str, Request] = {}  # admitted, not finished
+        self._by_target: dict[str, dict[str, Request]] = {}  # target address -> its requests
+
+    # -- admission and the target index ---------------------------------------------------------
+
+    def check_admission(self, accepting: bool) -> None:
+        if not accepting:
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "the router is shutting down")
+        if len(self.requests) >= self.config.max_queued_requests:
+            raise RequestFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"queue full: {len(self.requests)} requests admitted "
+                                f"(maxQueuedRequests={self.config.max_queued_requests})")
+
+    def admit(self, r: Request, target: str) -> None:
+        """Take an admitted request in, pinned to `target` (the caller chose the replica)."""
+        r.acceptance = Acceptance.seeded(self.speculation.acceptance.value)
+        self.requests[r.id] = r
+        self.move(r, target)
+
+    def move(self, r: Request, target: str | None) -> None:
+        """Pin a request to another target replica (None: to none) in the index."""
+        if r.target is not None:
+            self._by_target.get(r.target, {}).pop(r.id, None)
+        r.target = target
+        if target is not None and r.id in self.requests:
+            self._by_target.setdefault(target, {})[r.id] = r
+
+    def forget(self, r: Request) -> bool:
+        """Drop a finished or cancelled request; False when it was already gone."""
+        if self.requests.pop(r.id, None) is None:
+            return False
+        if r.target is not None:
+            self._by_target.get(r.target, {}).pop(r.id, None)
+        return True
+
+    def on_target(self, target: str) -> list[Request]:
+        return [r for r in self._by_target.get(target, {}).values() if not r.done]
+
+    # -- the next batch and its speculation lengths ---------------------------------------------
+
+    def pick(self, target: str, kv_waiting: set[str]) -> list[Request]:
+        """The next batch of a lane of `target`: the policy's first requests, up to an even share of
+        the replica's requests per lane (so that with few requests every lane runs small, fast
+        batches) and maxBatchSize. `kv_waiting` (requests evicted for lack of KV room) is cleared
+        when nothing runs on the replica: nothing running there will free room."""
+        mine = self.on_target(target)
+        if not any(r.in_flight for r in mine):
+            kv_waiting.clear()
+        waiting = [r for r in mine if not r.in_flight and r.id not in kv_waiting]
+        share = -(-len(mine) // self.config.pipeline_depth)  # ceil
+        return self.policy.first(waiting, min(self.config.max_batch_size, share))
+
+    def choose(self, batch: list[Request], drafting: list[bool], overlapped: bool) -> list[int]:
+        """k per request (see SpeculationControl.choose); marks the first scheduling time."""
+        now = self.clock()
+        for r in batch:
+            r.first_scheduled = r.first_scheduled or now
+        return self.speculation.choose(batch, drafting, overlapped=overlapped)
+
+    # -- commit ---------------------------------------------------------------------------------
+
+    def commit(self, r: Request, k: int, accepted: int, tokens: list[int], now: float) -> Committed:
+        """Record one verified iteration of `r` (k drafted, `accepted` of them accepted) and append
+        the tokens it emitted, up to max_new_tokens and the stop token. The caller streams
+        `Committed.tokens` and retires the request when it finished."""
+        r.iterations += 1
+        r.proposed += k
+        r.accepted += accepted
+        self.drafted += k
+        r.last_k = k
+        self.speculation.observe(r, k, accepted)
+        r.acceptance_history.append(r.acceptance.value)
+        if r.done:  # cancelled or failed while in flight
+            return Committed([], serving_pb2.FINISH_REASON_UNSPECIFIED)
+        tokens = tokens[: r.remaining]
+        reason = serving_pb2.FINISH_REASON_UNSPECIFIED
+        if r.stop_token is not None and r.stop_token in tokens:
+            tokens = tokens[: tokens.index(r.stop_token)]
+            reason = serving_pb2.FINISH_REASON_EOS
+        r.committed.extend(tokens)
+        if tokens:
+            r.first_token = r.first_token or now
+            self.streamed.add(len(tokens), now)
+        if not reason and r.remaining <= 0:
+            reason = serving_pb2.FINISH_REASON_LENGTH
+        if reason:
+            r.finish_reason = reason
+            r.finished_at = now
+            self.finished += 1
+            self.lengths.observe(r)
+        return Committed(tokens, reason)
