@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import grpc
 
 from specd.client import types
-from specd.client.errors import Unavailable, from_rpc_error
-from specd.client.sync import RETRY_BACKOFF_S
+from specd.client.errors import from_rpc_error
+from specd.client.retry import backoff_or_raise
 from specd.proto import server as grpc_server
 from specd.proto.v1 import serving_pb2, serving_pb2_grpc
 
@@ -33,14 +34,11 @@ class AsyncClient:
                        timeout: float | None = None) -> types.Result:
         msg = types.request_message(prompt, max_new_tokens, temperature, top_p, top_k, seed, speculation, max_k,
                                     ignore_eos, request_id)
-        for attempt in range(self.retries + 1):
+        for attempt in itertools.count():
             try:
                 return types.result(await self._stub.GenerateUnary(msg, timeout=timeout or self.timeout))
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                if not isinstance(error, Unavailable) or attempt == self.retries:
-                    raise error from None
-                await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+                await asyncio.sleep(backoff_or_raise(exc, attempt, self.retries))
         raise AssertionError("unreachable")
 
     async def stream(self, prompt: str | list[int], max_new_tokens: int = 64, *, temperature: float = 0.0,
@@ -50,7 +48,7 @@ class AsyncClient:
         msg = types.request_message(prompt, max_new_tokens, temperature, top_p, top_k, seed, speculation, max_k,
                                     ignore_eos, request_id)
         received = False
-        for attempt in range(self.retries + 1):
+        for attempt in itertools.count():
             call = self._stub.Generate(msg, timeout=timeout or self.timeout)
             try:
                 async for reply in call:
@@ -58,10 +56,7 @@ class AsyncClient:
                     yield types.chunk(reply)
                 return
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                if received or not isinstance(error, Unavailable) or attempt == self.retries:
-                    raise error from None
-                await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+                await asyncio.sleep(backoff_or_raise(exc, attempt, self.retries, final=received))
             finally:
                 call.cancel()  # no-op once finished; otherwise the router stops and frees the KV cache
 

@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 
 from specd.client import types
-from specd.client.errors import SpecdClientError, Unavailable, from_rpc_error
+from specd.client.errors import SpecdClientError, from_rpc_error
+from specd.client.retry import backoff_or_raise
 from specd.proto import server as grpc_server
 from specd.proto.v1 import serving_pb2, serving_pb2_grpc
-
-RETRY_BACKOFF_S = (0.2, 0.5, 1.0)  # UNAVAILABLE before any output: the request had no effect yet
 
 
 class Stream:
     """An ongoing streamed generation: iterate for chunks; `cancel()` stops it and frees its KV cache."""
 
-    def __init__(self, open_call, retries: int) -> None:
-        self._open = open_call
+    def __init__(self, open_call: Callable[[], Any], retries: int) -> None:
+        self._open = open_call  # starts the call: a grpc.Call that iterates over GenerateResponse
         self._retries = retries
-        self._call = None
+        self._call: Any = None
         self._cancelled = False
 
     def __iter__(self) -> Iterator[types.Chunk]:
-        attempt = 0
         received = False
-        while True:
+        for attempt in itertools.count():
             self._call = self._open()
             try:
                 for msg in self._call:
@@ -35,11 +35,7 @@ class Stream:
                     yield types.chunk(msg)
                 return
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                if self._cancelled or received or not isinstance(error, Unavailable) or attempt >= self._retries:
-                    raise error from None
-                time.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
-                attempt += 1
+                time.sleep(backoff_or_raise(exc, attempt, self._retries, final=received or self._cancelled))
             finally:
                 self._call.cancel()  # no-op once finished; otherwise tells the router to stop
 
@@ -75,14 +71,11 @@ class Client:
         """Generate to the end and return the whole result (unary call)."""
         msg = types.request_message(prompt, max_new_tokens, temperature, top_p, top_k, seed, speculation, max_k,
                                     ignore_eos, request_id)
-        for attempt in range(self.retries + 1):
+        for attempt in itertools.count():
             try:
                 return types.result(self._stub.GenerateUnary(msg, timeout=timeout or self.timeout))
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                if not isinstance(error, Unavailable) or attempt == self.retries:
-                    raise error from None
-                time.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+                time.sleep(backoff_or_raise(exc, attempt, self.retries))
         raise AssertionError("unreachable")
 
     def stream(self, prompt: str | list[int], max_new_tokens: int = 64, *, temperature: float = 0.0,
