@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,24 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specd import contract
 from specd.errors import SpecdError
+from specd.ports import LOOPBACK, free_port
 
-HOST = "127.0.0.1"
-
-
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on now, and never the same one twice in this process: the ports of a
-    stack's processes are picked before they bind, and the kernel may offer a port again
-    meanwhile (a router takes three: gRPC, HTTP, metrics)."""
-    while True:
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+HOST = LOOPBACK  # where free_port checks its ports
 
 
 def _specd(*args: str) -> list[str]:

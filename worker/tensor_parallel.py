@@ -14,12 +14,12 @@ whole checkpoint into host memory before DeepSpeed shards it onto its GPU: a mod
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 
 from specd.errors import SpecdError
+from specd.ports import LOOPBACK, free_port
 from specd.worker.checkpoint import load_model
 from specd.worker.device import CPU, Placement
 from specd.worker.early_exit import load_adapter
@@ -48,7 +48,7 @@ def load_runner(model_dir: str | Path, tensor_parallel_size: int = 1,
                          f"{torch.cuda.device_count()} visible")
     import torch.multiprocessing as mp
 
-    address = ("127.0.0.1", _free_port())
+    address = (LOOPBACK, free_port())
     context = mp.get_context("spawn")
     followers = [
         context.Process(target=_follow,
@@ -126,9 +126,3 @@ def _check_divisible(model_dir: str | Path, world: int) -> None:
             f"tensor_parallel_size {world} must divide the attention heads ({config.num_attention_heads}) "
             f"and key/value heads ({config.num_key_value_heads})"
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

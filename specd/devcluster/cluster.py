@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from specd.devcluster import binaries, components, images, kubeconfig, kwok, pki, processes, realnode
-from specd.devcluster.ports import free_ports
 from specd.errors import SpecdError
+from specd.ports import free_ports
 
 STATE_FILE = "state.json"
 ADMIN_KUBECONFIG = "kubeconfig"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from specd.devcluster.kwok import NODE_ANNOTATION, NODE_ANNOTATION_VALUE
 from specd.devcluster.pki import ClusterPki
-from specd.devcluster.ports import LOOPBACK
+from specd.ports import LOOPBACK
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
