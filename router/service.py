@@ -23,30 +23,10 @@ from specd.router.openai_http import HttpServer, OpenAIFrontend
 from specd.router.replicas import ReplicaPool
 from specd.router.request import Request
 from specd.router.scheduler import RequestFailed, Scheduler
-from specd.worker.tokenizer import StreamDecoder
+from specd.worker.tokenizer import StreamDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "specd.v1.Specd"
-
-
-class RemoteTokenizer:
-    """The target model's tokenizer, received from a target worker (the router has no model files)."""
-
-    def __init__(self, info: worker_pb2.ModelInfo) -> None:
-        from tokenizers import Tokenizer
-
-        if not info.tokenizer_json:
-            raise SpecdError(f"target worker's model {info.model} has no tokenizer.json")
-        self._tok = Tokenizer.from_str(info.tokenizer_json)
-        self.vocab_size = info.vocab_size
-        self.max_context = info.max_context
-        self.eos_token_id = info.eos_token_id if info.HasField("eos_token_id") else None
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
 
 
 def invalid(field: str, problem: str) -> RequestFailed:
@@ -54,11 +34,13 @@ def invalid(field: str, problem: str) -> RequestFailed:
 
 
 class RequestBuilder:
-    """Validates a GenerateRequest (errors name the field) and turns it into a scheduler Request."""
+    """Validates a GenerateRequest against the target model (errors name the field) and turns it
+    into a scheduler Request."""
 
-    def __init__(self, config: RouterConfig, tokenizer: RemoteTokenizer, scheduler: Scheduler) -> None:
+    def __init__(self, config: RouterConfig, target: worker_pb2.ModelInfo, scheduler: Scheduler) -> None:
         self.config = config
-        self.tokenizer = tokenizer
+        self.tokenizer = Tokenizer.from_model_info(target)
+        self.max_context: int = target.max_context
         self.scheduler = scheduler
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}"
@@ -76,13 +58,13 @@ class RequestBuilder:
                               f"token id {token} is outside the vocabulary [0, {tok.vocab_size})")
         if msg.max_new_tokens < 1:
             raise invalid("max_new_tokens", "must be at least 1")
-        if len(prompt) >= tok.max_context:  # no room for even one new token: the prompt is at fault
+        if len(prompt) >= self.max_context:  # no room for even one new token: the prompt is at fault
             raise invalid("prompt_tokens" if msg.prompt_tokens else "prompt",
                           f"{len(prompt)} tokens leave no room for new tokens in the model's context of "
-                          f"{tok.max_context} tokens")
-        if len(prompt) + msg.max_new_tokens > tok.max_context:
+                          f"{self.max_context} tokens")
+        if len(prompt) + msg.max_new_tokens > self.max_context:
             raise invalid("max_new_tokens", f"prompt ({len(prompt)} tokens) + max_new_tokens ({msg.max_new_tokens}) "
-                                            f"exceeds the model's context of {tok.max_context} tokens")
+                                            f"exceeds the model's context of {self.max_context} tokens")
         s = msg.sampling
         if not (s.temperature >= 0 and math.isfinite(s.temperature)):
             raise invalid("sampling.temperature", f"must be a finite number >= 0, got {s.temperature}")
@@ -220,7 +202,7 @@ async def start_router(config: RouterConfig, discovery: Discovery, host: str = "
     task = asyncio.ensure_future(scheduler.run())
     try:
         info = await wait_for_target(pool, ready_timeout_s)
-        builder = RequestBuilder(config, RemoteTokenizer(info), scheduler)
+        builder = RequestBuilder(config, info, scheduler)
         server = grpc_server.new_server()
         serving_pb2_grpc.add_SpecdServicer_to_server(SpecdServicer(builder, scheduler), server)
         running = await grpc_server.start(server, [SERVICE_NAME], host, port, drain=scheduler.drain)
