@@ -21,7 +21,7 @@ ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # The distribution declares the serving plane's dependencies too; the operator needs only these.
 # grpcio (+ tools, to compile the stubs below): the live-figures poller asks each router for its
 # Stats over gRPC.
-RUN pip install --no-cache-dir "kopf>=1.37" "kubernetes>=29" "pyyaml>=6" "pydantic>=2" \
+RUN pip install --no-cache-dir "kopf>=1.37" "lightkube>=1.0" "tenacity>=8.2" "pyyaml>=6" "pydantic>=2" \
       "grpcio>=1.62" "grpcio-tools>=1.62" "protobuf>=4.25"
 # specd itself in a layer of its own: a source change leaves the dependency layer cached.
 COPY --from=wheel /wheels /tmp/wheels

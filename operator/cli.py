@@ -45,14 +45,17 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import functools
+
     import kopf
 
     from specd.errors import SpecdError
+    from specd.kube import Kube
     from specd.operator.builders import OperatorConfig
-    from specd.operator.handlers import build_registry
-    from specd.operator.kube import Kube
+    from specd.operator.handlers import Periodic, build_registry
     from specd.operator.live import LiveFigures
-    from specd.operator.reconcile import EveryResource, Reconciler, resync
+    from specd.operator.names import FIELD_MANAGER
+    from specd.operator.reconcile import Reconciler, every_resource, resync
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -65,19 +68,14 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, IndexError, ValueError) as exc:
         raise SpecdError(f"--router-address {args.router_address!r}: use only {{cluster_ip}}, "
                          f"{{service}}, {{namespace}} and {{port}} ({exc})") from None
-    kube = Kube.connect(args.kubeconfig, args.context)
+    kube = Kube.connect(args.kubeconfig, args.context, manager=FIELD_MANAGER)
     reconciler = Reconciler(kube, OperatorConfig(args.image, args.image_pull_policy))
-    loops = [resync(reconciler, args.namespaces, args.resync_seconds)]
+    periodic: list[Periodic] = [functools.partial(resync, reconciler, args.namespaces, args.resync_seconds)]
     if args.stats_seconds:
         live = LiveFigures(kube, args.router_address)
-        loops.append(EveryResource(kube, args.namespaces, args.stats_seconds, "live figures", live.refresh))
-    for loop in loops:
-        loop.thread.start()
-    try:
-        kopf.run(registry=build_registry(kube), memo=kopf.Memo(reconciler=reconciler),
-                 standalone=True, clusterwide=not args.namespaces, namespaces=args.namespaces,
-                 liveness_endpoint=args.liveness)
-    finally:
-        for loop in loops:
-            loop.stopped.set()
+        periodic.append(functools.partial(every_resource, kube, args.namespaces, args.stats_seconds,
+                                          "live figures", live.refresh))
+    kopf.run(registry=build_registry(kube, periodic), memo=kopf.Memo(reconciler=reconciler),
+             standalone=True, clusterwide=not args.namespaces, namespaces=args.namespaces,
+             liveness_endpoint=args.liveness)
     return 0

@@ -14,11 +14,12 @@ from typing import Any
 
 import grpc
 
+from specd.kube import Kube, custom_kind
 from specd.operator import crd, status
 from specd.operator import names as n
-from specd.operator.kube import Kube
 
 log = logging.getLogger(__name__)
+custom_kind(crd.GROUP, crd.VERSION, crd.KIND, crd.PLURAL)
 
 
 def figures(stats: Any) -> dict[str, Any]:
@@ -40,13 +41,13 @@ class LiveFigures:
         self.address_template = address_template
         self.timeout_s = timeout_s
 
-    def address(self, body: dict[str, Any]) -> str | None:
+    async def address(self, body: dict[str, Any]) -> str | None:
         """The router's address from the template; None while its Service has no ClusterIP."""
         meta, spec = body["metadata"], crd.apply_defaults(body["spec"])
         service = n.child_name(meta["name"], n.ROUTER)
         cluster_ip = None
         if "{cluster_ip}" in self.address_template:
-            found = self.kube.get("Service", meta["namespace"], service)
+            found = await self.kube.get("Service", meta["namespace"], service)
             cluster_ip = ((found or {}).get("spec") or {}).get("clusterIP")
             if not cluster_ip or cluster_ip == "None":
                 return None
@@ -54,24 +55,24 @@ class LiveFigures:
                                             port=spec["router"]["service"]["port"],
                                             cluster_ip=cluster_ip)
 
-    def fetch(self, address: str) -> dict[str, Any] | None:
+    async def fetch(self, address: str) -> dict[str, Any] | None:
         from specd.proto.v1 import serving_pb2, serving_pb2_grpc
 
         try:
-            with grpc.insecure_channel(address) as channel:
-                stats = serving_pb2_grpc.SpecdStub(channel).Stats(serving_pb2.RouterStatsRequest(),
-                                                                  timeout=self.timeout_s)
+            async with grpc.aio.insecure_channel(address) as channel:
+                stats = await serving_pb2_grpc.SpecdStub(channel).Stats(serving_pb2.RouterStatsRequest(),
+                                                                        timeout=self.timeout_s)
         except grpc.RpcError as exc:
             log.debug("router %s did not answer Stats: %s", address, exc.code())
             return None
         return figures(stats)
 
-    def refresh(self, body: dict[str, Any]) -> None:
+    async def refresh(self, body: dict[str, Any]) -> None:
         """Copy the router's figures into the status of one resource (when it is Ready)."""
         if not ready(body) or body["metadata"].get("deletionTimestamp"):
             return
-        address = self.address(body)
-        new = self.fetch(address) if address else None
+        address = await self.address(body)
+        new = await self.fetch(address) if address else None
         if new is not None and status.status_changed(body.get("status") or {}, new):
             meta = body["metadata"]
-            self.kube.patch_status(crd.KIND, meta["namespace"], meta["name"], new)
+            await self.kube.patch_status(crd.KIND, meta["namespace"], meta["name"], new)

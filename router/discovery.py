@@ -1,7 +1,8 @@
 """Static worker discovery: fixed address lists, with the same protocol as the Kubernetes watcher.
 
 Protocol (see k8s_discovery.EndpointSliceWatcher): current() -> {role: ["host:port"]},
-subscribe(callback), start(), stop().
+subscribe(callback), start(), stop(). The router calls start() and stop() on its event loop;
+callbacks may come from any thread (the router hands them to its loop thread-safely).
 """
 
 from __future__ import annotations

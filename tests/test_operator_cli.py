@@ -38,7 +38,7 @@ def test_stdlib_operator_is_not_shadowed_from_the_repo_root() -> None:
 
 def test_cli_module_imports_nothing_heavy() -> None:
     code = ("import sys, specd.operator.cli; "
-            "print(sorted(m for m in ('kopf', 'kubernetes') if m in sys.modules))")
+            "print(sorted(m for m in ('kopf', 'kubernetes', 'lightkube') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
@@ -58,14 +58,18 @@ def test_resync_interval_must_be_positive() -> None:
 
 def test_registry_has_handlers_for_the_resource_and_every_child_kind() -> None:
     pytest.importorskip("kopf")
+    from specd.kube import Kube
     from specd.operator import builders, handlers
-    from specd.operator.kube import Kube
 
-    registry = handlers.build_registry(Kube(api_client=None))
+    registry = handlers.build_registry(Kube(client=None))  # type: ignore[arg-type]
     watched = {h.id for h in registry._watching.get_all_handlers()}
     assert watched == {f"child-{kind}" for kind in builders.CHILD_KINDS}
     changing = {h.id for h in registry._changing.get_all_handlers()}
     assert changing == {"create", "update", "resume"}
+    # no timers or daemons: Kopf would put a finalizer on every resource for them
+    assert not registry._spawning.get_all_handlers()
+    activities = {h.id for h in registry._activities.get_all_handlers()}
+    assert {"start-periodic", "stop-periodic"} <= activities
 
 
 def test_the_command_line_builds_without_torch() -> None:

@@ -3,6 +3,9 @@ tests/k8s checks the whole path against a real router and API server)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from specd.operator import live
 from specd.proto.v1 import serving_pb2
 
@@ -17,17 +20,20 @@ class _Services:
     def __init__(self, cluster_ip: str | None) -> None:
         self.cluster_ip = cluster_ip
 
-    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+    async def get(self, kind: str, namespace: str, name: str) -> dict | None:
         assert (kind, namespace, name) == ("Service", "team-a", "demo-router")
         return {"spec": {"clusterIP": self.cluster_ip}} if self.cluster_ip else None
 
 
+def address(kube: Any, template: str = live.n.ROUTER_ADDRESS_TEMPLATE) -> str | None:
+    return asyncio.run(live.LiveFigures(kube=kube, address_template=template).address(BODY))
+
+
 def test_router_address_is_the_services_cluster_ip_or_the_given_template() -> None:
-    assert live.LiveFigures(kube=_Services("10.96.4.7")).address(BODY) == "10.96.4.7:50051"
-    assert live.LiveFigures(kube=_Services(None)).address(BODY) is None  # no Service yet
-    assert live.LiveFigures(kube=None, address_template="{service}.{namespace}.svc:{port}").address(BODY) \
-        == "demo-router.team-a.svc:50051"
-    assert live.LiveFigures(kube=None, address_template="127.0.0.1:{port}").address(BODY) == "127.0.0.1:50051"
+    assert address(_Services("10.96.4.7")) == "10.96.4.7:50051"
+    assert address(_Services(None)) is None  # no Service yet
+    assert address(None, "{service}.{namespace}.svc:{port}") == "demo-router.team-a.svc:50051"
+    assert address(None, "127.0.0.1:{port}") == "127.0.0.1:50051"
 
 
 def test_figures_leave_out_acceptance_until_drafts_were_verified() -> None:

@@ -3,13 +3,15 @@ which pass each child event asks for."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
+from typing import Any
 
 import pytest
 
+from specd.kube import KubeError
 from specd.operator.builders import OperatorConfig
-from specd.operator.reconcile import Reconciler, _Request, controller_of, owned_by
+from specd.operator.reconcile import Reconciler, _Request, controller_of, every_resource, owned_by
 
 
 class RecordingReconciler(Reconciler):
@@ -18,53 +20,52 @@ class RecordingReconciler(Reconciler):
     def __init__(self) -> None:
         super().__init__(kube=None, config=OperatorConfig())  # type: ignore[arg-type]
         self.passes: list[tuple[str, str, _Request]] = []
-        self.release = threading.Event()
-        self.entered = threading.Event()
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
 
-    def _pass(self, namespace: str, name: str, request: _Request) -> None:
+    async def _pass(self, namespace: str, name: str, request: _Request) -> None:
         self.passes.append((namespace, name, request))
         self.entered.set()
-        self.release.wait(10)
-
-
-def _in_thread(fn, *args, **kwargs) -> threading.Thread:
-    thread = threading.Thread(target=fn, args=args, kwargs=kwargs)
-    thread.start()
-    return thread
+        await asyncio.wait_for(self.release.wait(), 10)
 
 
 def test_requests_during_a_pass_merge_into_one_queued_pass() -> None:
-    r = RecordingReconciler()
-    first = _in_thread(r.run, "ns", "a", full=False)
-    assert r.entered.wait(5)
-    queued = _in_thread(r.run, "ns", "a", full=False, note="one")
-    time.sleep(0.2)  # `queued` now waits for the running pass
-    started = time.monotonic()
-    r.run("ns", "a", full=True, note="two")  # merged: returns at once
-    r.run("ns", "a", full=False)
-    assert time.monotonic() - started < 1
-    r.release.set()
-    for thread in (first, queued):
-        thread.join(5)
+    async def scenario() -> RecordingReconciler:
+        r = RecordingReconciler()
+        first = asyncio.create_task(r.run("ns", "a", full=False))
+        await asyncio.wait_for(r.entered.wait(), 5)
+        queued = asyncio.create_task(r.run("ns", "a", full=False, note="one"))
+        await asyncio.sleep(0.2)  # `queued` now waits for the running pass
+        started = time.monotonic()
+        await r.run("ns", "a", full=True, note="two")  # merged: returns at once
+        await r.run("ns", "a", full=False)
+        assert time.monotonic() - started < 1
+        r.release.set()
+        await asyncio.wait_for(asyncio.gather(first, queued), 5)
+        return r
+
+    r = asyncio.run(scenario())
     assert [(p[1], p[2].full, p[2].notes) for p in r.passes] == [
         ("a", False, []), ("a", True, ["one", "two"])]
 
 
 def test_different_resources_do_not_wait_for_each_other() -> None:
-    r = RecordingReconciler()
-    first = _in_thread(r.run, "ns", "a")
-    assert r.entered.wait(5)
-    second = _in_thread(r.run, "ns", "b")
-    time.sleep(0.3)
-    assert [p[1] for p in r.passes] == ["a", "b"]  # b ran while a was still open
-    r.release.set()
-    first.join(5)
-    second.join(5)
+    async def scenario() -> None:
+        r = RecordingReconciler()
+        first = asyncio.create_task(r.run("ns", "a"))
+        await asyncio.wait_for(r.entered.wait(), 5)
+        second = asyncio.create_task(r.run("ns", "b"))
+        await asyncio.sleep(0.3)
+        assert [p[1] for p in r.passes] == ["a", "b"]  # b ran while a was still open
+        r.release.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+
+    asyncio.run(scenario())
 
 
 def test_spec_drift_compares_generation_or_resource_version_with_the_applied_one() -> None:
     r = RecordingReconciler()
-    deployment = {"kind": "Deployment", "metadata": {"namespace": "ns", "name": "a-target",
+    deployment: dict[str, Any] = {"kind": "Deployment", "metadata": {"namespace": "ns", "name": "a-target",
                                                      "generation": 3, "resourceVersion": "10"}}
     assert r.spec_drifted(deployment)  # never applied by this process: re-assert
     r._applied[("Deployment", "ns", "a-target")] = "generation=3"
@@ -72,7 +73,7 @@ def test_spec_drift_compares_generation_or_resource_version_with_the_applied_one
     assert not r.spec_drifted(deployment)
     deployment["metadata"]["generation"] = 4  # a spec change
     assert r.spec_drifted(deployment)
-    config = {"kind": "ConfigMap", "metadata": {"namespace": "ns", "name": "a-router-config",
+    config: dict[str, Any] = {"kind": "ConfigMap", "metadata": {"namespace": "ns", "name": "a-router-config",
                                                 "resourceVersion": "12"}}
     r._applied[("ConfigMap", "ns", "a-router-config")] = "resourceVersion=12"
     assert not r.spec_drifted(config)
@@ -96,8 +97,8 @@ class RunRecorder(Reconciler):
         super().__init__(kube=None, config=OperatorConfig())  # type: ignore[arg-type]
         self.runs: list[tuple[str, str, bool, str | None]] = []
 
-    def run(self, namespace: str, name: str, *, full: bool = True,
-            note: str | None = None) -> None:
+    async def run(self, namespace: str, name: str, *, full: bool = True,
+                  note: str | None = None) -> None:
         self.runs.append((namespace, name, full, note))
 
 
@@ -120,7 +121,7 @@ def test_child_events_ask_for_the_right_pass() -> None:
 
     def event(type_: str | None, body: dict) -> tuple | None:
         r.runs.clear()
-        on_child_event(type=type_, body=body, memo=memo)
+        asyncio.run(on_child_event(type=type_, body=body, memo=memo))  # type: ignore[arg-type]
         return r.runs[0][2:] if r.runs else None
 
     assert event(None, _child("Deployment", generation=2)) is None  # initial listing
@@ -133,3 +134,38 @@ def test_child_events_ask_for_the_right_pass() -> None:
     assert event("MODIFIED", _child("PodDisruptionBudget", generation=1)) is None
     assert event("MODIFIED", _child("ConfigMap", resourceVersion="7")) is None  # ours
     assert event("MODIFIED", _child("ConfigMap", resourceVersion="8")) == (True, None)
+
+
+class _Listing:
+    """Answers Kube.list for the resources of two namespaces; the second fails once."""
+
+    def __init__(self) -> None:
+        self.calls: list[str | None] = []
+
+    async def list(self, kind: str, namespace: str | None) -> list[dict]:
+        assert kind == "SpecDecodingService"
+        self.calls.append(namespace)
+        if namespace == "b" and self.calls.count("b") == 1:
+            raise KubeError(503, "ServiceUnavailable", "down")
+        return [{"metadata": {"namespace": namespace, "name": f"{namespace}{i}"}} for i in range(2)]
+
+
+def test_every_resource_acts_on_each_resource_and_survives_failures(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[str] = []
+
+    async def action(item: dict) -> None:
+        seen.append(item["metadata"]["name"])
+        if item["metadata"]["name"] == "a0":
+            raise KubeError(409, "Conflict", "busy")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(every_resource(_Listing(), ["a", "b"], 0.05, "test", action))  # type: ignore[arg-type]
+        await asyncio.sleep(0.22)  # four rounds
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    rounds = [seen[i:i + 4] for i in range(2, len(seen), 4)]
+    assert seen[:2] == ["a0", "a1"]  # round 1: b could not be listed
+    assert rounds and all(sorted(r) == ["a0", "a1", "b0", "b1"] for r in rounds if len(r) == 4)
+    assert "test cannot list resources in b" in caplog.text and "test of a/a0 failed" in caplog.text

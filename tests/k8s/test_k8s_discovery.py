@@ -1,19 +1,24 @@
 """EndpointSliceWatcher against a real control plane: kube-controller-manager writes the
-EndpointSlices of headless Services selecting pods that kwok runs on fake nodes."""
+EndpointSlices of headless Services selecting pods that kwok runs on fake nodes. The watcher
+runs on an event loop in a thread of its own, as on the router's loop."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import pytest
 import yaml
 
 from specd.devcluster.cluster import DevCluster
-from specd.operator.kube import Kube
+from specd.kube import Kube
 from specd.router.k8s_discovery import EndpointSliceWatcher, ready_addresses
+
+T = TypeVar("T")
 
 NS = "specd-discovery"
 PORTS = {"target": 50061, "draft": 50062}
@@ -62,14 +67,41 @@ def pod_ips(cluster: DevCluster, role: str) -> list[str]:
 
 
 @pytest.fixture
-def watcher(cluster: DevCluster) -> Iterator[EndpointSliceWatcher]:
-    w = EndpointSliceWatcher(NS, {"target": "disc-target", "draft": "disc-draft"}, PORTS,
-                             kube=Kube.connect(kubeconfig=str(cluster.kubeconfig)),
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-loop", daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def on_loop(loop: asyncio.AbstractEventLoop, call: Callable[[], Awaitable[T]]) -> T:
+    async def run() -> T:
+        return await call()
+
+    return asyncio.run_coroutine_threadsafe(run(), loop).result(30)
+
+
+async def started(w: EndpointSliceWatcher) -> None:
+    w.start()
+
+
+def connect(cluster: DevCluster) -> Kube:
+    return Kube.connect(kubeconfig=str(cluster.kubeconfig))
+
+
+@pytest.fixture
+def watcher(cluster: DevCluster, loop: asyncio.AbstractEventLoop) -> Iterator[EndpointSliceWatcher]:
+    kube = connect(cluster)
+    w = EndpointSliceWatcher(NS, {"target": "disc-target", "draft": "disc-draft"}, PORTS, kube=kube,
                              watch_timeout_s=2)  # short watches: the re-watch path runs often
     wait_for("pools ready", lambda: len(pod_ips(cluster, "target")) == 2)
-    w.start()
+    on_loop(loop, lambda: started(w))
     yield w
-    w.stop()
+    on_loop(loop, w.aclose)
+    on_loop(loop, kube.aclose)
 
 
 def test_current_lists_ready_endpoints_per_role(cluster: DevCluster,
@@ -107,15 +139,26 @@ def test_scaling_is_seen_without_restart_across_watch_expiry(
              and len(watcher.current()["draft"]) == 1)
 
 
-def test_stop_is_prompt(cluster: DevCluster) -> None:
-    w = EndpointSliceWatcher(NS, {"target": "disc-target"}, {"target": 50061},
-                             kube=Kube.connect(kubeconfig=str(cluster.kubeconfig)),
+def test_stop_is_prompt(cluster: DevCluster, loop: asyncio.AbstractEventLoop) -> None:
+    kube = connect(cluster)
+    w = EndpointSliceWatcher(NS, {"target": "disc-target"}, {"target": 50061}, kube=kube,
                              watch_timeout_s=300)
-    w.start()
-    time.sleep(1)
-    started = time.monotonic()
-    w.stop()
-    assert time.monotonic() - started < 5
+    on_loop(loop, lambda: started(w))
+    wait_for("the first listing", lambda: w.current()["target"])
+    time.sleep(1)  # now in the watch
+    begun = time.monotonic()
+    on_loop(loop, w.aclose)
+    assert time.monotonic() - begun < 5
+    on_loop(loop, kube.aclose)
+
+
+def test_without_a_client_it_connects_with_the_environments_credentials(
+        cluster: DevCluster, loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))  # (no pod here: no in-cluster token)
+    w = EndpointSliceWatcher(NS, {"target": "disc-target"}, {"target": 50061})
+    on_loop(loop, lambda: started(w))
+    wait_for("the first listing", lambda: len(w.current()["target"]) >= 2)
+    on_loop(loop, w.aclose)
 
 
 def test_not_ready_endpoints_are_left_out() -> None:
