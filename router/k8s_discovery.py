@@ -53,7 +53,8 @@ class EndpointSliceWatcher:
         self.namespace = namespace
         self.roles = {service: role for role, service in service_names.items()}
         self.ports = dict(ports)
-        self.kube = kube  # None: in-cluster credentials (or the kubeconfig), closed on stop
+        self.kube = kube  # None: connect on start (in-cluster, else the kubeconfig), close on stop
+        self._owns_kube = kube is None
         self.watch_timeout_s = watch_timeout_s
         self.retry_delay_s = retry_delay_s
         self._slices: dict[str, tuple[str, list[str]]] = {}  # slice name -> (role, addresses)
@@ -72,8 +73,10 @@ class EndpointSliceWatcher:
         self._callbacks.append(callback)
 
     def start(self) -> None:
-        """Follow the slices from a task on the running event loop."""
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="specd-endpointslices")
+        """Follow the slices from a task on the running event loop (missing credentials fail here)."""
+        if self.kube is None:
+            self.kube = Kube.connect()
+        self._task = asyncio.get_running_loop().create_task(self.run(self.kube), name="specd-endpointslices")
 
     def stop(self) -> None:
         if self._task is not None:
@@ -87,9 +90,8 @@ class EndpointSliceWatcher:
 
     # --- internals ----------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, kube: Kube) -> None:
         """List, then watch, until cancelled."""
-        kube = self.kube or Kube.connect()
         try:
             resource_version: str | None = None
             while True:
@@ -103,8 +105,11 @@ class EndpointSliceWatcher:
                         continue
                     log.warning("EndpointSlice watch failed, retrying: %s", exc)
                     await asyncio.sleep(self.retry_delay_s)
+                except Exception as exc:  # e.g. an object the client could not decode
+                    log.warning("EndpointSlice watch interrupted, retrying: %s", exc)
+                    await asyncio.sleep(self.retry_delay_s)
         finally:
-            if self.kube is None:
+            if self._owns_kube:
                 await kube.aclose()
 
     async def _relist(self, kube: Kube) -> str:
