@@ -16,10 +16,11 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/specd demo
 
-## Run the whole test suite (after ruff: lint and import order, configured in pyproject.toml).
-## The Go builds (CPU) and the image build (network, disk) overlap.
+## Run the whole test suite (after ruff, lint and import order, and mypy, types; both configured
+## in pyproject.toml). The Go builds (CPU) and the image build (network, disk) overlap.
 test: install
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 	$(MAKE) --no-print-directory -j2 testbins images
 	$(VENV)/bin/python -m pytest
 
