@@ -17,7 +17,7 @@ import grpc
 
 from specd.proto.v1 import serving_pb2
 from specd.router.config import RouterConfig
-from specd.router.policies import make_policy
+from specd.router.policies import WaitQueue, make_policy
 from specd.router.request import Acceptance, Request
 from specd.router.speculation import CostModel, SpeculationControl
 
@@ -104,6 +104,7 @@ class Decisions:
         self.drafted = 0
         self.requests: dict[str, Request] = {}  # admitted, not finished
         self._by_target: dict[str, dict[str, Request]] = {}  # target address -> its requests
+        self._waiting: dict[str, WaitQueue] = {}  # target address -> its requests not in flight
 
     # -- admission and the target index ---------------------------------------------------------
 
@@ -125,9 +126,12 @@ class Decisions:
         """Pin a request to another target replica (None: to none) in the index."""
         if r.target is not None:
             self._by_target.get(r.target, {}).pop(r.id, None)
+            self._queue(r.target).remove(r)
         r.target = target
         if target is not None and r.id in self.requests:
             self._by_target.setdefault(target, {})[r.id] = r
+            if not r.in_flight:
+                self._queue(target).add(r)
 
     def forget(self, r: Request) -> bool:
         """Drop a finished or cancelled request; False when it was already gone."""
@@ -135,24 +139,39 @@ class Decisions:
             return False
         if r.target is not None:
             self._by_target.get(r.target, {}).pop(r.id, None)
+            self._queue(r.target).remove(r)
         return True
 
-    def on_target(self, target: str) -> list[Request]:
-        return [r for r in self._by_target.get(target, {}).values() if not r.done]
+    def _queue(self, target: str) -> WaitQueue:
+        queue = self._waiting.get(target)
+        if queue is None:
+            queue = self._waiting[target] = WaitQueue(self.policy)
+        return queue
 
     # -- the next batch and its speculation lengths ---------------------------------------------
 
     def pick(self, target: str, kv_waiting: set[str]) -> list[Request]:
-        """The next batch of a lane of `target`: the policy's first requests, up to an even share of
-        the replica's requests per lane (so that with few requests every lane runs small, fast
-        batches) and maxBatchSize. `kv_waiting` (requests evicted for lack of KV room) is cleared
-        when nothing runs on the replica: nothing running there will free room."""
-        mine = self.on_target(target)
-        if not any(r.in_flight for r in mine):
+        """The next batch of a lane of `target`, marked in flight until `end`: the policy's first
+        requests, up to an even share of the replica's requests per lane (so that with few requests
+        every lane runs small, fast batches) and maxBatchSize. `kv_waiting` (requests evicted for
+        lack of KV room) is cleared when nothing runs on the replica: nothing running there will
+        free room."""
+        mine, queue = len(self._by_target.get(target, {})), self._queue(target)
+        if mine == len(queue):  # nothing in flight
             kv_waiting.clear()
-        waiting = [r for r in mine if not r.in_flight and r.id not in kv_waiting]
-        share = -(-len(mine) // self.config.pipeline_depth)  # ceil
-        return self.policy.first(waiting, min(self.config.max_batch_size, share))
+        share = -(-mine // self.config.pipeline_depth)  # ceil
+        batch = queue.first(min(self.config.max_batch_size, share), kv_waiting)
+        for r in batch:
+            queue.remove(r)
+            r.in_flight = True
+        return batch
+
+    def end(self, batch: list[Request]) -> None:
+        """The batch's iteration is over: its unfinished requests wait again (in their new order)."""
+        for r in batch:
+            r.in_flight = False
+            if r.target is not None and r.id in self.requests and not r.done:
+                self._queue(r.target).add(r)
 
     def choose(self, batch: list[Request], drafting: list[bool], overlapped: bool) -> list[int]:
         """k per request (see SpeculationControl.choose); marks the first scheduling time."""

@@ -17,8 +17,8 @@ out of the first places is preempted (its KV cache stays on its workers).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
-from typing import Any
+from bisect import bisect_left, insort
+from collections.abc import Callable, Hashable
 
 from specd.router.config import QueueSettings
 from specd.router.request import Request
@@ -27,33 +27,42 @@ from specd.router.request import Request
 StepCosts = Callable[[int], tuple[float, float]]
 # () -> (global acceptance estimate, typical speculation length): stands in for unknown requests
 Population = Callable[[], tuple[float, int]]
-SortKey = Callable[[Request], Any]
+# a bucket of requests: its queue level first, then what its requests' keys share
+Bucket = tuple[Hashable, ...]
 
 
 class Policy:
-    """An order of the waiting requests, as a sort key made once per decision (a key may read
-    figures that change between decisions, such as step costs: they are read once, not per request)."""
+    """An order of the waiting requests: by (level, scale(bucket) * static_key, arrival).
+
+    A request's bucket and static key do not change while it waits (they change only when it runs);
+    the scale of a bucket may change between decisions (LAPS-SD's costs and population figures), and
+    is read once per decision. `WaitQueue` keeps each bucket sorted, so that a decision reads only
+    the requests it takes instead of sorting every waiting request.
+    """
 
     name: str
 
-    def sort_key(self) -> SortKey:
-        raise NotImplementedError
+    def bucket(self, r: Request) -> Bucket:
+        return (0,)
+
+    def static_key(self, r: Request) -> float:
+        return 0.0
+
+    def scales(self) -> Callable[[Bucket], float]:
+        return lambda bucket: 1.0
 
     def order(self, requests: list[Request]) -> list[Request]:
-        return sorted(requests, key=self.sort_key())
+        scale = self.scales()
 
-    def first(self, requests: list[Request], n: int) -> list[Request]:
-        """The first n of `order(requests)`, in O(len * log n)."""
-        if n >= len(requests):
-            return self.order(requests)
-        return heapq.nsmallest(n, requests, key=self.sort_key())
+        def key(r: Request) -> tuple[Hashable, float, float]:
+            bucket = self.bucket(r)
+            return bucket[0], scale(bucket) * self.static_key(r), r.arrival
+
+        return sorted(requests, key=key)
 
 
 class FCFS(Policy):
     name = "fcfs"
-
-    def sort_key(self) -> SortKey:
-        return lambda r: r.arrival
 
 
 class LAS(Policy):
@@ -62,19 +71,22 @@ class LAS(Policy):
     def __init__(self, queues: QueueSettings) -> None:
         self.queues = queues
 
-    def sort_key(self) -> SortKey:
-        level = self.queues.level
-        return lambda r: (level(r.iterations), r.arrival)
+    def bucket(self, r: Request) -> Bucket:
+        return (self.queues.level(r.iterations),)
 
 
 class SJF(Policy):
     name = "sjf"
 
-    def sort_key(self) -> SortKey:
-        return lambda r: (r.predicted_length, r.arrival)
+    def static_key(self, r: Request) -> float:
+        return r.predicted_length
 
 
 class LAPSSD(Policy):
+    """T = L_rem * (n*T_draft + T_target) / (n*A + 1), split as static key * scale:
+    perceptible: (L_rem / (k*A + 1)) * (k*T_draft + T_target(k)), its own A and last k;
+    not yet: L_rem * (n*T_draft + T_target(last k)) / (n*A + 1), the population's A and n."""
+
     name = "laps-sd"
 
     def __init__(self, queues: QueueSettings, costs: StepCosts, population: Population) -> None:
@@ -85,27 +97,83 @@ class LAPSSD(Policy):
     def perceptible(self, r: Request) -> bool:
         return r.is_stable(self.queues.stability_window, self.queues.stability_threshold)
 
+    def bucket(self, r: Request) -> Bucket:
+        return self.queues.level(r.iterations), self.perceptible(r), r.last_k
+
+    def static_key(self, r: Request) -> float:
+        remaining = max(r.predicted_length - r.generated, 1.0)
+        return remaining / (r.last_k * r.acceptance.value + 1) if self.perceptible(r) else remaining
+
+    def scales(self) -> Callable[[Bucket], float]:
+        alpha, n = self.population()
+        cache: dict[Bucket, float] = {}
+
+        def scale(bucket: Bucket) -> float:
+            if bucket not in cache:
+                _, perceptible, k = bucket
+                assert isinstance(k, int)
+                t_draft, t_target = self.costs(k)
+                cache[bucket] = (k * t_draft + t_target if perceptible
+                                 else (n * t_draft + t_target) / (n * alpha + 1))
+            return cache[bucket]
+
+        return scale
+
     def remaining_time(self, r: Request) -> float:
-        return self._estimator()(r)
+        return self.scales()(self.bucket(r)) * self.static_key(r)
 
-    def _estimator(self) -> Callable[[Request], float]:
-        """T = L_rem * (n*T_draft + T_target) / (n*A + 1), with this decision's population and costs."""
-        population = self.population()
-        costs: dict[int, tuple[float, float]] = {}
 
-        def remaining_time(r: Request) -> float:
-            alpha, n = (r.acceptance.value, r.last_k) if self.perceptible(r) else population
-            if r.last_k not in costs:
-                costs[r.last_k] = self.costs(r.last_k)
-            t_draft, t_target = costs[r.last_k]
-            remaining = max(r.predicted_length - r.generated, 1.0)
-            return remaining * (n * t_draft + t_target) / (n * alpha + 1)
+class WaitQueue:
+    """The waiting requests of one target replica in `policy` order, kept sorted per bucket: taking
+    the first n costs O(n log buckets) instead of a sort of every waiting request."""
 
-        return remaining_time
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._buckets: dict[Bucket, list[tuple[float, float, str]]] = {}
+        self._entries: dict[str, tuple[Bucket, tuple[float, float, str], Request]] = {}
 
-    def sort_key(self) -> SortKey:
-        level, remaining_time = self.queues.level, self._estimator()
-        return lambda r: (level(r.iterations), remaining_time(r), r.arrival)
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, r: Request) -> bool:
+        return r.id in self._entries
+
+    def add(self, r: Request) -> None:
+        bucket, entry = self.policy.bucket(r), (self.policy.static_key(r), r.arrival, r.id)
+        insort(self._buckets.setdefault(bucket, []), entry)
+        self._entries[r.id] = bucket, entry, r
+
+    def remove(self, r: Request) -> None:
+        found = self._entries.pop(r.id, None)
+        if found is None:
+            return
+        bucket, entry, _ = found
+        entries = self._buckets[bucket]
+        del entries[bisect_left(entries, entry)]
+        if not entries:
+            del self._buckets[bucket]
+
+    def first(self, n: int, skip: set[str]) -> list[Request]:
+        """The first n requests of the policy's order, leaving out the ids in `skip`."""
+        scale = self.policy.scales()
+        chosen: list[Request] = []
+        for level in sorted({bucket[0] for bucket in self._buckets}):  # type: ignore[type-var]
+            heads = []
+            for bucket, entries in self._buckets.items():
+                if bucket[0] == level:
+                    s = scale(bucket)
+                    heads.append((s * entries[0][0], entries[0][1], entries[0][2], s, 0, entries))
+            heapq.heapify(heads)
+            while heads and len(chosen) < n:
+                _, _, rid, s, i, entries = heapq.heappop(heads)
+                if rid not in skip:
+                    chosen.append(self._entries[rid][2])
+                if i + 1 < len(entries):
+                    nxt = entries[i + 1]
+                    heapq.heappush(heads, (s * nxt[0], nxt[1], nxt[2], s, i + 1, entries))
+            if len(chosen) >= n:
+                break
+        return chosen
 
 
 def make_policy(name: str, queues: QueueSettings, costs: StepCosts,

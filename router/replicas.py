@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -42,6 +43,19 @@ class Replica:
         await self.channel.close()
 
 
+class Pinnable(Protocol):
+    address: str
+    pinned: set[str]
+
+
+P = TypeVar("P", bound=Pinnable)
+
+
+def least_pinned(candidates: list[P]) -> P:
+    """The replica holding the fewest requests (ties: by address), for a new request's KV cache."""
+    return min(candidates, key=lambda r: (len(r.pinned), r.address))
+
+
 class ReplicaPool:
     """All replicas of both roles; `set_endpoints` follows discovery."""
 
@@ -56,7 +70,7 @@ class ReplicaPool:
 
     def place(self, role: str) -> Replica | None:
         candidates = self.live(role)
-        return min(candidates, key=lambda r: (len(r.pinned), r.address)) if candidates else None
+        return least_pinned(candidates) if candidates else None
 
     def set_endpoints(self, endpoints: dict[str, list[str]]) -> list[Replica]:
         """Add new addresses (probed before use), drop vanished ones; returns the dropped replicas."""

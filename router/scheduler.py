@@ -150,8 +150,6 @@ class Scheduler:
             if not batch:
                 await self._signal.wait()
                 continue
-            for r in batch:
-                r.in_flight = True
             self._busy[replica.address] = self._busy.get(replica.address, 0) + 1
             try:
                 await self._iterate(replica, batch)
@@ -161,8 +159,8 @@ class Scheduler:
                     self._fail(r, RequestFailed(grpc.StatusCode.INTERNAL, f"internal error: {exc}"))
             finally:
                 self._busy[replica.address] -= 1
+                self.decisions.end(batch)
                 for r in batch:
-                    r.in_flight = False
                     if r.cancelled:
                         self._retire(r)
                 self._repin()

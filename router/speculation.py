@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from specd.contract import speculation_mode
@@ -84,14 +85,29 @@ class CostModel:
         batch's drafting runs while the target verifies the other one; the target then waits for
         drafts only when drafting takes longer than verifying.
         """
-        passes = max(ks, default=0)
-        verify = self.target_pass(sum(k + 1 for k in ks)) + self.target_overhead
-        if not passes:
-            return verify
-        # pass j feeds every request still drafting at step j
-        fed = sum(sum(1 for k in ks if k > j) for j in range(passes))
-        draft = passes * self.draft_pass(fed / passes) + self.draft_overhead
-        return max(verify, draft) if overlapped else verify + draft
+        return self.iteration_of(len(ks), sum(ks), max(ks, default=0), overlapped)
+
+    def iteration_of(self, requests: int, drafted: int, passes: int, overlapped: bool = False) -> float:
+        """`iteration` from the batch's size, its total drafts and its longest draft."""
+        return self.timer(requests, overlapped)(drafted, passes)
+
+    def timer(self, requests: int, overlapped: bool = False) -> Callable[[int, int], float]:
+        """(drafted, passes) -> seconds of an iteration of `requests` requests that draft `drafted`
+        tokens in all, the longest `passes` of them; all the time depends on, as pass j feeds every
+        request still drafting at step j: the passes feed `drafted` tokens. (A closure over the
+        current fits: SpeculationControl.choose calls it hundreds of times per decision.)"""
+        t_base = self.target_pass.base + self.target_pass.per_token * requests + self.target_overhead
+        t_token, d_base, d_token = self.target_pass.per_token, self.draft_pass.base, self.draft_pass.per_token
+        d_overhead = self.draft_overhead
+
+        def seconds(drafted: int, passes: int) -> float:
+            verify = t_base + t_token * drafted
+            if not passes:
+                return verify
+            draft = passes * d_base + d_token * drafted + d_overhead  # = passes * draft_pass(drafted / passes) + ...
+            return (verify if verify > draft else draft) if overlapped else verify + draft
+
+        return seconds
 
     def single(self, k: int) -> tuple[float, float]:
         """(draft pass, target pass) seconds for a request alone (LAPS-SD's T_draft, T_target)."""
@@ -105,6 +121,16 @@ def expected_tokens(alpha: float, k: int) -> float:
     if alpha >= 1.0:
         return k + 1.0
     return (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def expected_tokens_upto(alpha: float, k_max: int) -> list[float]:
+    """[expected_tokens(alpha, k) for k in 0..k_max], as running sums 1 + alpha + ... + alpha^k."""
+    gains, term, total = [1.0], 1.0, 1.0
+    for _ in range(k_max):
+        term *= alpha
+        total += term
+        gains.append(total)
+    return gains
 
 
 class SpeculationControl:
@@ -127,24 +153,41 @@ class SpeculationControl:
             return [0] * len(batch)
         if self.mode == "fixed":
             return [min(self.k, cap) for cap in caps]
-        alphas = [r.acceptance.value for r in batch]
+        # gains[i][k]: expected tokens of request i drafting k; goodput = sum of gains / iteration time,
+        # and the time depends on the batch only through its total and longest drafts
+        gains = [expected_tokens_upto(r.acceptance.value, cap) for r, cap in zip(batch, caps)]
+        seconds = self.costs.timer(len(batch), overlapped)
 
-        def goodput(ks: list[int]) -> float:
-            return sum(expected_tokens(a, k) for a, k in zip(alphas, ks)) / self.costs.iteration(ks, overlapped)
+        def goodput(tokens: float, drafted: int, passes: int) -> float:
+            return tokens / seconds(drafted, passes)
 
         # SmartSpec: the best single k for the batch (ties go to the smaller k)
-        best = max(([min(k, cap) for cap in caps] for k in range(self.max_k + 1)), key=goodput)
-        value = goodput(best)
+        best: list[int] = []
+        value = -1.0
+        for k in range(self.max_k + 1):
+            ks = [min(k, cap) for cap in caps]
+            trial_value = goodput(sum(g[j] for g, j in zip(gains, ks)), sum(ks), max(ks))
+            if trial_value > value:
+                best, value = ks, trial_value
+        # then per-request +-1 moves while they raise the modelled goodput
+        tokens, drafted, passes = sum(g[j] for g, j in zip(gains, best)), sum(best), max(best)
+        count_of = [best.count(k) for k in range(max(caps) + 2)]  # requests drafting k
         for _ in range(REFINE_SWEEPS):
             moved = False
             for i, cap in enumerate(caps):
-                for k in (best[i] + 1, best[i] - 1):
-                    if 0 <= k <= cap:
-                        trial = best[:i] + [k] + best[i + 1:]
-                        trial_value = goodput(trial)
-                        if trial_value > value * (1 + 1e-9):
-                            best, value, moved = trial, trial_value, True
-                            break
+                k_i = best[i]
+                for k in (k_i + 1, k_i - 1):
+                    if not 0 <= k <= cap:
+                        continue
+                    longest = k if k > passes else passes - 1 if k_i == passes and count_of[passes] == 1 else passes
+                    trial_tokens = tokens - gains[i][k_i] + gains[i][k]
+                    trial_value = goodput(trial_tokens, drafted + k - k_i, longest)
+                    if trial_value > value * (1 + 1e-9):
+                        best[i], tokens, drafted, value, moved = k, trial_tokens, drafted + k - k_i, trial_value, True
+                        count_of[k_i] -= 1
+                        count_of[k] += 1
+                        passes = longest
+                        break
             if not moved:
                 break
         if not any(best):

@@ -9,7 +9,7 @@ import pytest
 
 from specd.proto.v1 import common_pb2
 from specd.router.config import QueueSettings
-from specd.router.policies import LAPSSD, make_policy
+from specd.router.policies import LAPSSD, WaitQueue, make_policy
 from specd.router.request import Request
 
 QUEUES = QueueSettings()
@@ -133,3 +133,37 @@ def test_mean_latency_on_a_heavy_tailed_trace():
     assert latency["las"] < latency["fcfs"], latency
     assert latency["sjf"] < latency["fcfs"], latency
     assert latency["laps-sd"] <= latency["las"], latency  # acceptance awareness helps on top of LAS
+
+
+def _random_waiting(rng: random.Random, n: int) -> list[Request]:
+    rs = []
+    for i in range(n):
+        r = request(f"r{i}", rng.uniform(0, 100), rng.randint(1, 400), predicted=rng.uniform(1, 400))
+        r.iterations = rng.randrange(0, 80)
+        r.last_k = rng.randrange(0, K + 1)
+        r.committed.extend([0] * rng.randrange(0, 50))
+        for _ in range(rng.randrange(0, 12)):  # some become perceptible, some not
+            r.acceptance.observe(rng.choice((K, K, rng.randrange(0, K + 1))), K)
+            r.acceptance_history.append(r.acceptance.value)
+        rs.append(r)
+    return rs
+
+
+@pytest.mark.parametrize("name", ["fcfs", "las", "sjf", "laps-sd"])
+def test_wait_queue_takes_the_policys_first_requests(name):
+    """The incremental queue a decision reads gives exactly the first n of the policy's full order,
+    through additions, removals and skipped (KV-waiting) requests."""
+    rng = random.Random(7)
+    policy = make_policy(name, QUEUES, lambda k: (0.1 + 0.01 * k, 1.0 + 0.05 * k), population)
+    waiting = _random_waiting(rng, 300)
+    queue = WaitQueue(policy)
+    for r in waiting:
+        queue.add(r)
+    for r in rng.sample(waiting, 100):
+        queue.remove(r)
+        waiting.remove(r)
+    skip = {r.id for r in rng.sample(waiting, 20)}
+    for n in (1, 8, 32, 500):
+        expected = [r for r in policy.order(waiting) if r.id not in skip][:n]
+        assert [r.id for r in queue.first(n, skip)] == [r.id for r in expected]
+    assert len(queue) == 200
