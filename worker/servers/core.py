@@ -7,7 +7,6 @@ thread-safe); `service.py` puts gRPC in front of it.
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,8 @@ from specd.worker.methods import make_exit_decoder, make_proposer
 from specd.worker.runner import ForwardItem, ModelRunner
 from specd.worker.sampling import SamplingParams
 from specd.worker.servers.metrics import WorkerMetrics
+from specd.worker.specee import SpecEEDecoder
 from specd.worker.speculation import DraftProposer, DraftRequest, Verifier, VerifyRequest
-
-COST_WINDOW = 256  # forward passes kept for the step-cost fit
 
 
 def _check_k(request_id: str, k: int) -> None:
@@ -61,31 +59,6 @@ def probs_from_bytes(data: bytes, k: int, vocab: int) -> torch.Tensor | None:
     return torch.frombuffer(bytearray(data), dtype=torch.float32).view(k, vocab)
 
 
-class CostMeter:
-    """Least-squares fit of forward-pass time against tokens fed, over the last passes."""
-
-    def __init__(self) -> None:
-        self.samples: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)
-        self.calls = 0
-
-    def add(self, tokens_per_pass: float, seconds_per_pass: float, passes: int) -> None:
-        self.calls += 1
-        for _ in range(passes):
-            self.samples.append((tokens_per_pass, seconds_per_pass))
-
-    def fit(self) -> tuple[float, float, float]:
-        """(base seconds, seconds per token, mean pass seconds); zeros before the first pass."""
-        n = len(self.samples)
-        if not n:
-            return 0.0, 0.0, 0.0
-        mx = sum(x for x, _ in self.samples) / n
-        my = sum(y for _, y in self.samples) / n
-        var = sum((x - mx) ** 2 for x, _ in self.samples)
-        slope = sum((x - mx) * (y - my) for x, y in self.samples) / var if var > 0 else 0.0
-        slope = max(slope, 0.0)
-        return max(my - slope * mx, 0.0), slope, my
-
-
 def _verdict(request: VerifyRequest, result: Acceptance) -> worker_pb2.Verdict:
     return worker_pb2.Verdict(accepted=result.accepted, tokens=result.tokens, drafted=len(request.draft_tokens))
 
@@ -102,7 +75,7 @@ class WorkerCore:
         self.model_dir = str(model_dir)
         self.tensor_parallel_size = tensor_parallel_size
         self.mirrors: dict[str, Mirror] = {}
-        self.costs = CostMeter()
+        self.calls = 0  # calls that ran the model (WorkerStats.calls)
         self.metrics = WorkerMetrics(role)
         self.proposer = DraftProposer(runner)
         self.verifier = Verifier(runner)
@@ -186,9 +159,9 @@ class WorkerCore:
                 own_drafts.append((requests[-1], DraftRequest(rid, mirror.committed, item.self_draft_k, mirror.params,
                                                               mirror.seed)))
         if self.exit_decoder is not None:
-            return self._verify_with_exits(requests)
+            return self._verify_with_exits(self.exit_decoder, requests)
         draft_seconds, drafted = 0.0, []
-        if own_drafts:
+        if own_drafts and self.self_proposer is not None:  # refused above without a proposer
             started = time.perf_counter()
             proposals = self.self_proposer.propose([d for _, d in own_drafts])
             draft_seconds = time.perf_counter() - started
@@ -200,37 +173,37 @@ class WorkerCore:
         cost.draft_seconds, cost.draft_passes, cost.draft_tokens = draft_seconds, max(drafted, default=0), sum(drafted)
         return [_verdict(request, result) for request, result in zip(requests, results)], cost
 
-    def _verify_with_exits(self, requests: list[VerifyRequest]) -> tuple[list[worker_pb2.Verdict], worker_pb2.StepCost]:
+    def _verify_with_exits(self, decoder: SpecEEDecoder,
+                           requests: list[VerifyRequest]) -> tuple[list[worker_pb2.Verdict], worker_pb2.StepCost]:
         """SpecEE: the plain steps of greedy requests exit early (one token each); the rest verify."""
         early = [r for r in requests if r.params.greedy and not r.draft_tokens]
         exact = [r for r in requests if not (r.params.greedy and not r.draft_tokens)]
         started = time.perf_counter()
-        verdicts = {}
+        verdicts: dict[str, worker_pb2.Verdict] = {}
         if early:
-            tokens = self.exit_decoder.step([(r.request_id, r.committed) for r in early])
+            tokens = decoder.step([(r.request_id, r.committed) for r in early])
             verdicts.update((r.request_id, worker_pb2.Verdict(tokens=[t])) for r, t in zip(early, tokens))
         if exact:
             verdicts.update((r.request_id, _verdict(r, v)) for r, v in zip(exact, self.verifier.verify(exact)))
         seconds = time.perf_counter() - started
-        self.costs.add(1.0, seconds, 1)
+        self.calls += 1
         self.metrics.call("verify", seconds, 1, len(requests))
         self._kv_metrics()
         return [verdicts[r.request_id] for r in requests], worker_pb2.StepCost(
-            compute_seconds=seconds, forward_passes=1, tokens=len(requests), batch_size=len(requests))
+            compute_seconds=seconds, forward_passes=1, tokens=len(requests))
 
     def _timed(self, kind: str, call, batch_size: int, passes: int = 1, tokens: int | None = None):
-        """Run `call` and record its per-pass cost; `tokens` defaults to what the last pass was fed."""
+        """Run `call`, count it and record its cost; `tokens` defaults to what the last pass was fed."""
         started = time.perf_counter()
         result = call()
         seconds = time.perf_counter() - started
         if tokens is None:
             tokens = self.runner.forward_tokens if batch_size else 0
         if passes and batch_size:
-            self.costs.add(tokens / passes, seconds / passes, passes)
+            self.calls += 1
             self.metrics.call(kind, seconds, passes, tokens)
         self._kv_metrics()
-        return result, worker_pb2.StepCost(compute_seconds=seconds, forward_passes=passes, tokens=tokens,
-                                           batch_size=batch_size)
+        return result, worker_pb2.StepCost(compute_seconds=seconds, forward_passes=passes, tokens=tokens)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -245,9 +218,6 @@ class WorkerCore:
         return info
 
     def stats(self) -> worker_pb2.WorkerStats:
-        base, per_token, mean = self.costs.fit()
         return worker_pb2.WorkerStats(role=self.role, active_requests=len(self.mirrors),
                                       kv_used_tokens=self.runner.kv.used_tokens(),
-                                      kv_budget_tokens=self.runner.kv.budget_tokens, calls=self.costs.calls,
-                                      pass_base_seconds=base, pass_per_token_seconds=per_token,
-                                      mean_pass_seconds=mean)
+                                      kv_budget_tokens=self.runner.kv.budget_tokens, calls=self.calls)
