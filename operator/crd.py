@@ -40,7 +40,7 @@ QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numk
 MODEL_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^\s]+|/[^\s]*)$"
 
 
-def _int(bounds: c.Range, description: str, default: int | None = None) -> dict[str, Any]:
+def _int(bounds: c.Range[int], description: str, default: int | None = None) -> dict[str, Any]:
     """An integer with the contract's bounds and default (`default` overrides the contract's)."""
     schema: dict[str, Any] = {"type": "integer", "description": description}
     default = bounds.default if default is None else default
@@ -251,7 +251,7 @@ def _complete_defaults(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _status_schema() -> dict[str, Any]:
-    role = {
+    role: dict[str, Any] = {
         "type": "object",
         "properties": {
             "replicas": {"type": "integer"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from specd import contract
 from specd.contract import DRAFT_METHODS, MAX_BATCH_SIZE, POLICIES
@@ -30,7 +31,7 @@ def _speculation(value: str) -> str:
     return contract.speculation_label(mode, k)
 
 
-def _bounded(flag: str, bounds: contract.Range):
+def _bounded(flag: str, bounds: contract.Range[int]) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -420,7 +421,7 @@ def generate_remote(args) -> int:
     except SpecdClientError as exc:
         raise SpecdError(str(exc)) from None
     sys.stdout.write("\n")
-    if final is not None and final.usage is not None:
+    if final is not None and final.usage is not None and final.timing is not None:
         u = final.usage
         rate = u.draft_tokens_accepted / u.draft_tokens_proposed if u.draft_tokens_proposed else 0.0
         print(f"[{u.generated_tokens} tokens in {final.timing.total_seconds:.2f}s, {u.iterations} iterations, "

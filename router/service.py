@@ -18,7 +18,7 @@ from specd.metrics_server import MetricsServer
 from specd.proto import server as grpc_server
 from specd.proto.v1 import serving_pb2, serving_pb2_grpc, worker_pb2
 from specd.router.config import RouterConfig
-from specd.router.discovery import Discovery
+from specd.router.discovery import Discovery, Endpoints
 from specd.router.openai_http import HttpServer, OpenAIFrontend
 from specd.router.replicas import ReplicaPool
 from specd.router.request import Request
@@ -195,7 +195,11 @@ async def start_router(config: RouterConfig, discovery: Discovery, host: str = "
     (0: any free port; None: not at all)."""
     loop = asyncio.get_running_loop()
     pool = ReplicaPool()
-    discovery.subscribe(lambda endpoints: loop.call_soon_threadsafe(pool.set_endpoints, endpoints))
+
+    def on_endpoints(endpoints: Endpoints) -> None:  # called on the discovery's thread
+        loop.call_soon_threadsafe(pool.set_endpoints, endpoints)
+
+    discovery.subscribe(on_endpoints)
     discovery.start()
     pool.set_endpoints(discovery.current())
     scheduler = Scheduler(config, pool)

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "specd.operator.cli",
     "specd.devcluster.cli",
     "specd.router.cli",
+    "specd.sim.cli",
 ]
 
 
@@ -32,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench = subparsers.add_parser("bench", help="benchmarks that print JSON figures")
     bench_subparsers = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
-    bench.set_defaults(func=lambda _args: bench.print_help() or 2)
+
+    def bench_usage(_args: argparse.Namespace) -> int:  # `specd bench` without a benchmark
+        bench.print_help()
+        return 2
+
+    bench.set_defaults(func=bench_usage)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers, bench_subparsers)
     return parser

@@ -16,24 +16,27 @@ library and pydantic only (the operator image imports it; no torch, no grpc).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails
 
 from specd.errors import SpecdError
 
 # --- enums ------------------------------------------------------------------------------------
 
-POLICIES = ("laps-sd", "fcfs", "las", "sjf")
-DEFAULT_POLICY = "laps-sd"
+Policy = Literal["laps-sd", "fcfs", "las", "sjf"]
+POLICIES: tuple[str, ...] = get_args(Policy)
+DEFAULT_POLICY: Policy = "laps-sd"
 
 # "none": no speculation (as draft.method none). The CRD admits only these spellings; the router
 # configuration and the command lines also take the aliases (YAML reads an unquoted `off` as the
 # boolean false, which the router configuration reads as "none" too).
-SPECULATION_MODES = ("goodput", "fixed", "none")
+SpeculationMode = Literal["goodput", "fixed", "none"]
+SPECULATION_MODES: tuple[str, ...] = get_args(SpeculationMode)
 SPECULATION_MODE_ALIASES = {"off": "none"}
-DEFAULT_SPECULATION_MODE = "goodput"
+DEFAULT_SPECULATION_MODE: SpeculationMode = "goodput"
 
 # model: a separate draft model in its own pool; early-exit (Kangaroo), hierarchical (HiSpec) and
 # ngram (prompt lookup) draft inside the target worker; specee (SpecEE) exits early inside the
@@ -54,13 +57,16 @@ DRAFTING_METHODS = tuple(m for m in DRAFT_METHODS if m != "none")
 
 # --- bounds and defaults ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Range:
-    """An inclusive range of a number and its default (None: no upper bound / no default)."""
+N = TypeVar("N", int, float)
 
-    minimum: int | float
-    maximum: int | float | None = None
-    default: int | float | None = None
+
+@dataclass(frozen=True)
+class Range(Generic[N]):
+    """An inclusive range of a number and its default (maximum None: no upper bound)."""
+
+    minimum: N
+    maximum: N | None
+    default: N
 
     def __contains__(self, value: object) -> bool:
         return (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= self.minimum
@@ -98,7 +104,6 @@ TARGET_REPLICAS = Range(0, 1024, default=1)
 DRAFT_REPLICAS = Range(0, 1024, default=1)
 DRAFT_GPUS = Range(0, 8, default=1)  # GPUs per draft pod (0: CPU)
 ROUTER_REPLICAS = Range(1, 64, default=1)
-PORT = Range(1, 65535)
 ROUTER_PORT = Range(1, 65535, default=50051)  # the router's gRPC port (Service and `specd router`)
 # worker ports the router's EndpointSlice discovery dials when the configuration names none
 DISCOVERY_TARGET_PORT = Range(1, 65535, default=50052)
@@ -146,7 +151,7 @@ def parse_speculation(text: Any) -> tuple[str, int | None]:
                          f"(e.g. fixed:4) or the alias {', '.join(SPECULATION_MODE_ALIASES)}") from None
 
 
-def speculation_label(mode: str, k: int) -> str:
+def speculation_label(mode: str, k: int | None) -> str:
     """The command-line spelling of a configured mode: `fixed:K`, `goodput`, `none`."""
     return f"fixed:{k}" if mode == "fixed" else mode
 
@@ -161,7 +166,7 @@ def _no_bool(kind: str):
     return BeforeValidator(check)
 
 
-def _int(r: Range) -> Any:
+def _int(r: Range[int]) -> Any:
     return Field(default=r.default, ge=r.minimum, le=r.maximum)
 
 
@@ -186,7 +191,7 @@ class _Section(BaseModel):
 class SpeculationConfig(_Section):
     """`speculation: {mode, k, maxK}`; also `mode: fixed:K`, and a bare mode (`speculation: none`)."""
 
-    mode: Literal[SPECULATION_MODES] = DEFAULT_SPECULATION_MODE
+    mode: SpeculationMode = DEFAULT_SPECULATION_MODE
     k: Int = _int(K)
     max_k: Int = _int(MAX_K_RANGE)
 
@@ -232,7 +237,7 @@ class DiscoveryConfig(_Section):
 class RouterConfigFile(_Section):
     """The router configuration file, as `specd router --config` reads it."""
 
-    policy: Literal[POLICIES] = DEFAULT_POLICY
+    policy: Policy = DEFAULT_POLICY
     speculation: SpeculationConfig = SpeculationConfig()
     max_batch_size: Int = _int(MAX_BATCH_SIZE)
     max_queued_requests: Int = _int(MAX_QUEUED_REQUESTS)
@@ -258,7 +263,7 @@ _TYPE_MESSAGES = {
 }
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     """`speculation.maxK must be ≤ 16, got 20` from one pydantic error (its loc uses the aliases)."""
     field = ".".join(str(part) for part in error["loc"])
     kind, ctx = error["type"], error.get("ctx", {})
@@ -278,13 +283,14 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "POLICIES", "DEFAULT_POLICY", "SPECULATION_MODES", "SPECULATION_MODE_ALIASES", "DEFAULT_SPECULATION_MODE",
+    "Policy", "POLICIES", "DEFAULT_POLICY", "SpeculationMode", "SPECULATION_MODES", "SPECULATION_MODE_ALIASES",
+    "DEFAULT_SPECULATION_MODE",
     "DRAFT_METHODS", "DEFAULT_DRAFT_METHOD", "DRAFT_POOL_METHODS", "TARGET_DRAFT_METHODS", "APPROXIMATE_METHODS",
     "IN_TARGET_METHODS", "DRAFTING_METHODS", "DEVICE_KINDS", "DEFAULT_DEVICE", "DTYPES", "DEFAULT_DTYPE", "Range",
     "MAX_K", "K", "MAX_K_RANGE", "MAX_BATCH_SIZE", "CLUSTER_MAX_BATCH_SIZE_DEFAULT", "MAX_QUEUED_REQUESTS",
     "PIPELINE_DEPTH", "QUEUES", "FIRST_QUANTUM", "QUANTUM_GROWTH", "STABILITY_WINDOW", "STABILITY_THRESHOLD",
     "TENSOR_PARALLEL_SIZES", "TENSOR_PARALLEL_SIZE", "TARGET_REPLICAS", "DRAFT_REPLICAS", "DRAFT_GPUS",
-    "ROUTER_REPLICAS", "PORT", "ROUTER_PORT", "DISCOVERY_TARGET_PORT", "DISCOVERY_DRAFT_PORT", "METRICS_PORT",
+    "ROUTER_REPLICAS", "ROUTER_PORT", "DISCOVERY_TARGET_PORT", "DISCOVERY_DRAFT_PORT", "METRICS_PORT",
     "HTTP_PORT", "SERVICE_ENV", "speculation_mode", "parse_speculation", "speculation_label", "SpeculationConfig",
     "LapsSdConfig", "DiscoveryConfig", "RouterConfigFile", "parse_router_config",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def _engines(target_dir: Path, draft_dir: Path, methods: tuple[str, ...],
     return engines
 
 
-def _method_figures(method: str, k: int, tally: _Tally, plain: _Tally, tokens: int, batch: int) -> dict:
+def _method_figures(method: str, k: int | None, tally: _Tally, plain: _Tally, tokens: int, batch: int) -> dict:
     stats = tally.stats
     agree = sum(a == b for out, ref in zip(tally.outputs, plain.outputs) for a, b in zip(out, ref))
     return {
@@ -128,10 +129,12 @@ def _method_figures(method: str, k: int, tally: _Tally, plain: _Tally, tokens: i
     }
 
 
-def specee_quality(engine: SpeculativeEngine, tokenizer: Tokenizer, texts: list[str], windows: int = 32,
+def specee_quality(engine: SpeculativeEngine, tokenizer: Tokenizer, texts: Sequence[str], windows: int = 32,
                    length: int = 128) -> dict:
     """SpecEE's held-out loss next to the full model's (teacher forced, specee.teacher_forced_losses)."""
     decoder = engine.exit_decoder
+    if decoder is None:
+        raise ValueError("SpecEE's quality needs the engine of the specee method (an exit decoder)")
     stream = [t for text in texts for t in tokenizer.encode(text)]
     stride = max(1, (len(stream) - length - 1) // windows)
     batch = torch.tensor([stream[i * stride : i * stride + length + 1] for i in range(windows)],
@@ -186,7 +189,7 @@ def peak_bandwidth(device: torch.device) -> tuple[float, str]:
 
 
 def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeBenchSettings,
-        log=lambda _msg: None, peers: bool = True, held_out_texts: list[str] = (),
+        log=lambda _msg: None, peers: bool = True, held_out_texts: Sequence[str] = (),
         placement: Placement = CPU) -> dict:
     methods = tuple(dict.fromkeys(("plain", "model") + settings.methods))  # plain and model feed the top level
     engines = _engines(target_dir, draft_dir, methods, placement)
@@ -194,7 +197,10 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
     target = engines["plain"][0].target
     tokenizer = Tokenizer(target_dir)
     encoded = [tokenizer.encode(p) for p in prompts[: settings.prompts]]
-    c = step_cost(engines["model"][0].draft, encoded[0]) / step_cost(target, encoded[0])
+    draft = engines["model"][0].draft
+    if draft is None:
+        raise ValueError("the model method's engine has no draft runner")
+    c = step_cost(draft, encoded[0]) / step_cost(target, encoded[0])
     log(f"draft/target step cost ratio c = {c:.3f}")
     peer_reason = ("not asked for (--no-peers)" if not peers else bench_peers.unavailable_reason()
                    or (None if placement.device.type == "cpu" else "the transformers peers run on the CPU only"))
@@ -205,7 +211,8 @@ def run(target_dir: Path, draft_dir: Path, prompts: list[str], settings: DecodeB
     for generate in peer_runs.values():
         bench_peers.timed(generate, encoded[:1], 16)
     tokens = settings.rounds * len(encoded) * settings.max_new_tokens
-    per_batch, per_method = [], {m: [] for m in methods if m != "plain"}
+    per_batch: list[dict] = []
+    per_method: dict[str, list[dict]] = {m: [] for m in methods if m != "plain"}
     peer_figures = []
     for batch in settings.batch_sizes:
         # the peers decode one sequence at a time: they race at batch 1, in the same rounds

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-PEERS = {
+PEERS: dict[str, dict[str, object]] = {
     "hf-plain": {},
     "hf-assisted": {"assistant_model": None},  # the draft model, drafting a constant 4 tokens (below)
     "hf-prompt-lookup": {"prompt_lookup_num_tokens": 4},
     "hf-early-exit": {"assistant_early_exit": 4},
 }
 # tokens drafted per step (transformers' own schedule for the early exit: None)
-PEER_K = {"hf-plain": 0, "hf-assisted": 4, "hf-prompt-lookup": 4, "hf-early-exit": None}
+PEER_K: dict[str, int | None] = {"hf-plain": 0, "hf-assisted": 4, "hf-prompt-lookup": 4, "hf-early-exit": None}
 # the specd method each peer setting is compared with
 COUNTERPART = {"hf-plain": "plain", "hf-assisted": "model", "hf-prompt-lookup": "ngram", "hf-early-exit": "early-exit"}
 
@@ -48,7 +48,7 @@ def load_peers(target_dir: Path, draft_dir: Path) -> dict[str, Callable[[list[in
     draft.generation_config.num_assistant_tokens_schedule = "constant"
     draft.generation_config.assistant_confidence_threshold = 0.0
 
-    def peer(settings: dict) -> Callable[[list[int], int], tuple[list[int], int]]:
+    def peer(settings: dict[str, object]) -> Callable[[list[int], int], tuple[list[int], int]]:
         extra = dict(settings, assistant_model=draft) if "assistant_model" in settings else settings
 
         def generate(prompt: list[int], max_new_tokens: int) -> tuple[list[int], int]:

@@ -31,7 +31,7 @@ class KVBudgetExceeded(SpecdError):
 @dataclass
 class RequestKV:
     num_layers: int  # KV layers: the model's, plus one per side layer (an early-exit adapter)
-    full_depth: int | None = None  # the model's layers; defaults to num_layers
+    full_depth: int = 0  # the model's layers; 0 (the default): num_layers
     keys: list[torch.Tensor | None] = field(init=False)
     values: list[torch.Tensor | None] = field(init=False)
     tokens: list[int] = field(default_factory=list)
@@ -41,7 +41,7 @@ class RequestKV:
     def __post_init__(self) -> None:
         self.keys = [None] * self.num_layers
         self.values = [None] * self.num_layers
-        if self.full_depth is None:
+        if not self.full_depth:
             self.full_depth = self.num_layers
 
     @property
@@ -70,11 +70,15 @@ class RequestKV:
         if depth >= self.full_depth:
             self.partial = None
         else:
+            if states is None:
+                raise ValueError(f"the states entering layer {depth} are needed below full depth")
             kept = self.partial[: start - full] if self.partial is not None else states[:0]
             self.partial = torch.cat([kept, states])
 
     def states(self, start: int, end: int) -> torch.Tensor:
         """[end - start, hidden]: the kept states of partial tokens start..end-1."""
+        if self.partial is None:
+            raise ValueError("no token of this cache is short of full depth")
         full = self.full_length
         return self.partial[start - full : end - full]
 
@@ -82,11 +86,11 @@ class RequestKV:
         """Store k, v ([kv_heads, n, head_dim]) at positions start.. and return all keys/values so far."""
         end = start + k.shape[1]
         cache_k, cache_v = self.keys[layer], self.values[layer]
-        if cache_k is None or cache_k.shape[1] < end:
+        if cache_k is None or cache_v is None or cache_k.shape[1] < end:
             capacity = max(end, _MIN_CAPACITY, 2 * (0 if cache_k is None else cache_k.shape[1]))
             grown_k = k.new_empty(k.shape[0], capacity, k.shape[2])
             grown_v = v.new_empty(v.shape[0], capacity, v.shape[2])
-            if cache_k is not None:
+            if cache_k is not None and cache_v is not None:
                 grown_k[:, :start] = cache_k[:, :start]
                 grown_v[:, :start] = cache_v[:, :start]
             self.keys[layer], self.values[layer] = cache_k, cache_v = grown_k, grown_v

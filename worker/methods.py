@@ -54,7 +54,9 @@ def make_proposer(method: str, target: ModelRunner, target_dir: str | Path,
         confidence = EarlyExits.read(target_dir).confidence
         return EarlyExitProposer(target) if confidence is None else EarlyExitProposer(target, confidence)
     if method == "hierarchical":
-        draft_exit, verify_exit = EarlyExits.read(target_dir).hierarchical
+        exits = EarlyExits.read(target_dir).hierarchical
+        assert exits is not None  # check_method refused a target without them
+        draft_exit, verify_exit = exits
         return HierarchicalProposer(target, draft_exit, verify_exit)
     return None
 

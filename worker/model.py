@@ -14,6 +14,7 @@ so the same code runs unchanged when DeepSpeed's tensor parallelism shards the p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,9 @@ class RMSNorm(nn.Module):
 
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding in Hugging Face's half-rotation layout."""
+
+    cos: torch.Tensor  # buffers [max_positions, head_dim]
+    sin: torch.Tensor
 
     def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
         super().__init__()
@@ -190,6 +194,10 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
 
+    def decoder_layer(self, index: int) -> LlamaDecoderLayer:
+        """Layer `index` as its own type (an nn.ModuleList hands out plain Modules)."""
+        return cast(LlamaDecoderLayer, self.layers[index])
+
 
 class LlamaForCausalLM(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
@@ -203,7 +211,8 @@ class LlamaForCausalLM(nn.Module):
     def fuse_projections(self) -> None:
         """q/k/v and gate/up as one matmul each, for a model that is not sharded (tensor
         parallelism shards the projections by name; this keeps their names and weights)."""
-        for layer in self.model.layers:
+        for index in range(len(self.model.layers)):
+            layer = self.model.decoder_layer(index)
             layer.self_attn.fuse()
             layer.mlp.fuse()
 

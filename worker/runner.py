@@ -196,7 +196,8 @@ class ModelRunner:
     def _run_layers(self, rows: list[_Rows]) -> None:
         """Run every item's tokens from their own depths to the item's depth, layer range by layer
         range: within a range the same tokens take part, packed into one matrix."""
-        adapter_exit = self.adapter.exit_layer if self.adapter is not None else None
+        adapter = self.adapter
+        adapter_exit = adapter.exit_layer if adapter is not None else None
         bounds = sorted({d for r in rows for d in r.depths} | {r.depth for r in rows}
                         | ({adapter_exit} if adapter_exit is not None else set()))
         for first, last in zip(bounds, bounds[1:]):
@@ -219,7 +220,7 @@ class ModelRunner:
             x = torch.cat([r.states[j:] for r, j in taking_part])
             rope = self.model.model.rotary.tables(batch.positions, x.dtype)
             x = self.model.run_layers(x, batch, first, last, rope)
-            side = self.adapter(x, batch, self.num_layers, rope) if last == adapter_exit else None
+            side = adapter(x, batch, self.num_layers, rope) if adapter is not None and last == adapter_exit else None
             for (r, j), part, side_part in zip(taking_part, torch.split(x, batch.counts),
                                                torch.split(side, batch.counts) if side is not None else
                                                [None] * len(taking_part)):
@@ -237,7 +238,7 @@ class ModelRunner:
                 out.append(r.states.new_empty(0, self.config.vocab_size))
             elif r.item.states_only:
                 out.append(r.states[-n:])
-            elif r.side is not None:
+            elif r.side is not None and self.adapter is not None:
                 out.append(self.adapter.logits(r.side[-n:], self.model))
             else:
                 out.append(self.model.logits(r.states[-n:]))

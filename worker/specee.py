@@ -126,6 +126,7 @@ class SpecEEDecoder:
         if runner.adapter is None:
             raise ValueError("SpecEE takes its candidates from the Kangaroo self-draft: the runner needs the adapter")
         self.runner = runner
+        self.adapter = runner.adapter
         self.config = config
         self.predictors = predictors
         self.recent: dict[str, deque[int]] = {}  # request -> depths of its last exits
@@ -144,7 +145,7 @@ class SpecEEDecoder:
     @torch.inference_mode()
     def step(self, requests: list[tuple[str, list[int]]]) -> list[int]:
         """requests: (request id, committed tokens) -> the next token of each."""
-        runner, adapter_depth = self.runner, self.runner.adapter.exit_layer
+        runner, adapter_depth = self.runner, self.adapter.exit_layer
         logits = runner.forward([ForwardItem(rid, runner.sync(rid, committed, adapter_depth), depth=adapter_depth)
                                  for rid, committed in requests])
         tokens = []
@@ -155,9 +156,9 @@ class SpecEEDecoder:
             checking = [t for t in tokens if t.token is None and depth in t.schedule]
             if not checking:
                 continue
-            states = runner.forward([ForwardItem(t.request_id, runner.sync(t.request_id, t.committed, depth),
-                                                 depth=depth, states_only=True) for t in checking])
-            states = torch.cat([s[-1:] for s in states])
+            at_depth = runner.forward([ForwardItem(t.request_id, runner.sync(t.request_id, t.committed, depth),
+                                                   depth=depth, states_only=True) for t in checking])
+            states = torch.cat([s[-1:] for s in at_depth])
             cand_logits = candidate_logits(runner, states, torch.stack([t.candidates for t in checking]))
             features, probs = candidate_features(cand_logits, torch.stack([t.probs for t in checking]))
             scores = self.predictors[depth](features)
@@ -173,11 +174,14 @@ class SpecEEDecoder:
             full = runner.forward([ForwardItem(t.request_id, runner.sync(t.request_id, t.committed)) for t in rest])
             for t, token in zip(rest, torch.cat([row[-1:] for row in full]).argmax(-1).tolist()):
                 t.token, t.exit_depth = token, runner.num_layers
+        out: list[int] = []
         for t in tokens:
+            assert t.token is not None  # decided at an exit or, failing that, at full depth above
             self.exits[t.exit_depth] = self.exits.get(t.exit_depth, 0) + 1
             if t.exit_depth < runner.num_layers:
                 self.recent.setdefault(t.request_id, deque(maxlen=RECENT_EXITS)).append(t.exit_depth)
-        return [t.token for t in tokens]
+            out.append(t.token)
+        return out
 
     def release(self, request_id: str) -> None:
         self.recent.pop(request_id, None)
@@ -193,6 +197,8 @@ def teacher_forced_losses(runner: ModelRunner, predictors: dict[int, ExitPredict
     from specd.worker.model import PackedBatch
 
     model, adapter = runner.model, runner.adapter
+    if adapter is None:
+        raise ValueError("SpecEE takes its candidates from the Kangaroo self-draft: the runner needs the adapter")
     x, y = windows[:, :-1], windows[:, 1:].reshape(-1)
     B, S = x.shape
     layers = model.config.num_hidden_layers

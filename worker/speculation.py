@@ -51,7 +51,9 @@ class Proposer(Protocol):
     """Drafts up to k tokens per request (fewer when the method stops early), with the distribution
     each was drawn from when sampling: the verifier needs q for the lossless acceptance rule."""
 
-    runner: ModelRunner | None  # a separate model's runner, whose caches the engine prefills and frees
+    @property
+    def runner(self) -> ModelRunner | None:
+        """A separate model's runner, whose caches the engine prefills and frees (None: none)."""
 
     def propose(self, requests: list[DraftRequest]) -> list[Proposal]: ...
 

@@ -25,7 +25,7 @@ def greedy_continuations(target: LlamaForCausalLM, data: torch.Tensor, count: in
     """[count, prompt_len + new_tokens] sequences: a training-text prompt and the target's greedy continuation."""
     engine = SpeculativeEngine(ModelRunner(target.eval()))
     starts = torch.randint(0, len(data) - prompt_len, (count,), generator=generator).tolist()
-    rows = []
+    rows: list[list[int]] = []
     started = time.time()
     for i in range(0, count, batch):
         prompts = [data[s : s + prompt_len].tolist() for s in starts[i : i + batch]]

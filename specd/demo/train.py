@@ -244,7 +244,7 @@ def fine_tune_early_exit(out_dir: Path, settings: TrainSettings, data: torch.Ten
                    | {rotating: settings.rotating_exit_weight, layers: 1.0})
         losses = {d: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
                   for d, logits in zip(depths, exit_logits(target, x, depths))}
-        loss = sum(weights[d] * losses[d] for d in depths)
+        loss = sum((weights[d] * losses[d] for d in depths), torch.zeros(()))
         _step(opt, target, loss, _lr(step, settings.early_exit_steps, settings.early_exit_lr, settings.warmup_steps))
         if step % 20 == 0 or step == settings.early_exit_steps - 1:
             parts = "  ".join(f"L{d} {losses[d].item():.3f}" for d in depths)
@@ -262,7 +262,7 @@ def train_adapter(out_dir: Path, settings: TrainSettings, data: torch.Tensor,
     exit_layer, layers = settings.exits[0], target.config.num_hidden_layers
     adapter = KangarooAdapter(target.config, exit_layer)
     with torch.no_grad():  # start from the exit's own layer: attention that already reads these states
-        layer = target.model.layers[exit_layer]
+        layer = target.model.decoder_layer(exit_layer)
         adapter.self_attn.load_state_dict(layer.self_attn.state_dict())
         adapter.input_layernorm.load_state_dict(layer.input_layernorm.state_dict())
         adapter.norm.load_state_dict(target.model.norm.state_dict())
@@ -323,7 +323,7 @@ def train_specee(out_dir: Path, settings: TrainSettings, data: torch.Tensor,
                       for x in layer_logits]
             exitable = torch.stack(labels + [torch.ones_like(labels[0])])  # [depths + 1, N]
             first_exits.index_add_(0, torch.tensor([*depths, layers])[exitable.argmax(0)], torch.ones(len(final)))
-        loss = 0.0
+        loss = torch.zeros(())
         for i, (depth, logits, label) in enumerate(zip(depths, layer_logits, labels)):
             # the last checked layer varies with the schedule: any earlier one, or the adapter's
             previous = layer_probs[int(torch.randint(0, i + 1, (1,), generator=gen))]
@@ -357,7 +357,9 @@ def _calibrate_threshold(target: LlamaForCausalLM, adapter: KangarooAdapter, pre
     from specd.worker.specee import candidate_features
 
     layers, k = target.config.num_hidden_layers, settings.specee_candidates
-    scores, correct = [], []  # per depth: [N] predictor scores, [N] whether its token is right
+    # per window, per depth: [N] predictor scores, [N] whether its token is right
+    per_window_scores: list[torch.Tensor] = []
+    per_window_correct: list[torch.Tensor] = []
     for _ in range(windows):
         x, _ = _window_batch(data, settings, gen)
         batch = _packed(target, x, extra_layers=1)
@@ -374,9 +376,9 @@ def _calibrate_threshold(target: LlamaForCausalLM, adapter: KangarooAdapter, pre
             features, previous = candidate_features(logits, previous)
             window_scores.append(predictors[depth](features))
             window_correct.append(candidates.gather(1, logits.argmax(-1, keepdim=True)).squeeze(1) == final)
-        scores.append(torch.stack(window_scores))
-        correct.append(torch.stack(window_correct))
-    scores, correct = torch.cat(scores, 1), torch.cat(correct, 1)  # [depths, N]
+        per_window_scores.append(torch.stack(window_scores))
+        per_window_correct.append(torch.stack(window_correct))
+    scores, correct = torch.cat(per_window_scores, 1), torch.cat(per_window_correct, 1)  # [depths, N]
     for threshold in settings.specee_thresholds:
         fired = scores > threshold
         exits = fired.any(0)
@@ -401,7 +403,7 @@ def held_out_losses(out_dir: Path, settings: TrainSettings) -> dict[str, float]:
     layers = target.config.num_hidden_layers
     exits = EarlyExits.read(out_dir / "target").exits if (out_dir / "target" / "early_exit.json").is_file() else ()
     depths = sorted({*exits, layers})
-    out = {}
+    out: dict[str, float] = {}
     for start in range(0, len(x), 16):
         chunk_x, chunk_y = x[start : start + 16], y[start : start + 16].reshape(-1)
         named = {f"target_layer_{d}": logits for d, logits in zip(depths, exit_logits(target, chunk_x, depths))}

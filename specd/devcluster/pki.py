@@ -68,7 +68,7 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key) -> x509.Certific
 
 
 def _issue(directory: Path, stem: str, subject: x509.Name, ca_key, ca_cert: x509.Certificate,
-           usage: ExtendedKeyUsageOID, san: x509.SubjectAlternativeName | None = None) -> KeyPair:
+           usage: x509.ObjectIdentifier, san: x509.SubjectAlternativeName | None = None) -> KeyPair:
     key = _new_key()
     builder = (_builder(subject, ca_cert.subject, key.public_key())
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

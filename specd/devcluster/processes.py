@@ -48,7 +48,7 @@ def _start_ticks(pid: int) -> int | None:
 def is_alive(record: ProcessRecord) -> bool:
     """True while the recorded process exists, is the same process, and is not a zombie."""
     fields = _stat_fields(record.pid)
-    return bool(fields) and fields[0] != "Z" and int(fields[19]) == record.start_ticks
+    return fields is not None and fields[0] != "Z" and int(fields[19]) == record.start_ticks
 
 
 def _die_with_parent() -> None:

@@ -306,7 +306,7 @@ def cleanup_host(state: NodeState) -> None:
 def _kill_strays(directory: Path) -> None:
     """What outlives a containerd killed without teardown: the processes of the pods' cgroups
     and the runc shims started for this node's containerd."""
-    pids = set()
+    pids: set[int] = set()
     for procs in Path("/sys/fs/cgroup").glob("*/kubepods/**/cgroup.procs"):
         pids.update(int(p) for p in procs.read_text().split())
     for proc in Path("/proc").iterdir():

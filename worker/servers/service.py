@@ -47,6 +47,7 @@ class _Base:
         except SpecdError as exc:
             code = next(code for kind, code in _STATUS if isinstance(exc, kind))
             await context.abort(code, str(exc))
+            raise  # not reached: abort raises
 
     async def Info(self, request, context):
         return self.core.info()
@@ -125,6 +126,4 @@ async def serve_worker(core: WorkerCore, host: str, port: int, grace_s: float = 
     finally:
         if metrics:
             metrics.stop()
-        close = getattr(core.runner, "close", None)
-        if close:
-            close()
+        core.runner.close()
