@@ -140,6 +140,8 @@ async def drive(address: str, items: list[Item], rate: float) -> list[Outcome]:
                     first = first or loop.time()
                     chunks.append((loop.time() - start, len(chunk.tokens)))
                 final = chunk
+            if final is None or final.usage is None:
+                raise RuntimeError("the router's stream ended without its usage")
             u = final.usage
             return Outcome(sent - start, loop.time() - start, (first or loop.time()) - sent,
                            sum(n for _, n in chunks), u.draft_tokens_proposed, u.draft_tokens_accepted,
@@ -303,9 +305,9 @@ def goals(results: list[dict], capacity: dict[str, float], s: Settings) -> dict:
 
     out: dict = {"laps_sd_vs_fcfs": []}
     for spec in s.compare_speculations:
-        pairs = [(f, find("laps-sd", spec, f["rate"])) for f in results
+        found = [(f, find("laps-sd", spec, f["rate"])) for f in results
                  if (f["policy"], f["speculation"]) == ("fcfs", spec)]
-        pairs = sorted(((f, laps) for f, laps in pairs if laps), key=lambda pair: pair[0]["rate"])
+        pairs = sorted(((f, laps) for f, laps in found if laps is not None), key=lambda pair: pair[0]["rate"])
         if not pairs:
             continue
         stable = [(f, laps) for f, laps in pairs if is_stable(f, capacity)]

@@ -19,7 +19,6 @@ driving process (rank 0) replicates each state-changing call to the others throu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +75,6 @@ class ModelRunner:
         budget_tokens = int(kv_budget_mib * 2**20 // bytes_per_token)
         self.kv = KVPool(kv_layers, budget_tokens, bytes_per_token, full_depth=cfg.num_hidden_layers)
         self.max_context = cfg.max_position_embeddings
-        self.replicate: Callable[[tuple], None] = lambda op: None
         self.forward_tokens = 0  # tokens in the last forward pass
 
     @classmethod
@@ -107,8 +105,12 @@ class ModelRunner:
         self.replicate(("release", request_id))
         return self.kv.release(request_id)
 
+    def replicate(self, op: tuple) -> None:
+        """Send a state-changing call to the tensor-parallel followers: none here
+        (`tensor_parallel.TensorParallelRunner` has them)."""
+
     def close(self) -> None:
-        """Stop tensor-parallel followers, if any (replaced by `tensor_parallel.load_runner`)."""
+        """Release what the runner holds beyond memory: nothing here (see TensorParallelRunner)."""
 
     # -- queries -----------------------------------------------------------------------------------
 

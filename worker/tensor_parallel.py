@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -59,24 +60,31 @@ def load_runner(model_dir: str | Path, tensor_parallel_size: int = 1,
     ]
     for process in followers:
         process.start()
-    runner = _build(str(model_dir), 0, tensor_parallel_size, address, kv_budget_mib, with_adapter, placement)
-
-    def replicate(op: tuple) -> None:
-        torch.distributed.broadcast_object_list([op], src=0)
-
-    def close() -> None:
-        replicate(_CLOSE)
-        for process in followers:
-            process.join(timeout=30)
-        torch.distributed.destroy_process_group()
-
-    runner.replicate = replicate
-    runner.close = close
+    runner = _build(str(model_dir), 0, tensor_parallel_size, address, kv_budget_mib, with_adapter, placement,
+                    runner_class=TensorParallelRunner)
+    assert isinstance(runner, TensorParallelRunner)
+    runner.followers = followers
     return runner
 
 
+class TensorParallelRunner(ModelRunner):
+    """Rank 0 of a tensor-parallel group: every state-changing call is broadcast to the followers
+    (which apply it with `ModelRunner.apply`) before it runs here."""
+
+    followers: list[Any]  # the followers' processes
+
+    def replicate(self, op: tuple) -> None:
+        torch.distributed.broadcast_object_list([op], src=0)
+
+    def close(self) -> None:
+        self.replicate(_CLOSE)
+        for process in self.followers:
+            process.join(timeout=30)
+        torch.distributed.destroy_process_group()
+
+
 def _build(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_budget_mib: float,
-           with_adapter: bool, placement: Placement) -> ModelRunner:
+           with_adapter: bool, placement: Placement, runner_class: type[ModelRunner] = ModelRunner) -> ModelRunner:
     on_gpu = placement.device.type == "cuda"
     os.environ["DS_ACCELERATOR"] = "cuda" if on_gpu else "cpu"
     os.environ.update(MASTER_ADDR=address[0], MASTER_PORT=str(address[1]), RANK=str(rank),
@@ -100,7 +108,7 @@ def _build(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_b
     device = next(engine.module.parameters()).device
     adapter = load_adapter(model_dir, model.config, placement.dtype, device) if with_adapter else None
     # the budget is per process: each rank holds 1/world of the KV heads
-    return ModelRunner(engine.module, kv_budget_mib / world, adapter)
+    return runner_class(engine.module, kv_budget_mib / world, adapter)
 
 
 def _follow(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_budget_mib: float,
@@ -110,9 +118,10 @@ def _follow(model_dir: str, rank: int, world: int, address: tuple[str, int], kv_
     while True:
         box: list[tuple | None] = [None]
         torch.distributed.broadcast_object_list(box, src=0)
-        if box[0] == _CLOSE:
+        op = box[0]
+        if op is None or op == _CLOSE:
             break
-        runner.apply(box[0])
+        runner.apply(op)
     torch.distributed.destroy_process_group()
 
 
