@@ -8,7 +8,9 @@ clock and in how an iteration's calls reach the workers.
 
 from __future__ import annotations
 
+import itertools
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,21 +61,47 @@ class TokenRate:
 
 
 class LengthPredictor:
-    """Predicted output length = max_new_tokens * (running mean of generated / max_new_tokens)."""
+    """Output lengths from running statistics: the lengths of the last `window` finished requests
+    with the same max_new_tokens (a proxy for the kind of request), as fractions of it.
 
-    def __init__(self) -> None:
+    A request that has generated g tokens is predicted the mean of the observed lengths longer
+    than g (the expected length given that it is still running). Output lengths are heavy-tailed,
+    so this grows with g: a request that has run long is likely to run long yet, which is what
+    LAPS-SD's remaining-time estimate needs. Before any observation longer than g it falls back
+    to the running mean ratio of generated / max_new_tokens.
+    """
+
+    def __init__(self, window: int = 1000) -> None:
+        self.window = window
         self.ratio = 1.0
         self.count = 0
-        self.abs_error = 0.0  # sum of |predicted - actual| / actual
+        self.abs_error = 0.0  # sum of |predicted at admission - actual| / actual
+        self._recent: dict[int, deque[int]] = {}  # max_new_tokens -> recent lengths
+        self._sorted: dict[int, tuple[list[int], list[int]]] = {}  # max_new_tokens -> (sorted, suffix sums)
 
-    def predict(self, max_new_tokens: int) -> float:
-        return max(1.0, self.ratio * max_new_tokens)
+    def predict(self, max_new_tokens: int, generated: int = 0) -> float:
+        lengths, suffix = self._table(max_new_tokens)
+        i = bisect_right(lengths, generated)
+        if i < len(lengths):
+            return suffix[i] / (len(lengths) - i)
+        return max(1.0, generated + 1.0, self.ratio * max_new_tokens)
 
     def observe(self, r: Request) -> None:
         actual = max(r.generated, 1)
         self.count += 1
-        self.abs_error += abs(r.predicted_length - actual) / actual
+        self.abs_error += abs(self.predict(r.max_new_tokens) - actual) / actual
         self.ratio += (actual / r.max_new_tokens - self.ratio) / min(self.count, 50)
+        recent = self._recent.setdefault(r.max_new_tokens, deque(maxlen=self.window))
+        recent.append(actual)
+        self._sorted.pop(r.max_new_tokens, None)
+
+    def _table(self, max_new_tokens: int) -> tuple[list[int], list[int]]:
+        table = self._sorted.get(max_new_tokens)
+        if table is None:
+            lengths = sorted(self._recent.get(max_new_tokens, ()))
+            suffix = list(itertools.accumulate(reversed(lengths)))[::-1]  # suffix[i] = sum(lengths[i:])
+            table = self._sorted[max_new_tokens] = (lengths, suffix)
+        return table
 
     @property
     def mean_relative_error(self) -> float:
@@ -171,6 +199,7 @@ class Decisions:
         for r in batch:
             r.in_flight = False
             if r.target is not None and r.id in self.requests and not r.done:
+                r.predicted_length = self.lengths.predict(r.max_new_tokens, r.generated)
                 self._queue(r.target).add(r)
 
     def choose(self, batch: list[Request], drafting: list[bool], overlapped: bool) -> list[int]:

@@ -49,7 +49,7 @@ class Request:
     sampling: common_pb2.SamplingParams
     max_k: int  # this request's cap on speculation (0: never speculate)
     stop_token: int | None  # end-of-text token, None when ignored
-    predicted_length: float  # output tokens, from the length predictor at admission
+    predicted_length: float  # output tokens, from the length predictor (at admission, then after each iteration)
     arrival: float = field(default_factory=time.monotonic)
     committed: list[int] = field(default_factory=list)
     target: str | None = None  # pinned replicas (their KV caches hold this request)

@@ -77,8 +77,8 @@ class Truth:
     """What the router cannot see: the request's true length and acceptance."""
 
     arrival: Arrival
-    executed_s: float = 0.0  # iteration seconds after its execution time was estimated
-    estimate: tuple[float, float] | None = None  # (estimate, estimate with its true length)
+    executed: int = 0  # iterations run after LAPS-SD estimated its remaining execution
+    estimate: tuple[float, float] | None = None  # (remaining iterations estimated, the same with its true length)
 
 
 class Simulation:
@@ -100,7 +100,7 @@ class Simulation:
         self.replicas = {r.address: r for r in self.targets + self.drafts}
         self.truth: dict[str, Truth] = {}
         self.finished: list[Finished] = []
-        self.estimates: list[tuple[float, float, float]] = []  # (LAPS-SD's estimate, with the true length, actual)
+        self.estimates: list[tuple[float, float, int]] = []  # LAPS-SD's (estimate, with the true length, actual)
         self.rejected = 0
         self.decisions = 0  # batches picked
         self.streamed = 0  # tokens committed so far
@@ -173,11 +173,11 @@ class Simulation:
                 r.sent[target.address] = len(r.committed)
             tokens = sum(len(r.committed) for r in fresh)
             done = target.call(self.now, self.profile.target(tokens, 0), self.profile.rpc_s)
-            self.at(done, self._draft, lane, batch, self.now)
+            self.at(done, self._draft, lane, batch)
         else:
-            self._draft(lane, batch, self.now)
+            self._draft(lane, batch)
 
-    def _draft(self, lane: Lane, batch: list[Request], started: float) -> None:
+    def _draft(self, lane: Lane, batch: list[Request]) -> None:
         d, router = self.routers[lane.router], lane.router
         for r in batch:  # pin a draft replica to requests that may draft (as Scheduler._place_drafts)
             if r.max_k and self.config.speculation != "none" and r.draft is None and self.sees_drafts[router]:
@@ -204,19 +204,18 @@ class Simulation:
                 r.sent[address] = len(r.committed) + k
             observations.append((sum(fed) / passes, passes, compute, done - self.now))
             drafted_at = max(drafted_at, done)
-        self.at(drafted_at, self._verify, lane, batch, ks, observations, started)
+        self.at(drafted_at, self._verify, lane, batch, ks, observations)
 
-    def _verify(self, lane: Lane, batch: list[Request], ks: list[int], observations: list, started: float) -> None:
+    def _verify(self, lane: Lane, batch: list[Request], ks: list[int], observations: list) -> None:
         d = self.routers[lane.router]
         for tokens_per_pass, passes, compute, round_trip in observations:
             d.costs.observe_draft(tokens_per_pass, passes, compute, round_trip)
         tokens = sum(k + 1 for k in ks)
         compute = self.profile.target(tokens, sum(len(r.committed) for r in batch))
         done = lane.target.call(self.now, compute, self.profile.rpc_s)
-        self.at(done, self._commit, lane, batch, ks, (tokens, compute, done - self.now), started)
+        self.at(done, self._commit, lane, batch, ks, (tokens, compute, done - self.now))
 
-    def _commit(self, lane: Lane, batch: list[Request], ks: list[int], cost: tuple[int, float, float],
-                started: float) -> None:
+    def _commit(self, lane: Lane, batch: list[Request], ks: list[int], cost: tuple[int, float, float]) -> None:
         d, target = self.routers[lane.router], lane.target
         d.costs.observe_target(*cost)
         for r, k in zip(batch, ks):
@@ -229,15 +228,18 @@ class Simulation:
             if end < len(tokens):
                 tokens[end] = STOP
             if truth.estimate is not None:
-                truth.executed_s += self.now - started
+                truth.executed += 1
             committed = d.commit(r, k, accepted, tokens, self.now)
             self.streamed += len(committed.tokens)
             if committed.finish_reason:
                 self._finish(lane.router, r, truth)
             elif truth.estimate is None and isinstance(d.policy, LAPSSD) and d.policy.perceptible(r):
-                estimate = d.policy.remaining_time(r)
+                # LAPS-SD's T = iterations left (its static key: L_rem / (k*A + 1)) * seconds per iteration;
+                # the iterations are what it estimates per request (the seconds are common to the batch)
+                iterations = d.policy.static_key(r)
                 predicted = max(r.predicted_length - r.generated, 1.0)
-                truth.estimate = (estimate, estimate / predicted * max(truth.arrival.output_tokens - r.generated, 1))
+                true_length = iterations / predicted * max(truth.arrival.output_tokens - r.generated, 1)
+                truth.estimate = (iterations, true_length)
         d.end(batch)
         lane.busy = False
         self.in_iteration[(lane.router, target.address)] -= 1
@@ -254,8 +256,8 @@ class Simulation:
         assert r.first_token is not None and r.finished_at is not None
         self.finished.append(Finished(truth.arrival.kind, r.arrival, r.first_token, r.finished_at, r.generated,
                                       r.proposed, r.accepted, r.iterations))
-        if truth.estimate is not None and truth.executed_s > 0:
-            self.estimates.append((*truth.estimate, truth.executed_s))
+        if truth.estimate is not None and truth.executed > 0:
+            self.estimates.append((*truth.estimate, truth.executed))
         del self.truth[r.id]
 
 

@@ -1,0 +1,169 @@
+"""`specd bench simulate`: the reproductions as one report (JSON keys named by issue 12)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from specd.router.config import RouterConfig
+from specd.sim import experiments
+from specd.sim.experiments import Setup, by_rate
+from specd.sim.profiles import load_profile
+from specd.sim.workloads import MIXES, Workload
+
+FIXED_KS = range(1, 9)
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str = "h100-70b-tp8"
+    workload: str = "paper"
+    requests: int = 1000
+    max_batch_size: int = 8
+    targets: int = 1
+    drafts: int = 1
+    loads: list[float] = field(default_factory=lambda: [0.7, 0.9, 0.95])  # of fcfs capacity
+    policies: list[str] = field(default_factory=lambda: ["fcfs", "las", "sjf", "laps-sd"])
+    # speculation sweep: rates as fractions of the capacity without speculation
+    speculation_loads: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8, 0.95])
+    speculations: list[str] = field(default_factory=lambda: ["none", *(f"fixed:{k}" for k in FIXED_KS), "goodput"])
+    decision_queued: list[int] = field(default_factory=lambda: [1000, 10000])
+    routers: list[int] = field(default_factory=list)  # router scale-out: router counts over `router_targets`
+    router_targets: int = 8
+    scale_targets: int = 0  # scale run: target replicas (0: skipped)
+    scale_rate: float = 10_000.0
+    scale_seconds: float = 5.0
+    seed: int = 0
+    jobs: int | None = None
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 4) if b else float("nan")
+
+
+def run(settings: Settings, progress=print) -> dict[str, Any]:
+    started = time.time()
+    profile = load_profile(settings.profile)
+    workload = Workload(MIXES[settings.workload], settings.requests, settings.seed)
+    config = RouterConfig(policy="fcfs", speculation="goodput", max_batch_size=settings.max_batch_size,
+                          max_queued_requests=10**6)
+    setup = Setup(config, profile, settings.targets, settings.drafts, seed=settings.seed)
+    report: dict[str, Any] = {"profile": profile.name, "profile_source": profile.source, "workload": settings.workload,
+                              "requests": settings.requests, "max_batch_size": settings.max_batch_size,
+                              "targets": settings.targets, "drafts": settings.drafts}
+
+    progress("policies across loads ...")
+    capacity, policy_rows = experiments.policies_vs_load(setup, workload, settings.loads, settings.policies,
+                                                         settings.jobs)
+    report["capacity_rps"] = round(capacity, 4)
+    table = by_rate(policy_rows, "policy")
+    stable = [load for load, row in table.items() if "fcfs" in row and row["fcfs"]["unfinished"] == 0 and load < 1]
+    if stable and "laps-sd" in table[max(stable)]:
+        top = table[max(stable)]
+        report["highest_stable_load"] = max(stable)
+        report["laps_sd_vs_fcfs"] = _ratio(top["laps-sd"]["mean_latency_s"], top["fcfs"]["mean_latency_s"])
+        baselines = [top[p]["mean_latency_s"] for p in experiments.BASELINES if p in top]
+        report["laps_sd_vs_best_baseline"] = _ratio(top["laps-sd"]["mean_latency_s"], min(baselines))
+    laps = [row for row in policy_rows if row["policy"] == "laps-sd" and row["estimate_error"] is not None]
+    report["estimate_error"] = round(statistics.fmean(r["estimate_error"] for r in laps), 4) if laps else None
+    report["estimate_error_true_length"] = (round(statistics.fmean(r["estimate_error_true_length"] for r in laps), 4)
+                                            if laps else None)
+
+    progress("speculation modes across rates ...")
+    off_capacity, speculation_rows = experiments.speculation_vs_rate(
+        setup, workload, settings.speculation_loads, settings.speculations, settings.jobs)
+    report["capacity_without_speculation_rps"] = round(off_capacity, 4)
+    goodput_vs_fixed, goodput_vs_off = [], []
+    for load, row in by_rate(speculation_rows, "speculation").items():
+        fixed = [r["mean_latency_s"] for name, r in row.items() if name.startswith("fixed")]
+        if "goodput" in row and fixed:
+            goodput_vs_fixed.append(_ratio(row["goodput"]["mean_latency_s"], min(fixed)))
+        if "goodput" in row and "none" in row:
+            goodput_vs_off.append(_ratio(row["goodput"]["mean_latency_s"], row["none"]["mean_latency_s"]))
+    report["goodput_vs_best_fixed_max"] = max(goodput_vs_fixed, default=None)
+    report["goodput_vs_off_max"] = max(goodput_vs_off, default=None)
+    report["goodput_vs_off_min"] = min(goodput_vs_off, default=None)
+    report["validation_max_error"] = None  # set by --validate (a calibrated profile against bench serve)
+
+    progress("decision time ...")
+    decision_config = replace(config, policy="laps-sd")
+    decisions = [experiments.decision_time(decision_config, n) for n in settings.decision_queued]
+    decisions += [experiments.decision_time(replace(decision_config, max_batch_size=32), n)
+                  for n in settings.decision_queued]
+    for decision in decisions:
+        if decision["batch"] == settings.max_batch_size:
+            queued = int(decision["queued"])
+            key = f"decision_us_{queued // 1000}k" if queued % 1000 == 0 else f"decision_us_{queued}"
+            report[key] = decision["decision_us"]
+    report["rows"] = {"policies": policy_rows, "speculation": speculation_rows, "decisions": decisions}
+
+    if settings.routers:
+        progress("router scale-out ...")
+        report["rows"]["routers"] = router_scale_out(setup, workload, settings)
+    if settings.scale_targets:
+        progress("scale ...")
+        report["scale"] = scale_run(setup, settings)
+    report["seconds"] = round(time.time() - started, 1)
+    return report
+
+
+def router_scale_out(setup: Setup, workload: Workload, settings: Settings) -> list[dict[str, Any]]:
+    """Independent routers over shared workers, against one router and against a partition of the
+    workers per router, at the top load: mean latency of each, laps-sd with goodput speculation."""
+    fleet = replace(setup, config=replace(setup.config, policy="laps-sd"), targets=settings.router_targets,
+                    drafts=settings.router_targets)
+    many = Workload(workload.mix, workload.requests * settings.router_targets, workload.seed)
+    rate = max(settings.loads) * experiments.capacity(fleet, many)
+    jobs = [(replace(fleet, routers=1), many, rate)]
+    for n in settings.routers:
+        if n > 1:
+            jobs += [(replace(fleet, routers=n), many, rate), (replace(fleet, routers=n, partition=True), many, rate)]
+    rows = experiments.run_all(jobs, settings.jobs)
+    single = rows[0]["mean_latency_s"]
+    for row in rows:
+        row["latency_vs_one_router"] = _ratio(row["mean_latency_s"], single)
+    return rows
+
+
+def scale_run(setup: Setup, settings: Settings) -> dict[str, Any]:
+    """A large fleet: `scale_targets` target and draft replicas, `scale_rate` requests/s of chat for
+    `scale_seconds`; reports the wall time the simulation took."""
+    chat = Workload(MIXES["chat"], int(settings.scale_rate * settings.scale_seconds), settings.seed)
+    fleet = replace(setup, config=replace(setup.config, policy="laps-sd", max_batch_size=32),
+                    targets=settings.scale_targets, drafts=settings.scale_targets)
+    row = fleet.run(chat, settings.scale_rate)
+    row["simulated_seconds_per_wall_second"] = round(settings.scale_seconds / row["wall_s"], 4)
+    return row
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"profile {report['profile']}, workload {report['workload']}, {report['requests']} requests per run, "
+             f"batch {report['max_batch_size']}, {report['targets']} target(s); fcfs capacity "
+             f"{report['capacity_rps']} requests/s", "",
+             "| load | policy | mean latency s | p99 s | mean TTFT s | mean k |", "|---|---|---|---|---|---|"]
+    for row in report["rows"]["policies"]:
+        lines.append(f"| {row['load']} | {row['policy']} | {row['mean_latency_s']:.3f} | {row['p99_latency_s']:.3f} | "
+                     f"{row['mean_ttft_s']:.3f} | {row['mean_k']:.2f} |")
+    lines += ["", "| load (of no-speculation capacity) | speculation | mean latency s | mean k | acceptance |",
+              "|---|---|---|---|---|"]
+    for row in report["rows"]["speculation"]:
+        lines.append(f"| {row['load']} | {row['speculation']} | {row['mean_latency_s']:.3f} | {row['mean_k']:.2f} | "
+                     f"{row['acceptance']:.3f} |")
+    lines += ["", "| queued | batch | pick us | choose us | requeue us | decision us |", "|---|---|---|---|---|---|"]
+    for row in report["rows"]["decisions"]:
+        lines.append(f"| {row['queued']} | {row['batch']} | {row['pick_us']} | {row['choose_us']} | "
+                     f"{row['requeue_us']} | {row['decision_us']} |")
+    if "routers" in report["rows"]:
+        lines += ["", "| routers | partition | mean latency s | vs one router |", "|---|---|---|---|"]
+        for row in report["rows"]["routers"]:
+            lines.append(f"| {row['routers']} | {row['partition']} | {row['mean_latency_s']:.3f} | "
+                         f"{row['latency_vs_one_router']} |")
+    keys = ["laps_sd_vs_fcfs", "laps_sd_vs_best_baseline", "highest_stable_load", "goodput_vs_best_fixed_max",
+            "goodput_vs_off_max", "estimate_error", "estimate_error_true_length", "decision_us_1k", "decision_us_10k"]
+    lines += [""] + [f"{key}: {report.get(key)}" for key in keys]
+    if report.get("scale"):
+        s = report["scale"]
+        lines.append(f"scale: {s['targets']} targets, {s['requests']} requests in {s['wall_s']:.0f} s of wall time")
+    return "\n".join(lines)
