@@ -65,7 +65,7 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
-class Discovery:
+class DiscoverySettings:
     namespace: str = ""
     target_service: str = ""
     draft_service: str = ""
@@ -86,7 +86,7 @@ class RouterConfig:
     max_queued_requests: int = MAX_QUEUED_REQUESTS.default
     pipeline_depth: int = PIPELINE_DEPTH.default
     queues: QueueSettings = field(default_factory=QueueSettings)
-    discovery: Discovery | None = None
+    discovery: DiscoverySettings | None = None
 
     def __post_init__(self) -> None:
         checked = contract.parse_router_config(self.to_dict())
@@ -147,10 +147,10 @@ def _from_file(f: contract.RouterConfigFile) -> RouterConfig:
         max_queued_requests=f.max_queued_requests, pipeline_depth=f.pipeline_depth,
         queues=QueueSettings(queues=q.queues, first_quantum=q.first_quantum, growth=q.quantum_growth,
                              stability_window=q.stability_window, stability_threshold=q.stability_threshold),
-        discovery=None if d is None else Discovery(namespace=d.namespace, target_service=d.target_service,
+        discovery=None if d is None else DiscoverySettings(namespace=d.namespace, target_service=d.target_service,
                                                    draft_service=d.draft_service, target_port=d.target_port,
                                                    draft_port=d.draft_port))
 
 
-__all__ = ["RouterConfig", "QueueSettings", "Discovery", "load_config", "config_from_dict", "POLICIES",
+__all__ = ["RouterConfig", "QueueSettings", "DiscoverySettings", "load_config", "config_from_dict", "POLICIES",
            "SPECULATION_MODES"]

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import grpc
 
+from specd.commit_rule import cut
 from specd.proto.v1 import serving_pb2
 from specd.router.config import RouterConfig
 from specd.router.policies import WaitQueue, make_policy
-from specd.router.request import Acceptance, Request
+from specd.router.request import AcceptanceEstimate, Request
 from specd.router.speculation import CostModel, SpeculationControl
 
 Clock = Callable[[], float]
@@ -146,7 +147,7 @@ class Decisions:
 
     def admit(self, r: Request, target: str) -> None:
         """Take an admitted request in, pinned to `target` (the caller chose the replica)."""
-        r.acceptance = Acceptance.seeded(self.speculation.acceptance.value)
+        r.acceptance = AcceptanceEstimate.seeded(self.speculation.acceptance.value)
         self.requests[r.id] = r
         self.move(r, target)
 
@@ -224,11 +225,8 @@ class Decisions:
         r.acceptance_history.append(r.acceptance.value)
         if r.done:  # cancelled or failed while in flight
             return Committed([], serving_pb2.FINISH_REASON_UNSPECIFIED)
-        tokens = tokens[: r.remaining]
-        reason = serving_pb2.FINISH_REASON_UNSPECIFIED
-        if r.stop_token is not None and r.stop_token in tokens:
-            tokens = tokens[: tokens.index(r.stop_token)]
-            reason = serving_pb2.FINISH_REASON_EOS
+        tokens, stopped = cut(tokens, r.remaining, r.stop_token)
+        reason = serving_pb2.FINISH_REASON_EOS if stopped else serving_pb2.FINISH_REASON_UNSPECIFIED
         r.committed.extend(tokens)
         if tokens:
             r.first_token = r.first_token or now

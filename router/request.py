@@ -13,7 +13,7 @@ ACCEPTANCE_DECAY = 0.85  # SmartSpec's EMA: estimate <- 0.85 * estimate + 0.15 *
 
 
 @dataclass
-class Acceptance:
+class AcceptanceEstimate:
     """Token-level acceptance estimate: EMAs of accepted drafts and of trials (accepted + rejections).
 
     An iteration that accepts n of k drafts observed n successes and, when n < k, one failure:
@@ -31,7 +31,7 @@ class Acceptance:
         return self.accepted / self.trials if self.trials > 0 else self.prior
 
     @classmethod
-    def seeded(cls, alpha: float) -> "Acceptance":
+    def seeded(cls, alpha: float) -> "AcceptanceEstimate":
         return cls(prior=alpha, accepted=alpha, trials=1.0)
 
     def observe(self, accepted: int, k: int, decay: float = ACCEPTANCE_DECAY) -> None:
@@ -60,7 +60,7 @@ class Request:
     proposed: int = 0
     accepted: int = 0
     last_k: int = 0
-    acceptance: Acceptance = field(default_factory=Acceptance)
+    acceptance: AcceptanceEstimate = field(default_factory=AcceptanceEstimate)
     acceptance_history: deque = field(default_factory=lambda: deque(maxlen=16))
     first_scheduled: float | None = None
     first_token: float | None = None
@@ -86,10 +86,6 @@ class Request:
     @property
     def done(self) -> bool:
         return self.finished_at is not None or self.cancelled
-
-    @property
-    def greedy(self) -> bool:
-        return self.sampling.temperature == 0
 
     def is_stable(self, window: int, threshold: float) -> bool:
         """The acceptance estimate moved less than `threshold` over the last `window` iterations."""

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from specd.commit_rule import draft_cap
 from specd.contract import speculation_mode
-from specd.router.request import Acceptance, Request
+from specd.router.request import AcceptanceEstimate, Request
 
 REFINE_SWEEPS = 3  # rounds of per-request +-1 moves (bounded: the choice runs every iteration)
 # when goodput says k = 0, every EXPLORE_EVERY-th such batch drafts one token anyway: otherwise the
@@ -139,7 +140,7 @@ class SpeculationControl:
         self.k = k
         self.max_k = max_k
         self.costs = costs
-        self.acceptance = Acceptance()  # global estimate (SmartSpec's reference starts at 0.7)
+        self.acceptance = AcceptanceEstimate()  # global estimate (SmartSpec's reference starts at 0.7)
         self.typical_k = k if mode == "fixed" else 0  # mean k of the last batch (LAPS-SD's n for new requests)
         self._idle_choices = 0  # goodput choices of k = 0 for a batch that could have drafted
 
@@ -148,7 +149,7 @@ class SpeculationControl:
 
         overlapped: another batch is in flight on the same target replica (see CostModel.iteration).
         """
-        caps = [max(0, min(r.max_k, r.remaining - 1)) if ok else 0 for r, ok in zip(batch, drafting)]
+        caps = [draft_cap(r.max_k, r.remaining) if ok else 0 for r, ok in zip(batch, drafting)]
         if self.mode == "none" or not any(caps):
             return [0] * len(batch)
         if self.mode == "fixed":

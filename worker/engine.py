@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from specd.commit_rule import cut, draft_cap
 from specd.contract import MAX_K
 from specd.errors import SpecdError
 from specd.worker.runner import ForwardItem, ModelRunner
@@ -154,16 +155,12 @@ class SpeculativeEngine:
         return outputs
 
     def _step_k(self, state: _Active) -> int:
-        # never draft past max_new_tokens: the bonus token makes k + 1
-        remaining = state.request.max_new_tokens - len(state.generated)
-        return max(0, min(state.request.k, remaining - 1))
+        return draft_cap(state.request.k, state.request.max_new_tokens - len(state.generated))
 
     def _commit(self, rid: str, state: _Active, tokens: list[int]) -> StepOutput:
-        room = state.request.max_new_tokens - len(state.generated)
-        tokens = tokens[:room]
-        if state.request.stop_at_eos and self.eos_token_id in tokens:
-            tokens = tokens[: tokens.index(self.eos_token_id)]
-            state.finished = True
+        tokens, stopped = cut(tokens, state.request.max_new_tokens - len(state.generated),
+                              self.eos_token_id if state.request.stop_at_eos else None)
+        state.finished = state.finished or stopped
         state.committed.extend(tokens)
         state.generated.extend(tokens)
         if len(state.generated) >= state.request.max_new_tokens:

@@ -44,9 +44,24 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
                    help="also simulate this many target (and draft) replicas at --scale-rate (e.g. 1000)")
     p.add_argument("--scale-rate", type=float, default=10_000.0, help="requests/s of the scale run")
     p.add_argument("--scale-seconds", type=float, default=5.0, help="seconds of arrivals in the scale run")
+    p.add_argument("--validate", metavar="SERVE_JSON",
+                   help="instead of the reproductions, replay this `specd bench serve --json` report on --profile (a "
+                        "file from `specd bench calibrate`): the simulator's error against each measured mean latency")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, help="processes for independent runs (default: the CPUs)")
     p.set_defaults(func=_simulate)
+
+    c = bench_subparsers.add_parser(
+        "calibrate", help="step-time profile of this machine's workers, for `specd bench simulate --profile`",
+        description="Start a target and a draft worker on loopback, drive Prefill/Propose/Verify at several batch "
+                    "sizes and speculation lengths, fit each role's pass time to base + per_token * tokens + "
+                    "per_context * context from the workers' own measured step costs, and record acceptance per "
+                    "kind of prompt. Prints the profile as JSON (or writes it to --output).")
+    c.add_argument("--output", help="write the profile here instead of stdout")
+    c.add_argument("--target-model", help="target model directory (default: the demo target)")
+    c.add_argument("--draft-model", help="draft model directory (default: the demo draft)")
+    c.add_argument("--iterations", type=int, default=6, help="iterations per (batch size, k) (default: 6)")
+    c.set_defaults(func=_calibrate)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -64,6 +79,29 @@ def _simulate(args: argparse.Namespace) -> int:
         decision_queued=[int(x) for x in _positive_floats("--decision-queued", args.decision_queued)],
         routers=[int(x) for x in args.routers.split(",") if x], scale_targets=args.scale_targets,
         scale_rate=args.scale_rate, scale_seconds=args.scale_seconds, seed=args.seed, jobs=args.jobs)
+    if args.validate:  # the validation alone: the reproductions are for the named profiles
+        from pathlib import Path
+
+        from specd.sim.validate import validate
+
+        checked = validate(Path(args.profile), Path(args.validate))
+        print(json.dumps(checked, indent=2) if args.json else report.format_validation(checked))
+        return 0
     result = report.run(settings, progress=lambda text: print(text, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=2) if args.json else report.format_report(result))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from specd.demo.paths import resolve_model_dirs
+    from specd.sim.calibrate import calibrate
+
+    target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
+    profile = json.dumps(calibrate(Path(target_dir), Path(draft_dir), iterations=args.iterations), indent=2)
+    if args.output:
+        Path(args.output).write_text(profile + "\n")
+    else:
+        print(profile)
     return 0

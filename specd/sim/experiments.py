@@ -14,7 +14,7 @@ from typing import Any
 from specd.proto.v1 import common_pb2
 from specd.router.config import RouterConfig
 from specd.router.decisions import Decisions
-from specd.router.request import Acceptance, Request
+from specd.router.request import AcceptanceEstimate, Request
 from specd.sim.engine import Simulation
 from specd.sim.profiles import Profile
 from specd.sim.workloads import Workload
@@ -113,7 +113,7 @@ def decision_time(config: RouterConfig, queued: int, repeats: int = 200, seed: i
         d.admit(r, "target-0")
         r.iterations = rng.randrange(0, 100)
         r.last_k = rng.randrange(0, config.max_k + 1)
-        r.acceptance = Acceptance.seeded(rng.random())
+        r.acceptance = AcceptanceEstimate.seeded(rng.random())
         for _ in range(rng.randrange(0, 12)):
             r.acceptance.observe(rng.randrange(0, 5), 4)
             r.acceptance_history.append(r.acceptance.value)

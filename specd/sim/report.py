@@ -167,3 +167,12 @@ def format_report(report: dict[str, Any]) -> str:
         s = report["scale"]
         lines.append(f"scale: {s['targets']} targets, {s['requests']} requests in {s['wall_s']:.0f} s of wall time")
     return "\n".join(lines)
+
+
+def format_validation(checked: dict[str, Any]) -> str:
+    lines = ["| policy | speculation | rate | real mean latency s | simulated s | error |", "|---|---|---|---|---|---|"]
+    for row in checked["rows"]:
+        lines.append(f"| {row['policy']} | {row['speculation']} | {row['rate']} | {row['real_mean_latency_s']} | "
+                     f"{row['simulated_mean_latency_s']} | {row['error']:.1%} |")
+    lines.append(f"validation_max_error: {checked['validation_max_error']}, mean {checked['validation_mean_error']}")
+    return "\n".join(lines)

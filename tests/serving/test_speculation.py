@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from specd.proto.v1 import common_pb2
-from specd.router.request import Acceptance, Request
+from specd.router.request import AcceptanceEstimate, Request
 from specd.router.speculation import CostModel, LinearFit, SpeculationControl, expected_tokens
 
 
 def request(remaining: int = 100, max_k: int = 8, alpha: float = 0.7) -> Request:
     return Request(id="r", prompt=[1], max_new_tokens=remaining, sampling=common_pb2.SamplingParams(), max_k=max_k,
-                   stop_token=None, predicted_length=remaining, acceptance=Acceptance.seeded(alpha))
+                   stop_token=None, predicted_length=remaining, acceptance=AcceptanceEstimate.seeded(alpha))
 
 
 def costs(draft_pass: float, target_base: float = 0.010, target_per_token: float = 0.0005) -> CostModel:
@@ -55,11 +55,11 @@ def test_request_acceptance_starts_from_the_global_prior_then_learns():
 
 
 def test_acceptance_estimate_is_the_truncated_geometric_mle():
-    a = Acceptance()
+    a = AcceptanceEstimate()
     for _ in range(50):
         a.observe(3, 4)  # 3 accepted then one rejection: alpha = 3/4
     assert a.value == pytest.approx(0.75)
-    b = Acceptance()
+    b = AcceptanceEstimate()
     for _ in range(50):
         b.observe(4, 4)  # all accepted: no failure observed
     assert b.value == pytest.approx(1.0)
