@@ -1,4 +1,9 @@
-"""Local mode: workers and a router as child processes on loopback (`specd up`, the benchmark, tests)."""
+"""Local mode: workers and routers as child processes on loopback.
+
+`LocalStack.launch` is the one launcher of a local stack (`specd up`, `specd demo`, `specd bench
+serve`): start the workers, wait until each serves, start the routers over them and wait again.
+Tests and `specd bench calibrate` use its parts (`start_worker`, `start_router`, `wait_serving`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +24,8 @@ from specd.errors import SpecdError
 from specd.ports import LOOPBACK, free_port
 
 HOST = LOOPBACK  # where free_port checks its ports
+WORKER_START_S = 300.0  # seconds a worker may take to serve (loading its model)
+ROUTER_START_S = 120.0
 
 
 def _specd(*args: str) -> list[str]:
@@ -36,6 +44,15 @@ class Process:
         return self.popen.poll() is None
 
 
+@dataclass(frozen=True)
+class RouterSettings:
+    """One router of a local stack."""
+    policy: str
+    speculation: str
+    max_batch_size: int
+    port: int = 0  # 0: any free port
+
+
 @dataclass
 class LocalStack:
     workers: list[Process] = field(default_factory=list)
@@ -43,6 +60,31 @@ class LocalStack:
 
     def addresses(self, role: str) -> list[str]:
         return [w.address for w in self.workers if w.name.startswith(role) and w.alive()]
+
+    def launch(self, target_model: str | Path, draft_model: str | Path, routers: Sequence[RouterSettings], *,
+               targets: int = 1, drafts: int = 1, threads: int = 1,
+               draft_method: str = contract.DEFAULT_DRAFT_METHOD, log_dir: Path | None = None,
+               on_worker_serving: Callable[[Process], None] | None = None) -> list[Process]:
+        """Start `targets` target and `drafts` draft workers (no draft workers when `draft_method`
+        drafts inside the target), wait until each serves (then call `on_worker_serving`), start one
+        router per `routers` entry over them and wait until each serves. Returns those routers, in
+        order. Logs go to `log_dir` (made if missing), else the workers' stderr is this process's."""
+        if log_dir:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        if draft_method not in contract.DRAFT_POOL_METHODS:
+            drafts = 0
+        for _ in range(targets):
+            self.start_worker("target", target_model, threads, log_dir, draft_method=draft_method)
+        for _ in range(drafts):
+            self.start_worker("draft", draft_model, threads, log_dir)
+        for worker in self.workers:
+            self.wait_serving(worker, WORKER_START_S)
+            if on_worker_serving:
+                on_worker_serving(worker)
+        started = [self.start_router(r.policy, r.speculation, r.max_batch_size, r.port, log_dir) for r in routers]
+        for router in started:
+            self.wait_serving(router, ROUTER_START_S)
+        return started
 
     def start_worker(self, role: str, model_dir: str | Path, threads: int = 1, log_dir: Path | None = None,
                      tensor_parallel_size: int = 1, draft_method: str = contract.DEFAULT_DRAFT_METHOD) -> Process:

@@ -2,7 +2,9 @@
 
 Each component registers its own sub-commands from a small `cli` module that imports nothing
 heavy at module level (torch, grpc and kubernetes are imported inside the handlers), so that
-`specd --help` stays fast.
+`specd --help` stays fast: `specd worker` and `specd generate` from worker/cli.py, `specd router`,
+`up` and `stats` from router/cli.py, `specd bench serve` and `bench decode` from specd/bench/cli.py,
+and so on. Flags that several commands take are declared once, in specd/flags.py.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ COMMAND_MODULES = [
     "specd.operator.cli",
     "specd.devcluster.cli",
     "specd.router.cli",
+    "specd.bench.cli",
     "specd.sim.cli",
 ]
 

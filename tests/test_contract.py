@@ -126,7 +126,7 @@ def test_command_lines_take_the_contracts_choices() -> None:
 def test_a_draft_worker_needs_the_model_method() -> None:
     import argparse
 
-    from specd.router.cli import _worker
+    from specd.worker.cli import _worker
 
     with pytest.raises(SpecdError, match="--draft-method none is for target workers"):
         _worker(argparse.Namespace(role="draft", draft_method="none", threads=1))

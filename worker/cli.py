@@ -1,22 +1,18 @@
-"""CLI of the local engine: `specd generate` and `specd bench decode`."""
+"""The worker's commands: `specd worker` (a gRPC draft or target worker) and `specd generate` (the
+engine in this process, or a running router with --address). The decode benchmark's command is in
+specd/bench/cli.py."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 # no torch-importing module at import time: the operator's image (no torch) builds this parser too
-from specd.contract import (
-    DEFAULT_DEVICE,
-    DEFAULT_DRAFT_METHOD,
-    DEFAULT_DTYPE,
-    DEVICE_KINDS,
-    DRAFT_METHODS,
-    DRAFTING_METHODS,
-    DTYPES,
-)
+from specd import contract
+from specd.contract import DEFAULT_DRAFT_METHOD, DRAFT_METHODS
+from specd.errors import SpecdError
+from specd.flags import add_metrics_port_flag, add_model_flags, add_placement_flags, add_threads_flag, log_to_stderr
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -39,62 +35,68 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
                      help="in-process only: model (the draft model), early-exit (Kangaroo), hierarchical "
                           "(HiSpec), ngram (prompt lookup), specee (APPROXIMATE early exits; use --k 0) or none "
                           f"(default: {DEFAULT_DRAFT_METHOD})")
-    _add_model_args(gen)
+    add_model_flags(gen, placement=True)
     gen.add_argument("--tensor-parallel-size", type=int, default=1,
                      help="shard the target over this many processes with DeepSpeed (default: 1)")
     gen.set_defaults(func=_generate)
 
-    bench = bench_subparsers.add_parser(
-        "decode",
-        help="speculative vs plain decoding on the local engine",
-        description="Greedy decoding of held-out prompts, plain and speculative alternately, at "
-                    "several batch sizes; prints speed-up, acceptance and the theoretical bound.",
-    )
-    bench.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
-    bench.add_argument("--k", type=int, default=4, help="speculation length (default: 4)")
-    bench.add_argument("--batch-sizes", default="1,4,8", help="comma-separated (default: 1,4,8)")
-    bench.add_argument("--prompts", type=int, default=8, help="held-out prompts (default: 8)")
-    bench.add_argument("--max-new-tokens", type=int, default=96, help="tokens per prompt (default: 96)")
-    bench.add_argument("--rounds", type=int, default=2, help="alternating plain/speculative rounds (default: 2)")
-    bench.add_argument("--methods", default=",".join(DRAFTING_METHODS),
-                       help=f"comma-separated drafting methods to run next to plain decoding "
-                            f"(default: {','.join(DRAFTING_METHODS)})")
-    bench.add_argument("--no-peers", action="store_true",
-                       help="skip the Hugging Face transformers peers (run by default when transformers is installed)")
-    bench.add_argument("--random-model", metavar="SHAPE",
-                       help="race on a randomly initialised Llama-shaped pair instead of the demo models: 1b "
-                            "(Llama 3.2 1B's shape) or small; the draft is the target's first two layers "
-                            "(speed figures only: random weights say nothing of acceptance)")
-    _add_model_args(bench)
-    bench.set_defaults(func=_bench_decode)
+    _register_worker(subparsers)
 
 
-def add_placement_args(parser: argparse.ArgumentParser) -> None:
-    """--device and --dtype (worker/device.py resolves them)."""
-    parser.add_argument("--device", default=DEFAULT_DEVICE,
-                        help=f"where the models run: {', '.join(DEVICE_KINDS)} or cuda:N (default: auto, a GPU "
-                             "when CUDA is available, else the CPU)")
-    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPES,
-                        help="weights and activations (default: auto, bfloat16 on a GPU, float32 on the CPU)")
+def _register_worker(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("worker", help="run a draft or target worker (gRPC)",
+                              description="Serve one model as a draft or target worker over gRPC "
+                                          "(specd.v1.DraftWorker / specd.v1.TargetWorker, with health and reflection).")
+    p.add_argument("--role", choices=("target", "draft"), required=True)
+    p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer.json)")
+    p.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="target only: processes the model is sharded over")
+    p.add_argument("--draft-method", choices=DRAFT_METHODS, default=DEFAULT_DRAFT_METHOD,
+                   help="how drafts are made: model (a separate draft worker proposes them); early-exit "
+                        "(Kangaroo), hierarchical (HiSpec) or ngram (prompt lookup), drafted inside the target "
+                        "worker; specee (SpecEE early exits inside the target: APPROXIMATE, greedy outputs may "
+                        "differ from the target's); none (plain decoding) "
+                        f"(default: {DEFAULT_DRAFT_METHOD})")
+    add_threads_flag(p)
+    p.add_argument("--kv-budget-mib", type=float, default=512, help="KV cache memory budget (default: 512)")
+    add_placement_flags(p)
+    add_metrics_port_flag(p)
+    p.add_argument("--grace", type=float, default=30, help="seconds to finish running calls after SIGTERM")
+    p.set_defaults(func=_worker)
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target-model", help="target model directory (default: the demo target)")
-    parser.add_argument("--draft-model", help="draft model directory (default: the demo draft)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    add_placement_args(parser)
+def _worker(args: argparse.Namespace) -> int:
+    if args.role == "draft" and args.draft_method not in contract.DRAFT_POOL_METHODS:
+        raise SpecdError(f"a draft worker makes drafts with a model: --draft-method {args.draft_method} "
+                         "is for target workers")
+    if args.threads < 1:
+        raise SpecdError("--threads must be at least 1")
+    import asyncio
+
+    import torch
+
+    from specd.worker.servers.service import load_core, serve_worker
+
+    torch.set_num_threads(args.threads)
+    log_to_stderr()
+    core = load_core(args.role, args.model, args.tensor_parallel_size, args.kv_budget_mib, args.draft_method,
+                     args.device, args.dtype)
+    asyncio.run(serve_worker(core, args.host, args.port, args.grace, args.metrics_port))
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
     sys.stdout.write(args.prompt)  # the continuation streams right after it
     if args.address:
-        from specd.router.cli import generate_remote
+        from specd.router.cli import stream_generation
 
-        return generate_remote(args)
+        return stream_generation(args.address, args.prompt, args.max_tokens, temperature=args.temperature,
+                                 top_p=args.top_p, top_k=args.top_k, seed=args.seed, k=args.k)
     import torch
 
     from specd.demo.paths import resolve_model_dirs
-    from specd.errors import SpecdError
     from specd.worker.device import resolve_placement
     from specd.worker.engine import GenerationRequest, SpeculativeEngine
     from specd.worker.methods import make_exit_decoder, make_proposer, needs_adapter
@@ -133,42 +135,4 @@ def _generate(args: argparse.Namespace) -> int:
               f"acceptance {stats.acceptance_rate:.2f}, {stats.steps} target steps]", file=sys.stderr)
     finally:
         target.close()
-    return 0
-
-
-def _bench_decode(args: argparse.Namespace) -> int:
-    import torch
-
-    from specd.demo.corpus import held_out_prompts, read_texts
-    from specd.demo.paths import resolve_model_dirs
-    from specd.errors import SpecdError
-    from specd.worker import bench_decode
-    from specd.worker.device import resolve_placement
-
-    torch.set_num_threads(args.threads)
-    placement = resolve_placement(args.device, args.dtype)
-    try:
-        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    except ValueError:
-        raise SpecdError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
-    methods = tuple(m for m in args.methods.split(",") if m)
-    unknown = [m for m in methods if m not in DRAFTING_METHODS]
-    if unknown:
-        raise SpecdError(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(DRAFTING_METHODS)})")
-    settings = bench_decode.DecodeBenchSettings(args.k, batch_sizes, args.prompts, args.max_new_tokens, args.rounds,
-                                                methods)
-    target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
-    if args.random_model:
-        from specd.demo.paths import cache_dir
-        from specd.worker.random_model import write_random_pair
-
-        tokenizer_json = (target_dir / "tokenizer.json").read_text()  # the demo's, for the prompts
-        target_dir, draft_dir = write_random_pair(cache_dir() / "random-models", args.random_model, tokenizer_json,
-                                                  placement.device, placement.dtype)
-    result = bench_decode.run(target_dir, draft_dir, held_out_prompts(args.prompts), settings,
-                              log=lambda msg: print(msg, file=sys.stderr), peers=not args.no_peers,
-                              held_out_texts=read_texts(held_out=True), placement=placement)
-    if args.random_model:
-        result["random_model"] = args.random_model
-    print(json.dumps(result, indent=None if args.json else 2))
     return 0

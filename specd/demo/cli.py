@@ -61,27 +61,23 @@ def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from specd.demo.paths import demo_model_dirs
-    from specd.router.cli import generate_remote
-    from specd.router.local import LocalStack
+    from specd.router.cli import stream_generation
+    from specd.router.local import LocalStack, RouterSettings
 
     target_dir, draft_dir = demo_model_dirs()
     log_dir = Path.home() / ".specd" / "demo-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    policy, speculation = contract.DEFAULT_POLICY, contract.DEFAULT_SPECULATION_MODE
+    print(f"starting the local stack: target worker, draft worker, router ({policy}, {speculation}); "
+          f"logs in {log_dir}", file=sys.stderr)
     stack = LocalStack()
     try:
-        policy, speculation = contract.DEFAULT_POLICY, contract.DEFAULT_SPECULATION_MODE
-        print(f"starting the local stack: target worker, draft worker, router ({policy}, {speculation}); "
-              f"logs in {log_dir}", file=sys.stderr)
-        workers = [stack.start_worker("target", target_dir, log_dir=log_dir),
-                   stack.start_worker("draft", draft_dir, log_dir=log_dir)]
-        for worker in workers:
-            stack.wait_serving(worker, 300)
-            print(f"  {worker.name} worker serving on {worker.address}", file=sys.stderr)
-        router = stack.start_router(policy, speculation, contract.MAX_BATCH_SIZE.default, log_dir=log_dir)
-        stack.wait_serving(router, 120)
+        (router,) = stack.launch(
+            target_dir, draft_dir, [RouterSettings(policy, speculation, contract.MAX_BATCH_SIZE.default)],
+            log_dir=log_dir,
+            on_worker_serving=lambda w: print(f"  {w.name} worker serving on {w.address}", file=sys.stderr))
         print(f"  router serving on {router.address}; streaming a generation:\n", file=sys.stderr)
-        args.address = router.address
         sys.stdout.write(args.prompt)
-        return generate_remote(args)
+        return stream_generation(router.address, args.prompt, args.max_tokens, temperature=args.temperature,
+                                 seed=args.seed)
     finally:
         stack.stop()

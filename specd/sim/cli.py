@@ -11,7 +11,7 @@ from specd.errors import SpecdError
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
-    from specd.router.cli import _bounded
+    from specd.flags import bounded as _bounded
     from specd.sim.profiles import NAMED
     from specd.sim.workloads import MIXES
 
@@ -65,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from specd.router.cli import _policies, _positive_floats, _speculations
+    from specd.flags import policies as _policies
+    from specd.flags import positive_floats as _positive_floats
+    from specd.flags import speculations as _speculations
     from specd.sim import report
 
     if args.requests < 10:

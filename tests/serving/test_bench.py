@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from specd.router.bench import (
+from specd.bench.serve import (
     Outcome,
     Settings,
     busy_seconds,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from specd.demo import corpus
 from specd.router.config import RouterConfig
-from specd.router.local import LocalStack
+from specd.router.local import LocalStack, RouterSettings
 
 # the speculation mode whose capacity sets the rates at which the speculation modes are compared
 REFERENCE_SPECULATION = "goodput"
@@ -381,22 +381,15 @@ def run(s: Settings, target_dir: Path, draft_dir: Path) -> dict:
     workloads = [workload(s, s.seed + rep) for rep in range(s.repeats)]
     mean_tokens = statistics.fmean(item.max_new_tokens for items in workloads for item in items)
     stack = LocalStack()
-    if s.log_dir:
-        s.log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        for _ in range(s.targets):
-            stack.start_worker("target", target_dir, log_dir=s.log_dir)
-        for _ in range(s.drafts):
-            stack.start_worker("draft", draft_dir, log_dir=s.log_dir)
-        for worker in stack.workers:
-            stack.wait_serving(worker, 300)
+        configs = router_configs(s)  # one router each, all over the same workers
+        launched = stack.launch(target_dir, draft_dir, [RouterSettings(*c, s.max_batch_size) for c in configs],
+                                targets=s.targets, drafts=s.drafts, log_dir=s.log_dir)
+        routers = dict(zip(configs, launched))
         overhead = grpc_overhead(stack.addresses("target")[0], Tokenizer(target_dir).encode(workloads[0][0].prompt))
         _progress(f"gRPC overhead: {overhead}")
-        routers = {config: stack.start_router(*config, s.max_batch_size, log_dir=s.log_dir)
-                   for config in router_configs(s)}
-        for config, router in routers.items():
-            stack.wait_serving(router, 120)
+        for router in launched:
             asyncio.run(drive(router.address, workloads[0][:2], rate=100.0))  # warm-up: first-call costs
 
         def measure_capacity(when: str) -> dict[str, float]:

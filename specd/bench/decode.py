@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
+from specd.bench import peers as bench_peers
 from specd.contract import DRAFTING_METHODS
-from specd.worker import bench_peers
 from specd.worker.device import CPU, Placement, synchronize
 from specd.worker.engine import GenerationRequest, RequestStats, SpeculativeEngine
 from specd.worker.methods import DEFAULT_K, make_exit_decoder, make_proposer, needs_adapter
