@@ -47,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     p.add_argument("--validate", metavar="SERVE_JSON",
                    help="instead of the reproductions, replay this `specd bench serve --json` report on --profile (a "
                         "file from `specd bench calibrate`): the simulator's error against each measured mean latency")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first workload seed (default: 0)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="workloads the policy comparison runs on (seed, seed+1, ...); its ratios are their median "
+                        "(default: 3)")
     p.add_argument("--jobs", type=int, help="processes for independent runs (default: the CPUs)")
     p.set_defaults(func=_simulate)
 
@@ -80,7 +83,8 @@ def _simulate(args: argparse.Namespace) -> int:
         speculations=_speculations("--speculations", args.speculations),
         decision_queued=[int(x) for x in _positive_floats("--decision-queued", args.decision_queued)],
         routers=[int(x) for x in args.routers.split(",") if x], scale_targets=args.scale_targets,
-        scale_rate=args.scale_rate, scale_seconds=args.scale_seconds, seed=args.seed, jobs=args.jobs)
+        scale_rate=args.scale_rate, scale_seconds=args.scale_seconds, seed=args.seed, seeds=args.seeds,
+        jobs=args.jobs)
     if args.validate:  # the validation alone: the reproductions are for the named profiles
         from pathlib import Path
 

@@ -114,7 +114,7 @@ def test_decision_time_is_reported_for_a_full_batch():
 def test_bench_simulate_prints_the_named_keys(capsys):
     code = cli.main(["bench", "simulate", "--json", "--requests", "120", "--loads", "0.9",
                      "--speculation-loads", "0.5", "--speculations", "none,fixed:2,goodput",
-                     "--decision-queued", "100", "--jobs", "1"])
+                     "--decision-queued", "100", "--seeds", "1", "--jobs", "1"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     for key in ("laps_sd_vs_fcfs", "goodput_vs_best_fixed_max", "goodput_vs_off_max", "validation_max_error",

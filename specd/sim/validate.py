@@ -1,0 +1,59 @@
+"""The simulator against the real stack: replay a `specd bench serve --json` report's runs (same
+workload items, seeds, rates and router settings) on a calibrated profile, and compare each
+configuration's mean latency with the measured one."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from specd.errors import SpecdError
+from specd.router.config import RouterConfig
+from specd.sim.engine import Simulation
+from specd.sim.profiles import Profile
+from specd.sim.workloads import Arrival
+
+
+def validate(profile_file: Path, serve_report_file: Path) -> dict[str, Any]:
+    from specd.bench import serve as bench
+    from specd.worker.tokenizer import Tokenizer
+
+    raw = json.loads(profile_file.read_text())
+    acceptance: dict[str, list[float]] = raw.get("acceptance") or {}
+    if not all(acceptance.get(kind) for kind in ("code", "prose")):
+        raise SpecdError(f"{profile_file}: no acceptance figures per kind (write it with `specd bench calibrate`)")
+    profile = Profile.from_dict(raw)
+    report = json.loads(serve_report_file.read_text())
+    known = {f.name for f in fields(bench.Settings)}
+    given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) and k.endswith("_tokens") else v
+                             for k, v in report["settings"].items() if k in known and k != "log_dir"}
+    settings = bench.Settings(**given)
+    tokenizer = Tokenizer(Path(report["models"]["target"]))
+    workloads = [bench.workload(settings, settings.seed + rep) for rep in range(settings.repeats)]
+    prompt_tokens = {item.prompt: len(tokenizer.encode(item.prompt)) for items in workloads for item in items}
+    rows = []
+    for real in report["results"]:
+        config = RouterConfig(policy=real["policy"], max_batch_size=settings.max_batch_size)
+        config = config.with_speculation(real["speculation"])
+        latencies: list[float] = []
+        for rep, items in enumerate(workloads):
+            rng = random.Random(settings.seed + rep)
+            t, arrivals = 0.0, []
+            for item in items:
+                t += item.gap / real["rate"]
+                arrivals.append(Arrival(t, item.kind, prompt_tokens[item.prompt], item.max_new_tokens,
+                                        item.max_new_tokens, rng.choice(acceptance[item.kind])))
+            sim = Simulation(config, profile, settings.targets, settings.drafts, seed=settings.seed + rep)
+            sim.run(arrivals)
+            latencies += [f.finished - f.arrival for f in sim.finished]
+        simulated = statistics.fmean(latencies)
+        rows.append({"policy": real["policy"], "speculation": real["speculation"], "rate": real["rate"],
+                     "load": real.get("load"), "real_mean_latency_s": real["mean_latency_s"],
+                     "simulated_mean_latency_s": round(simulated, 4),
+                     "error": round(abs(simulated - real["mean_latency_s"]) / real["mean_latency_s"], 4)})
+    return {"validation_max_error": max(row["error"] for row in rows),
+            "validation_mean_error": round(statistics.fmean(row["error"] for row in rows), 4), "rows": rows}
