@@ -11,7 +11,7 @@ from specd.errors import SpecdError
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
-    from specd.flags import bounded as _bounded
+    from specd.flags import add_model_flags, bounded
     from specd.sim.profiles import NAMED
     from specd.sim.workloads import MIXES
 
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
                         "(default: h100-70b-tp8)")
     p.add_argument("--workload", default="paper", choices=list(MIXES), help="request mix (default: paper)")
     p.add_argument("--requests", type=int, default=1000, help="requests per run (default: 1000)")
-    p.add_argument("--max-batch-size", type=_bounded("--max-batch-size", MAX_BATCH_SIZE), default=8,
+    p.add_argument("--max-batch-size", type=bounded("--max-batch-size", MAX_BATCH_SIZE), default=8,
                    help="router batch size (default: 8)")
     p.add_argument("--targets", type=int, default=1, help="target replicas (default: 1)")
     p.add_argument("--drafts", type=int, default=1, help="draft replicas (default: 1)")
@@ -61,27 +61,24 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
                     "per_context * context from the workers' own measured step costs, and record acceptance per "
                     "kind of prompt. Prints the profile as JSON (or writes it to --output).")
     c.add_argument("--output", help="write the profile here instead of stdout")
-    c.add_argument("--target-model", help="target model directory (default: the demo target)")
-    c.add_argument("--draft-model", help="draft model directory (default: the demo draft)")
+    add_model_flags(c, threads=False)
     c.add_argument("--iterations", type=int, default=6, help="iterations per (batch size, k) (default: 6)")
     c.set_defaults(func=_calibrate)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from specd.flags import policies as _policies
-    from specd.flags import positive_floats as _positive_floats
-    from specd.flags import speculations as _speculations
+    from specd.flags import policies, positive_floats, speculations
     from specd.sim import report
 
     if args.requests < 10:
         raise SpecdError(f"--requests must be at least 10, got {args.requests}")
     settings = report.Settings(
         profile=args.profile, workload=args.workload, requests=args.requests, max_batch_size=args.max_batch_size,
-        targets=args.targets, drafts=args.drafts, loads=_positive_floats("--loads", args.loads),
-        speculation_loads=_positive_floats("--speculation-loads", args.speculation_loads),
-        policies=_policies("--policies", args.policies),
-        speculations=_speculations("--speculations", args.speculations),
-        decision_queued=[int(x) for x in _positive_floats("--decision-queued", args.decision_queued)],
+        targets=args.targets, drafts=args.drafts, loads=positive_floats("--loads", args.loads),
+        speculation_loads=positive_floats("--speculation-loads", args.speculation_loads),
+        policies=policies("--policies", args.policies),
+        speculations=speculations("--speculations", args.speculations),
+        decision_queued=[int(x) for x in positive_floats("--decision-queued", args.decision_queued)],
         routers=[int(x) for x in args.routers.split(",") if x], scale_targets=args.scale_targets,
         scale_rate=args.scale_rate, scale_seconds=args.scale_seconds, seed=args.seed, seeds=args.seeds,
         jobs=args.jobs)
