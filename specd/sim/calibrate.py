@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from specd.commit_rule import draft_cap
 from specd.sim.profiles import PassCost, Profile
 
 
@@ -74,42 +75,51 @@ def calibrate(target_dir: Path, draft_dir: Path, batch_sizes: tuple[int, ...] = 
                 target_samples.append((sum(map(len, committed.values())), 0.0, prefill.cost.compute_seconds))
                 sent = {rid: len(committed[rid]) for rid in ids}
                 drafted = {rid: 0 for rid in ids}
-                for _ in range(iterations):
-                    context = sum(map(len, committed.values()))
+                # prompts as they are generate to the benchmark's lengths (acceptance changes as a generation
+                # goes on); repeated prompts run `iterations` steps
+                limit = {rid: item.max_new_tokens if length is None else 10**9 for rid, item in zip(ids, chosen)}
+                begin = dict(sent)
+                for step in itertools.count():
+                    left = {rid: limit[rid] - (len(committed[rid]) - begin[rid]) for rid in ids}
+                    active = [rid for rid in ids if left[rid] > 0]
+                    if not active or (length is not None and step >= iterations):
+                        break
+                    k_of = {rid: draft_cap(k, left[rid]) for rid in active}
+                    context = sum(len(committed[rid]) for rid in active)
                     proposals: dict[str, Any] = {}
-                    if k:
+                    drafting = [rid for rid in active if k_of[rid]]
+                    if drafting:
                         request = worker_pb2.ProposeRequest(items=[worker_pb2.ProposeItem(
                             delta=worker_pb2.CommittedDelta(request_id=rid, start=drafted[rid],
-                                                            tokens=committed[rid][drafted[rid]:]), k=k)
-                            for rid in ids])
+                                                            tokens=committed[rid][drafted[rid]:]), k=k_of[rid])
+                            for rid in drafting])
                         started = time.perf_counter()
                         reply = d_stub.Propose(request)
                         trip = time.perf_counter() - started
                         cost = reply.cost
-                        if drafted[ids[0]]:  # the first Propose also feeds the prompts: not a steady pass
+                        if step:  # the first Propose also feeds the prompts: not a steady pass
                             draft_samples.append((cost.tokens / cost.forward_passes, context,
                                                   cost.compute_seconds / cost.forward_passes))
                         overheads.append(trip - cost.compute_seconds)
-                        proposals = dict(zip(ids, reply.proposals))
-                        for rid in ids:
+                        proposals = dict(zip(drafting, reply.proposals))
+                        for rid in drafting:
                             drafted[rid] = len(committed[rid])  # the committed tokens it holds
                     verify = worker_pb2.VerifyRequest(items=[worker_pb2.VerifyItem(
                         delta=worker_pb2.CommittedDelta(request_id=rid, start=sent[rid],
                                                         tokens=committed[rid][sent[rid]:]),
-                        draft_tokens=proposals[rid].tokens if k else [],
-                        draft_probs=proposals[rid].probs if k else b"") for rid in ids])
+                        draft_tokens=proposals[rid].tokens if rid in proposals else [],
+                        draft_probs=proposals[rid].probs if rid in proposals else b"") for rid in active])
                     started = time.perf_counter()
                     reply = t_stub.Verify(verify)
                     trip = time.perf_counter() - started
                     target_samples.append((reply.cost.tokens, context, reply.cost.compute_seconds))
                     overheads.append(trip - reply.cost.compute_seconds)
-                    for rid in ids:
+                    for rid, verdict in zip(active, reply.verdicts):
                         sent[rid] = len(committed[rid])
-                    for rid, verdict in zip(ids, reply.verdicts):
                         committed[rid].extend(verdict.tokens)
-                        if k:
+                        if k_of[rid]:
                             trials[rid][0] += verdict.accepted
-                            trials[rid][1] += verdict.accepted + (verdict.accepted < k)
+                            trials[rid][1] += verdict.accepted + (verdict.accepted < k_of[rid])
                 release = worker_pb2.ReleaseRequest(request_ids=ids)
                 t_stub.Release(release)
                 d_stub.Release(release)

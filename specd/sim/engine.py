@@ -200,9 +200,8 @@ class Simulation:
             fed = [sum(1 for _, k in members if k > j) for j in range(passes)]
             compute = sum(self.profile.draft(n + (missed if j == 0 else 0), context) for j, n in enumerate(fed))
             done = draft.call(self.now, compute, self.profile.rpc_s)
-            for r, k in members:
-                r.sent[address] = len(r.committed) + k
-            observations.append((sum(fed) / passes, passes, compute, done - self.now))
+            # as a worker reports it: every token fed over the passes, the first pass's catch-up included
+            observations.append(((sum(fed) + missed) / passes, passes, compute, done - self.now))
             drafted_at = max(drafted_at, done)
         self.at(drafted_at, self._verify, lane, batch, ks, observations)
 
@@ -229,6 +228,8 @@ class Simulation:
                 tokens[end] = STOP
             if truth.estimate is not None:
                 truth.executed += 1
+            if k and r.draft is not None:  # the draft keeps its accepted drafts but the k-th (never fed to it)
+                r.sent[r.draft] = len(r.committed) + min(accepted, k - 1)
             committed = d.commit(r, k, accepted, tokens, self.now)
             self.streamed += len(committed.tokens)
             if committed.finish_reason:
