@@ -29,6 +29,7 @@ import torch
 
 from specd.bench import peers as bench_peers
 from specd.contract import DRAFTING_METHODS
+from specd.router.speculation import expected_tokens
 from specd.worker.device import CPU, Placement, synchronize
 from specd.worker.engine import GenerationRequest, RequestStats, SpeculativeEngine
 from specd.worker.methods import DEFAULT_K, make_exit_decoder, make_proposer, needs_adapter
@@ -49,8 +50,7 @@ class DecodeBenchSettings:
 
 def theoretical_speedup(alpha: float, c: float, k: int) -> float:
     """PAPERS.md §0: (1 - α^(k+1)) / ((1 - α)(c·k + 1))."""
-    tokens = k + 1 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
-    return tokens / (c * k + 1)
+    return expected_tokens(alpha, k) / (c * k + 1)
 
 
 def step_cost(runner: ModelRunner, context: list[int], repeats: int = 30) -> float:

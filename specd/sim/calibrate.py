@@ -51,7 +51,10 @@ def calibrate(target_dir: Path, draft_dir: Path, batch_sizes: tuple[int, ...] = 
     from specd.worker.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(target_dir)
-    items = bench.workload(bench.Settings(requests=2 * max(batch_sizes) * len(ks) * len(contexts)), seed)
+    drawn = bench.workload(bench.Settings(requests=2 * max(batch_sizes) * len(ks) * len(contexts)), seed)
+    # code and prose take turns, so that every kind's acceptance is measured however few runs there are
+    items = [item for pair in zip(*([i for i in drawn if i.kind == kind] for kind in ("code", "prose")))
+             for item in pair]
     target_samples: list[tuple[float, float, float]] = []
     draft_samples: list[tuple[float, float, float]] = []
     overheads: list[float] = []
