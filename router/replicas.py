@@ -56,6 +56,18 @@ def least_pinned(candidates: list[P]) -> P:
     return min(candidates, key=lambda r: (len(r.pinned), r.address))
 
 
+def drafts_for(target: str, targets: list[P], drafts: list[P]) -> list[P]:
+    """The draft replicas that serve `target`'s requests: the drafts are dealt out to the targets
+    (by address order), so that a target's batch drafts on as few draft replicas as possible and
+    an iteration waits on one Propose call instead of the slowest of several shared ones."""
+    ordered_targets = sorted(t.address for t in targets)
+    ordered_drafts = sorted(drafts, key=lambda d: d.address)
+    if not ordered_drafts or target not in ordered_targets:
+        return ordered_drafts
+    i, n = ordered_targets.index(target), len(ordered_targets)
+    return ordered_drafts[i::n] if len(ordered_drafts) >= n else [ordered_drafts[i % len(ordered_drafts)]]
+
+
 class ReplicaPool:
     """All replicas of both roles; `set_endpoints` follows discovery."""
 
@@ -68,8 +80,12 @@ class ReplicaPool:
     def live(self, role: str) -> list[Replica]:
         return [r for r in self.replicas.values() if r.role == role and r.live]
 
-    def place(self, role: str) -> Replica | None:
+    def place(self, role: str, target: str | None = None) -> Replica | None:
+        """A replica for a new request: the least pinned live one (for a draft, among those that
+        serve `target`)."""
         candidates = self.live(role)
+        if role == "draft" and target is not None:
+            candidates = drafts_for(target, self.live("target"), candidates)
         return least_pinned(candidates) if candidates else None
 
     def set_endpoints(self, endpoints: dict[str, list[str]]) -> list[Replica]:

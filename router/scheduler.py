@@ -290,13 +290,13 @@ class Scheduler:
             replica = self.pool.replicas.get(r.draft or "")
             if r.max_k and self.config.speculation != "none" and (replica is None or not replica.live):
                 self._unpin(r, "draft")
-                draft = self._compatible_draft()
+                draft = self._compatible_draft(r.target)
                 if draft is not None:
                     self._pin(r, "draft", draft)
 
-    def _compatible_draft(self) -> Replica | None:
+    def _compatible_draft(self, target: str | None) -> Replica | None:
         targets = [t.info.vocab_size for t in self.pool.live("target") if t.info]
-        draft = self.pool.place("draft")
+        draft = self.pool.place("draft", target)
         if draft is None or not targets or not draft.info or draft.info.vocab_size != targets[0]:
             return None
         return draft

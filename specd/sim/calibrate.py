@@ -100,9 +100,10 @@ def calibrate(target_dir: Path, draft_dir: Path, batch_sizes: tuple[int, ...] = 
                         reply = d_stub.Propose(request)
                         trip = time.perf_counter() - started
                         cost = reply.cost
-                        if step:  # the first Propose also feeds the prompts: not a steady pass
-                            draft_samples.append((cost.tokens / cost.forward_passes, context,
-                                                  cost.compute_seconds / cost.forward_passes))
+                        # the first Propose feeds the prompts too (cheap tokens: no logits but the last's);
+                        # the simulator charges a draft's catch-up the same way, so the fit spans both
+                        draft_samples.append((cost.tokens / cost.forward_passes, context,
+                                              cost.compute_seconds / cost.forward_passes))
                         overheads.append(trip - cost.compute_seconds)
                         proposals = dict(zip(drafting, reply.proposals))
                         for rid in drafting:

@@ -28,7 +28,7 @@ from specd.proto.v1 import common_pb2
 from specd.router.config import RouterConfig
 from specd.router.decisions import Decisions, RequestFailed
 from specd.router.policies import LAPSSD
-from specd.router.replicas import least_pinned
+from specd.router.replicas import drafts_for, least_pinned
 from specd.router.request import Request
 from specd.sim.profiles import Profile
 from specd.sim.workloads import Arrival
@@ -181,7 +181,8 @@ class Simulation:
         d, router = self.routers[lane.router], lane.router
         for r in batch:  # pin a draft replica to requests that may draft (as Scheduler._place_drafts)
             if r.max_k and self.config.speculation != "none" and r.draft is None and self.sees_drafts[router]:
-                draft = least_pinned(self.sees_drafts[router])
+                draft = least_pinned(drafts_for(lane.target.address, self.sees_targets[router],
+                                                self.sees_drafts[router]))
                 r.draft = draft.address
                 draft.pinned.add(r.id)
         ks = d.choose(batch, [r.draft is not None for r in batch],
