@@ -286,7 +286,7 @@ class Result:
         self.mean_ttft_s = statistics.fmean(f.first_token - f.arrival for f in done) if done else float("nan")
         self.tokens_per_s = tokens / span if span > 0 else 0.0
         self.mean_k = proposed / max(1, sum(f.iterations for f in done))
-        self.acceptance = sum(f.accepted for f in done) / proposed if proposed else 0.0
+        self.accepted_per_drafted = sum(f.accepted for f in done) / proposed if proposed else 0.0  # not α
         self.target_utilisation = sum(t.busy_s for t in sim.targets) / (len(sim.targets) * span) if span else 0.0
         self.draft_utilisation = (sum(d.busy_s for d in sim.drafts) / (len(sim.drafts) * span)
                                   if span and sim.drafts else 0.0)

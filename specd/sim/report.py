@@ -163,11 +163,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"| {row['seed']} | {row['load']} | {row['policy']} | {row['mean_latency_s']:.3f} | "
                      f"{row['p99_latency_s']:.3f} | "
                      f"{row['mean_ttft_s']:.3f} | {row['mean_k']:.2f} |")
-    lines += ["", "| load (of no-speculation capacity) | speculation | mean latency s | mean k | acceptance |",
+    lines += ["", "| load (of no-speculation capacity) | speculation | mean latency s | mean k | accepted / drafted |",
               "|---|---|---|---|---|"]
     for row in report["rows"]["speculation"]:
         lines.append(f"| {row['load']} | {row['speculation']} | {row['mean_latency_s']:.3f} | {row['mean_k']:.2f} | "
-                     f"{row['acceptance']:.3f} |")
+                     f"{row['accepted_per_drafted']:.3f} |")
     lines += ["", "| queued | batch | pick us | choose us | requeue us | decision us |", "|---|---|---|---|---|---|"]
     for row in report["rows"]["decisions"]:
         lines.append(f"| {row['queued']} | {row['batch']} | {row['pick_us']} | {row['choose_us']} | "
