@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from specd.proto.v1 import common_pb2, serving_pb2
@@ -18,8 +19,17 @@ class Usage:
     iterations: int
 
     @property
-    def acceptance_rate(self) -> float:
+    def accepted_fraction_of_proposed(self) -> float:
+        """Drafted tokens accepted / drafted tokens. Not the acceptance rate α (the probability that a
+        verified draft is accepted): drafts after a rejection count here as not accepted."""
         return self.draft_tokens_accepted / self.draft_tokens_proposed if self.draft_tokens_proposed else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Deprecated: the name said α, the figure is `accepted_fraction_of_proposed`."""
+        warnings.warn("Usage.acceptance_rate is accepted_fraction_of_proposed (not the acceptance rate α); "
+                      "use that name", DeprecationWarning, stacklevel=2)
+        return self.accepted_fraction_of_proposed
 
 
 @dataclass(frozen=True)

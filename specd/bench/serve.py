@@ -210,7 +210,8 @@ def summarize(policy: str, speculation: str, rate: float, runs: list[list[Outcom
         "tokens_per_s": round(tokens / makespan, 2),
         "goodput_tokens_per_s": round(tokens / busy, 2),
         "mean_k": round(proposed / iterations, 3) if iterations else 0.0,
-        "acceptance_rate": round(sum(o.accepted for o in outcomes) / proposed, 3) if proposed else 0.0,
+        # accepted / drafted tokens (not α, which counts only verified drafts: docs/metrics.md)
+        "accepted_fraction_of_proposed": round(sum(o.accepted for o in outcomes) / proposed, 3) if proposed else 0.0,
         "tokens_per_iteration": round(tokens / iterations, 3) if iterations else 0.0,
         "requests": len(outcomes),
         "generated_tokens": tokens,
@@ -371,7 +372,7 @@ def sweep(schedule: dict[float, list[Config]], workloads: list[list[Item]], addr
             _progress(f"rate {rate:g}/s {r['policy']:8s} {r['speculation']:9s} mean {r['mean_latency_s']:.3f}s "
                       f"(short {r['short_mean_latency_s']}s, long {r['long_mean_latency_s']}s) "
                       f"p99 {r['p99_latency_s']:.3f}s ttft {r['mean_ttft_s']:.3f}s mean_k {r['mean_k']:.2f} "
-                      f"acc {r['acceptance_rate']:.2f} {r['tokens_per_s']:.1f} tok/s")
+                      f"accepted/drafted {r['accepted_fraction_of_proposed']:.2f} {r['tokens_per_s']:.1f} tok/s")
     return results
 
 
