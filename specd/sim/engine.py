@@ -81,16 +81,29 @@ class Truth:
     estimate: tuple[float, float] | None = None  # (remaining iterations estimated, the same with its true length)
 
 
+@dataclass(frozen=True)
+class Setup:
+    """One simulated cluster: the routers' configuration, the workers' profile, the fleet."""
+
+    config: RouterConfig
+    profile: Profile
+    targets: int = 1
+    drafts: int = 1
+    routers: int = 1
+    partition: bool = False  # each router sees every routers-th replica (else all of them)
+    seed: int = 0  # of the acceptance draws
+
+
 class Simulation:
-    def __init__(self, config: RouterConfig, profile: Profile, targets: int = 1, drafts: int = 1,
-                 routers: int = 1, partition: bool = False, seed: int = 0) -> None:
+    def __init__(self, setup: Setup) -> None:
+        config, routers, partition = setup.config, setup.routers, setup.partition
         self.config = config
-        self.profile = profile
+        self.profile = setup.profile
         self.now = 0.0
-        self.rng = random.Random(seed)
+        self.rng = random.Random(setup.seed)
         self.routers = [Decisions(config, clock=lambda: self.now) for _ in range(routers)]
-        self.targets = [SimReplica("target", f"target-{i}") for i in range(targets)]
-        self.drafts = [SimReplica("draft", f"draft-{i}") for i in range(drafts)]
+        self.targets = [SimReplica("target", f"target-{i}") for i in range(setup.targets)]
+        self.drafts = [SimReplica("draft", f"draft-{i}") for i in range(setup.drafts)]
         # each router sees every replica, or (partition) every routers-th one
         self.sees_targets = [self.targets[i::routers] if partition else self.targets for i in range(routers)]
         self.sees_drafts = [self.drafts[i::routers] if partition else self.drafts for i in range(routers)]

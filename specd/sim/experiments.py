@@ -8,44 +8,30 @@ import statistics
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from specd.proto.v1 import common_pb2
 from specd.router.config import RouterConfig
 from specd.router.decisions import Decisions
 from specd.router.request import AcceptanceEstimate, Request
-from specd.sim.engine import Simulation
-from specd.sim.profiles import Profile
+from specd.sim.engine import Setup, Simulation
 from specd.sim.workloads import Workload
 
 BASELINES = ("fcfs", "las", "sjf")
 
 
-@dataclass(frozen=True)
-class Setup:
-    """One simulated cluster: the routers' configuration, the workers' profile, the fleet."""
-
-    config: RouterConfig
-    profile: Profile
-    targets: int = 1
-    drafts: int = 1
-    routers: int = 1
-    partition: bool = False
-    seed: int = 0
-
-    def run(self, workload: Workload, rate: float) -> dict[str, Any]:
-        sim = Simulation(self.config, self.profile, self.targets, self.drafts, self.routers, self.partition,
-                         self.seed)
-        row = sim.run(workload.arrivals(rate)).row()
-        row.update(policy=self.config.policy, speculation=self.config.speculation_label, rate=round(rate, 4),
-                   targets=self.targets, drafts=self.drafts, routers=self.routers, partition=self.partition)
-        return row
+def simulate(setup: Setup, workload: Workload, rate: float) -> dict[str, Any]:
+    """The figures of one run of `workload` at `rate` requests/s on `setup`, with the setup's own."""
+    row = Simulation(setup).run(workload.arrivals(rate)).row()
+    row.update(policy=setup.config.policy, speculation=setup.config.speculation_label, rate=round(rate, 4),
+               targets=setup.targets, drafts=setup.drafts, routers=setup.routers, partition=setup.partition)
+    return row
 
 
 def _run(job: tuple[Setup, Workload, float]) -> dict[str, Any]:
     setup, workload, rate = job
-    return setup.run(workload, rate)
+    return simulate(setup, workload, rate)
 
 
 def run_all(jobs: list[tuple[Setup, Workload, float]], workers: int | None = None) -> list[dict[str, Any]]:
@@ -62,7 +48,7 @@ def capacity(setup: Setup, workload: Workload) -> float:
     by the workload's mean output length."""
     burst = Workload(workload.mix, max(workload.requests // 2, 4 * setup.config.max_batch_size
                                        * setup.config.pipeline_depth * setup.targets), workload.seed + 1)
-    row = setup.run(burst, rate=1e9)
+    row = simulate(setup, burst, rate=1e9)
     tokens_per_s = row["full_batch_tokens_per_s"] or row["tokens_per_s"]
     return tokens_per_s / statistics.fmean(a.output_tokens for a in burst.arrivals(1.0))
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from specd.router.config import RouterConfig
 from specd.sim import experiments
-from specd.sim.experiments import Setup, by_rate
+from specd.sim.engine import Setup
+from specd.sim.experiments import by_rate
 from specd.sim.profiles import load_profile
 from specd.sim.workloads import MIXES, Workload
 
@@ -148,7 +149,7 @@ def scale_run(setup: Setup, settings: Settings) -> dict[str, Any]:
     chat = Workload(MIXES["chat"], int(settings.scale_rate * settings.scale_seconds), settings.seed)
     fleet = replace(setup, config=replace(setup.config, policy="laps-sd", max_batch_size=32),
                     targets=settings.scale_targets, drafts=settings.scale_targets)
-    row = fleet.run(chat, settings.scale_rate)
+    row = experiments.simulate(fleet, chat, settings.scale_rate)
     row["simulated_seconds_per_wall_second"] = round(settings.scale_seconds / row["wall_s"], 4)
     return row
 

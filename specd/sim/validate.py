@@ -13,7 +13,7 @@ from typing import Any
 
 from specd.errors import SpecdError
 from specd.router.config import RouterConfig
-from specd.sim.engine import Simulation
+from specd.sim.engine import Setup, Simulation
 from specd.sim.profiles import Profile
 from specd.sim.workloads import Arrival
 
@@ -47,7 +47,7 @@ def validate(profile_file: Path, serve_report_file: Path) -> dict[str, Any]:
                 t += item.gap / real["rate"]
                 arrivals.append(Arrival(t, item.kind, prompt_tokens[item.prompt], item.max_new_tokens,
                                         item.max_new_tokens, rng.choice(acceptance[item.kind])))
-            sim = Simulation(config, profile, settings.targets, settings.drafts, seed=settings.seed + rep)
+            sim = Simulation(Setup(config, profile, settings.targets, settings.drafts, seed=settings.seed + rep))
             sim.run(arrivals)
             latencies += [f.finished - f.arrival for f in sim.finished]
         simulated = statistics.fmean(latencies)

@@ -13,8 +13,8 @@ import pytest
 from specd import cli
 from specd.router import policies, speculation
 from specd.router.config import RouterConfig
-from specd.sim.engine import Simulation
-from specd.sim.experiments import Setup, capacity, decision_time
+from specd.sim.engine import Setup, Simulation
+from specd.sim.experiments import capacity, decision_time, simulate
 from specd.sim.profiles import NAMED
 from specd.sim.workloads import MIXES, Workload
 
@@ -23,7 +23,7 @@ CONFIG = RouterConfig(policy="fcfs", speculation="goodput", max_batch_size=8, ma
 
 
 def _run(config: RouterConfig, workload: Workload, rate: float, seed: int = 0) -> dict:
-    return Setup(config, PROFILE, seed=seed).run(workload, rate)
+    return simulate(Setup(config, PROFILE, seed=seed), workload, rate)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_every_request_ends_at_its_own_length(paper):
     """Conservation: each request streams exactly its true length, through the router's commit (the
     simulated end-of-text token stops it); none is lost, none generates more."""
     arrivals = paper.arrivals(2.0)
-    sim = Simulation(replace(CONFIG, policy="laps-sd"), PROFILE)
+    sim = Simulation(Setup(replace(CONFIG, policy="laps-sd"), PROFILE))
     result = sim.run(arrivals)
     assert result.finished == len(arrivals) and result.unfinished == 0 and result.rejected == 0
     assert sorted((f.arrival, f.tokens) for f in sim.finished) == sorted((a.at, a.output_tokens) for a in arrivals)
