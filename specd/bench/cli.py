@@ -98,10 +98,10 @@ def _register_serve(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--loads", default="0.6,0.9,0.95",
                    help="offered load as fractions of the measured capacity, comma-separated (default: 0.6,0.9,0.95)")
     p.add_argument("--rates", help="absolute arrival rates in requests/s instead of --loads, comma-separated")
-    p.add_argument("--requests", type=int, default=96, help="requests per run, 2-256 (default: 96)")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="runs per rate and configuration with new arrival patterns, configurations taking turns "
-                        "(default: 2)")
+    p.add_argument("--requests", type=int, default=64, help="requests per run, 2-256 (default: 64)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs per rate and configuration with new arrival patterns, configurations taking turns; "
+                        "the goals are medians over them (default: 3)")
     p.add_argument("--policies", default="fcfs,laps-sd", help="policies compared under each of "
                    "--compare-speculation (default: fcfs,laps-sd)")
     p.add_argument("--speculations", default="none,fixed:2,fixed:4,goodput",

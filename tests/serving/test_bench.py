@@ -124,3 +124,19 @@ def test_bench_serve_prints_the_issue_keys_end_to_end(models):
     assert report["capacity_tokens_per_s"]["goodput"] > 0
     assert report["goals"]["laps_sd_vs_fcfs"][0]["speculation"] == "goodput"
     assert report["grpc_overhead"]["target_step_s"] > 0
+
+
+def test_goals_are_medians_over_the_repeats():
+    """One noisy repeat does not decide a goal: the median of the per-repeat ratios does."""
+    def row(policy, spec, by_repeat):
+        return {"policy": policy, "speculation": spec, "rate": 1, "mean_latency_s": sum(by_repeat) / len(by_repeat),
+                "mean_latency_s_by_repeat": by_repeat, "offered_tokens_per_s": 10, "load": 0.5}
+
+    results = [row("fcfs", "goodput", [1.0, 1.0, 1.0]), row("laps-sd", "goodput", [0.7, 0.7, 3.0]),
+               row("laps-sd", "none", [1.0, 1.0, 1.0])]
+    g = goals(results, {"goodput": 30.0}, Settings(compare_speculations=["goodput"]))
+    [policy] = g["laps_sd_vs_fcfs"]
+    assert policy["ratio"] > 1 and policy["median_ratio"] == 0.7 and policy["spread"] == [0.7, 3.0]
+    assert policy["met"]  # the pooled mean (1.47) would have said no because of one repeat
+    [speculation] = g["goodput_speculation"]
+    assert speculation["vs_none_median"] == 0.7 and speculation["met_vs_none"] is True
