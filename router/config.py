@@ -111,6 +111,11 @@ class RouterConfig:
         return raw
 
     @property
+    def k_limit(self) -> int:
+        """The most drafts a request may take per iteration (its own speculation.max_k may lower it)."""
+        return self.k if self.speculation == "fixed" else self.max_k
+
+    @property
     def speculation_label(self) -> str:
         return contract.speculation_label(self.speculation, self.k)
 

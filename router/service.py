@@ -74,7 +74,7 @@ class RequestBuilder:
             raise invalid("speculation.max_k", f"must be at most {MAX_K}, got {msg.speculation.max_k}")
         if len(msg.request_id) > 128:
             raise invalid("request_id", "longer than 128 characters")
-        limit = self.config.k if self.config.speculation == "fixed" else self.config.max_k
+        limit = self.config.k_limit
         max_k = 0 if msg.speculation.disabled else min(msg.speculation.max_k or limit, limit)
         rid = f"{self._prefix}-{next(self._ids)}" + (f"-{msg.request_id}" if msg.request_id else "")
         return Request(id=rid, prompt=prompt, max_new_tokens=msg.max_new_tokens, sampling=s, max_k=max_k,

@@ -155,9 +155,8 @@ class Simulation:
             self.rejected += 1
             return
         target = least_pinned(self.sees_targets[router])
-        limit = self.config.k if self.config.speculation == "fixed" else self.config.max_k
         r = Request(id=str(i), prompt=[TOKEN] * a.prompt_tokens, max_new_tokens=a.max_new_tokens, sampling=SAMPLING,
-                    max_k=limit, stop_token=STOP, predicted_length=d.lengths.predict(a.max_new_tokens),
+                    max_k=self.config.k_limit, stop_token=STOP, predicted_length=d.lengths.predict(a.max_new_tokens),
                     arrival=a.at)
         self.truth[r.id] = Truth(a)
         self.in_system += 1
