@@ -203,6 +203,10 @@ class Decisions:
                 r.predicted_length = self.lengths.predict(r.max_new_tokens, r.generated)
                 self._queue(r.target).add(r)
 
+    def may_draft(self, r: Request) -> bool:
+        """Whether a request needs a draft replica: it may speculate and speculation is on."""
+        return bool(r.max_k) and self.config.speculation != "none"
+
     def choose(self, batch: list[Request], drafting: list[bool], overlapped: bool) -> list[int]:
         """k per request (see SpeculationControl.choose); marks the first scheduling time."""
         now = self.clock()

@@ -288,7 +288,7 @@ class Scheduler:
     def _place_drafts(self, batch: list[Request]) -> None:
         for r in batch:
             replica = self.pool.replicas.get(r.draft or "")
-            if r.max_k and self.config.speculation != "none" and (replica is None or not replica.live):
+            if self.decisions.may_draft(r) and (replica is None or not replica.live):
                 self._unpin(r, "draft")
                 draft = self._compatible_draft(r.target)
                 if draft is not None:

@@ -192,7 +192,7 @@ class Simulation:
     def _draft(self, lane: Lane, batch: list[Request]) -> None:
         d, router = self.routers[lane.router], lane.router
         for r in batch:  # pin a draft replica to requests that may draft (as Scheduler._place_drafts)
-            if r.max_k and self.config.speculation != "none" and r.draft is None and self.sees_drafts[router]:
+            if d.may_draft(r) and r.draft is None and self.sees_drafts[router]:
                 draft = least_pinned(drafts_for(lane.target.address, self.sees_targets[router],
                                                 self.sees_drafts[router]))
                 r.draft = draft.address
