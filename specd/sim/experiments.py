@@ -53,28 +53,34 @@ def capacity(setup: Setup, workload: Workload) -> float:
     return tokens_per_s / statistics.fmean(a.output_tokens for a in burst.arrivals(1.0))
 
 
-def policies_vs_load(setup: Setup, workload: Workload, loads: Iterable[float], policies: Iterable[str],
-                     workers: int | None = None) -> tuple[float, list[dict[str, Any]]]:
-    """Mean latency per policy at each load (a fraction of capacity, measured with fcfs)."""
-    cap = capacity(replace(setup, config=replace(setup.config, policy="fcfs")), workload)
-    jobs = [(replace(setup, config=replace(setup.config, policy=policy)), workload, load * cap)
-            for load in loads for policy in policies]
+def sweep(reference: Setup, variants: list[Setup], workload: Workload, loads: Iterable[float],
+          workers: int | None = None) -> tuple[float, list[dict[str, Any]]]:
+    """Every variant at each load, a fraction of the reference's capacity (requests/s); rows carry
+    their load."""
+    cap = capacity(reference, workload)
+    jobs = [(variant, workload, load * cap) for load in loads for variant in variants]
     rows = run_all(jobs, workers)
     for row, (_, _, rate) in zip(rows, jobs):
         row["load"] = round(rate / cap, 3)
     return cap, rows
+
+
+def policies_vs_load(setup: Setup, workload: Workload, loads: Iterable[float], policies: Iterable[str],
+                     workers: int | None = None) -> tuple[float, list[dict[str, Any]]]:
+    """Mean latency per policy at each load (a fraction of capacity, measured with fcfs)."""
+    def with_policy(name: str) -> Setup:
+        return replace(setup, config=replace(setup.config, policy=name))
+
+    return sweep(with_policy("fcfs"), [with_policy(p) for p in policies], workload, loads, workers)
 
 
 def speculation_vs_rate(setup: Setup, workload: Workload, loads: Iterable[float], modes: Iterable[str],
                         workers: int | None = None) -> tuple[float, list[dict[str, Any]]]:
     """Mean latency per speculation mode at each rate (fractions of the capacity without speculation)."""
-    cap = capacity(replace(setup, config=setup.config.with_speculation("none")), workload)
-    jobs = [(replace(setup, config=setup.config.with_speculation(mode)), workload, load * cap)
-            for load in loads for mode in modes]
-    rows = run_all(jobs, workers)
-    for row, (_, _, rate) in zip(rows, jobs):
-        row["load"] = round(rate / cap, 3)
-    return cap, rows
+    def with_mode(mode: str) -> Setup:
+        return replace(setup, config=setup.config.with_speculation(mode))
+
+    return sweep(with_mode("none"), [with_mode(m) for m in modes], workload, loads, workers)
 
 
 def by_rate(rows: list[dict[str, Any]], key: str) -> dict[float, dict[str, dict[str, Any]]]:

@@ -101,7 +101,7 @@ def run(settings: Settings, progress=print) -> dict[str, Any]:
     report["goodput_vs_best_fixed_max"] = max(goodput_vs_fixed, default=None)
     report["goodput_vs_off_max"] = max(goodput_vs_off, default=None)
     report["goodput_vs_off_min"] = min(goodput_vs_off, default=None)
-    report["validation_max_error"] = None  # set by --validate (a calibrated profile against bench serve)
+    report["validation_max_error"] = None  # `--validate` measures it, on a calibrated profile, in a run of its own
 
     progress("decision time ...")
     decision_config = replace(config, policy="laps-sd")
