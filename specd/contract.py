@@ -91,6 +91,22 @@ QUANTUM_GROWTH = Range(1.0, None, default=2.0)
 STABILITY_WINDOW = Range(1, 10**6, default=8)
 STABILITY_THRESHOLD = Range(0.0, None, default=0.02)
 
+# Autoscaling of the target and draft pools (`spec.autoscaling`, off unless enabled; the operator's
+# decisions are operator/autoscaling.py). While it is on the operator owns both pools' replicas.
+AUTOSCALE_TARGET_MIN_REPLICAS = Range(1, 1024, default=1)
+AUTOSCALE_TARGET_MAX_REPLICAS = Range(1, 1024, default=4)
+AUTOSCALE_DRAFT_MIN_REPLICAS = Range(0, 1024, default=0)
+AUTOSCALE_DRAFT_MAX_REPLICAS = Range(0, 1024, default=4)
+# target pool: requests in the router (queued + running) per target replica it aims for
+AUTOSCALE_QUEUE_PER_TARGET = Range(0.5, 4096.0, default=4.0)
+# target pool, optional: mean time to first token (seconds) above which it grows
+AUTOSCALE_TTFT_SECONDS = Range(0.0, 3600.0, default=0.0)  # 0: no TTFT objective
+# draft pool: the share of its time a draft replica spends drafting that the pool aims for
+AUTOSCALE_DRAFT_UTILISATION = Range(0.05, 1.0, default=0.6)
+# stabilisation: a pool grows to the lowest and shrinks to the highest recommendation of the window
+AUTOSCALE_SCALE_UP_WINDOW_SECONDS = Range(0, 3600, default=30)
+AUTOSCALE_SCALE_DOWN_WINDOW_SECONDS = Range(0, 3600, default=300)
+
 # Where a worker's model runs: `auto` is CUDA with bfloat16 when a GPU is visible, else the CPU
 # with float32 (worker/device.py resolves it); `cuda:N` names one GPU.
 DEVICE_KINDS = ("auto", "cpu", "cuda")
