@@ -35,30 +35,39 @@ class RequestFailed(Exception):
         self.code = code
 
 
-class TokenRate:
-    """Tokens streamed per second over a sliding window (the goodput the operator reports)."""
+class Window:
+    """Values recorded over a sliding window (the last minute): their rate per second and their
+    mean. Every windowed figure of the Stats RPC is one of these (goodput, drafting, TTFT, ...)."""
 
     def __init__(self, clock: Clock = time.monotonic, window_s: float = 60.0) -> None:
         self.clock = clock
         self.window_s = window_s
         self.started = clock()
-        self._events: deque[tuple[float, int]] = deque()
-        self._total = 0
+        self._events: deque[tuple[float, float]] = deque()
+        self._total = 0.0
 
-    def add(self, tokens: int, now: float) -> None:
-        self._events.append((now, tokens))
-        self._total += tokens
+    def add(self, value: float, now: float) -> None:
+        self._events.append((now, value))
+        self._total += value
         self._trim(now)
 
     def per_second(self, now: float | None = None) -> float:
+        """Sum of the window's values per second (over the router's life while it is younger)."""
         now = self.clock() if now is None else now
         self._trim(now)
         span = min(self.window_s, now - self.started)
         return self._total / span if span > 0 else 0.0
 
+    def mean(self, now: float | None = None) -> float:
+        """Mean of the window's values; 0 while it holds none."""
+        self._trim(self.clock() if now is None else now)
+        return self._total / len(self._events) if self._events else 0.0
+
     def _trim(self, now: float) -> None:
         while self._events and self._events[0][0] < now - self.window_s:
             self._total -= self._events.popleft()[1]
+        if not self._events:
+            self._total = 0.0  # no float residue once the window is empty
 
 
 class LengthPredictor:
@@ -128,7 +137,13 @@ class Decisions:
         self.policy = make_policy(config.policy, config.queues, self.costs.single,
                                   lambda: (self.speculation.acceptance.value, self.speculation.typical_k))
         self.lengths = LengthPredictor()
-        self.streamed = TokenRate(clock)
+        # the last minute's figures (the Stats RPC, the operator's autoscaling)
+        self.streamed = Window(clock)  # tokens streamed to clients
+        self.drafts = Window(clock)  # per request-iteration: its k
+        self.speculating = Window(clock)  # per request-iteration: 1 when it drafted (k > 0), else 0
+        self.draft_busy = Window(clock)  # per Propose call: the draft replica's compute seconds
+        self.ttft = Window(clock)  # per first token: seconds since the request's arrival
+        self.tpot = Window(clock)  # per finished request of more than one token: seconds per later token
         self.finished = 0
         self.drafted = 0
         self.requests: dict[str, Request] = {}  # admitted, not finished
@@ -214,6 +229,25 @@ class Decisions:
             r.first_scheduled = r.first_scheduled or now
         return self.speculation.choose(batch, drafting, overlapped=overlapped)
 
+    def observe_draft(self, tokens_per_pass: float, passes: int, compute_s: float, round_trip_s: float,
+                      now: float) -> None:
+        """A draft replica's Propose call: its costs (the cost model) and its busy time."""
+        self.costs.observe_draft(tokens_per_pass, passes, compute_s, round_trip_s)
+        self.draft_busy.add(compute_s, now)
+
+    def stats(self, live_targets: int, live_drafts: int) -> serving_pb2.RouterStats:
+        """The live figures (`specd.v1.Specd/Stats`), given the replicas that serve now."""
+        running = sum(r.in_flight for r in self.requests.values())
+        busy = self.draft_busy.per_second() / live_drafts if live_drafts else 0.0
+        return serving_pb2.RouterStats(
+            acceptance_rate=self.speculation.acceptance.value if self.drafted else 0.0,
+            goodput_tokens_per_s=self.streamed.per_second(), drafted_tokens=self.drafted,
+            current_k=self.speculation.typical_k, queued_requests=len(self.requests) - running,
+            running_requests=running, finished_requests=self.finished, live_targets=live_targets,
+            live_drafts=live_drafts, policy=self.config.policy, speculation=self.config.speculation_label,
+            speculating_fraction=self.speculating.mean(), drafted_tokens_per_s=self.drafts.per_second(),
+            draft_busy_fraction=min(busy, 1.0), mean_ttft_s=self.ttft.mean(), mean_tpot_s=self.tpot.mean())
+
     # -- commit ---------------------------------------------------------------------------------
 
     def commit(self, r: Request, k: int, accepted: int, tokens: list[int], now: float) -> Committed:
@@ -224,6 +258,8 @@ class Decisions:
         r.proposed += k
         r.accepted += accepted
         self.drafted += k
+        self.drafts.add(k, now)
+        self.speculating.add(k > 0, now)
         r.last_k = k
         self.speculation.observe(r, k, accepted)
         r.acceptance_history.append(r.acceptance.value)
@@ -233,7 +269,9 @@ class Decisions:
         reason = serving_pb2.FINISH_REASON_EOS if stopped else serving_pb2.FINISH_REASON_UNSPECIFIED
         r.committed.extend(tokens)
         if tokens:
-            r.first_token = r.first_token or now
+            if r.first_token is None:
+                r.first_token = now
+                self.ttft.add(now - r.arrival, now)
             self.streamed.add(len(tokens), now)
         if not reason and r.remaining <= 0:
             reason = serving_pb2.FINISH_REASON_LENGTH
@@ -242,4 +280,6 @@ class Decisions:
             r.finished_at = now
             self.finished += 1
             self.lengths.observe(r)
+            if r.generated > 1 and r.first_token is not None:
+                self.tpot.add((now - r.first_token) / (r.generated - 1), now)
         return Committed(tokens, reason)

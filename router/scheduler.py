@@ -92,15 +92,7 @@ class Scheduler:
         self._signal.fire()
 
     def stats(self) -> serving_pb2.RouterStats:
-        d = self.decisions
-        running = sum(r.in_flight for r in self.requests.values())
-        return serving_pb2.RouterStats(
-            acceptance_rate=d.speculation.acceptance.value if d.drafted else 0.0,
-            goodput_tokens_per_s=d.streamed.per_second(), drafted_tokens=d.drafted,
-            current_k=d.speculation.typical_k, queued_requests=len(self.requests) - running,
-            running_requests=running, finished_requests=d.finished,
-            live_targets=len(self.pool.live("target")), live_drafts=len(self.pool.live("draft")),
-            policy=self.config.policy, speculation=self.config.speculation_label)
+        return self.decisions.stats(len(self.pool.live("target")), len(self.pool.live("draft")))
 
     def cancel(self, r: Request) -> None:
         """The client went away: stop generating and free the request's KV caches."""
@@ -271,8 +263,8 @@ class Scheduler:
         reply = await draft.stub.Propose(worker_pb2.ProposeRequest(items=items), timeout=WORKER_TIMEOUT_S)
         cost = reply.cost
         if cost.forward_passes:
-            self.decisions.costs.observe_draft(cost.tokens / cost.forward_passes, cost.forward_passes,
-                                               cost.compute_seconds, time.perf_counter() - started)
+            self.decisions.observe_draft(cost.tokens / cost.forward_passes, cost.forward_passes,
+                                         cost.compute_seconds, time.perf_counter() - started, time.monotonic())
         return list(reply.proposals)
 
     # -- placement and failures ----------------------------------------------------------------
