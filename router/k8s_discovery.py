@@ -14,39 +14,79 @@ Protocol (what the router consumes):
   subscribe(callback)                           callback(current) after each change, called
                                                 on the event loop; not called on subscribe
   stop()                                        cancels the task (`aclose()` also awaits it)
+
+With `peers` (this router's pod and its router Service, set by the operator through the
+environment: `Peers.from_env()`), the watcher also follows the router Service's slices and
+current() holds this router's share of the workers among the ready router pods
+(specd.router.partition); one router's share is every worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from specd import contract
 from specd.errors import SpecdError
 from specd.kube import Kube, KubeError
+from specd.router.partition import share
 
 log = logging.getLogger(__name__)
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 Endpoints = dict[str, list[str]]
+ROUTERS = "router"  # the role of the router Service's slices: pod names of the ready routers
+
+
+@dataclass(frozen=True)
+class Peers:
+    """Who this router is among the replicas of its router Service."""
+
+    service: str  # the router Service, whose EndpointSlices list the router pods
+    pod: str  # this router's pod name
+
+    @classmethod
+    def from_env(cls) -> Peers | None:
+        """From the variables the operator sets on router pods; None outside them (one router)."""
+        service, pod = os.environ.get(contract.ROUTER_SERVICE_ENV), os.environ.get(contract.POD_NAME_ENV)
+        return cls(service, pod) if service and pod else None
 
 
 def ready_addresses(slice_: dict[str, Any], port: int) -> list[str]:
-    """ "ip:port" of the ready endpoints of one EndpointSlice (ready unset counts as ready)."""
+    """ "ip:port" of the ready endpoints of one EndpointSlice (ready unset counts as ready).
+
+    A terminating endpoint (its pod is being deleted, e.g. by a scale-down) is left out even when
+    ready: a Service that publishes not-ready addresses keeps `ready` true while the pod drains.
+    The router then places nothing more there and moves its requests while the worker, still
+    answering during its grace period, finishes the calls under way."""
     ipv6 = slice_.get("addressType") == "IPv6"
     out = []
     for endpoint in slice_.get("endpoints") or []:
-        if (endpoint.get("conditions") or {}).get("ready") is False:
+        conditions = endpoint.get("conditions") or {}
+        if conditions.get("ready") is False or conditions.get("terminating") is True:
             continue
         for address in endpoint.get("addresses", []):
             out.append(f"[{address}]:{port}" if ipv6 else f"{address}:{port}")
     return out
 
 
+def ready_pods(slice_: dict[str, Any]) -> list[str]:
+    """Pod names of the ready, not terminating endpoints of one EndpointSlice."""
+    out = []
+    for endpoint in slice_.get("endpoints") or []:
+        conditions, pod = endpoint.get("conditions") or {}, (endpoint.get("targetRef") or {}).get("name")
+        if pod and conditions.get("ready") is not False and conditions.get("terminating") is not True:
+            out.append(pod)
+    return out
+
+
 class EndpointSliceWatcher:
     def __init__(self, namespace: str, service_names: dict[str, str], ports: dict[str, int],
                  kube: Kube | None = None, watch_timeout_s: int = 300,
-                 retry_delay_s: float = 1.0) -> None:
+                 retry_delay_s: float = 1.0, peers: Peers | None = None) -> None:
         if set(service_names) != set(ports):
             raise SpecdError(f"discovery: roles of services {sorted(service_names)} and ports "
                              f"{sorted(ports)} differ")
@@ -62,7 +102,9 @@ class EndpointSliceWatcher:
         self._current: Endpoints = {role: [] for role in service_names}
         self._callbacks: list[Callable[[Endpoints], None]] = []
         self._task: asyncio.Task[None] | None = None
-        self._labels = {SERVICE_NAME_LABEL: sorted(service_names.values())}
+        self.peers = peers
+        watched = {*service_names.values(), *([peers.service] if peers else [])}
+        self._labels = {SERVICE_NAME_LABEL: sorted(watched)}
 
     # --- protocol -----------------------------------------------------------------------------
 
@@ -142,15 +184,21 @@ class EndpointSliceWatcher:
 
     def _store(self, slice_: dict[str, Any]) -> None:
         meta = slice_["metadata"]
-        role = self.roles.get((meta.get("labels") or {}).get(SERVICE_NAME_LABEL, ""))
-        if role is not None:
+        service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL, "")
+        role = self.roles.get(service)
+        if self.peers is not None and service == self.peers.service:
+            self._slices[meta["name"]] = (ROUTERS, ready_pods(slice_))
+        elif role is not None:
             self._slices[meta["name"]] = (role, ready_addresses(slice_, self.ports[role]))
 
     def _publish(self) -> None:
         endpoints: Endpoints = {role: [] for role in self._current}
+        routers: list[str] = []
         for role, addresses in self._slices.values():
-            endpoints[role].extend(addresses)
+            (routers if role == ROUTERS else endpoints[role]).extend(addresses)
         endpoints = {role: sorted(set(a)) for role, a in endpoints.items()}
+        if self.peers is not None:
+            endpoints = share(endpoints, routers, self.peers.pod)
         if endpoints == self._current:
             return
         self._current = endpoints

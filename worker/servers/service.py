@@ -9,7 +9,9 @@ checks and releases wait for at most the step under way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -28,6 +30,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 ROLES = ("draft", "target")
 SERVICE_NAMES = {"draft": "specd.v1.DraftWorker", "target": "specd.v1.TargetWorker"}
+# After SIGTERM a worker keeps answering until the router has stopped calling it for this long. In
+# a cluster the pod's deletion reaches the kubelet (SIGTERM) and the router (its endpoint leaves
+# the EndpointSlice) at about the same time: a worker that refused calls at once would fail the
+# router's next iteration on it, instead of letting the router move its requests at an iteration
+# boundary. A router that never stops calling (fixed addresses) is cut off at the grace period.
+DRAIN_QUIET_S = 1.0
 
 _STATUS = [  # most specific first
     (StaleRequest, grpc.StatusCode.FAILED_PRECONDITION),
@@ -112,17 +120,31 @@ async def start_worker(core: WorkerCore, host: str = "127.0.0.1", port: int = 0)
     return running
 
 
+async def until_quiet(core: WorkerCore, quiet_s: float = DRAIN_QUIET_S, poll_s: float = 0.1) -> None:
+    """Return once no model call has come for `quiet_s`: the router has moved this worker's requests."""
+    calls, since = core.calls, time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        await asyncio.sleep(poll_s)
+        if core.calls != calls:
+            calls, since = core.calls, time.monotonic()
+
+
 async def serve_worker(core: WorkerCore, host: str, port: int, grace_s: float = 30.0,
                        metrics_port: int | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then finish the calls under way and stop; metrics_port: serve
-    Prometheus /metrics there too (0: any free port)."""
+    """Serve until SIGTERM/SIGINT; then report NOT_SERVING but keep answering calls until none has
+    come for DRAIN_QUIET_S (at most `grace_s`), then finish the calls under way and stop.
+    metrics_port: serve Prometheus /metrics there too (0: any free port)."""
     running = await start_worker(core, host, port)
+    running.drain = lambda: until_quiet(core)
     metrics = MetricsServer.start(core.metrics.registry, host, metrics_port) if metrics_port is not None else None
     if metrics:
         log.info("%s worker metrics on %s:%d/metrics", core.role, host, metrics.port)
     try:
         await grpc_server.wait_for_signal()
+        started = time.monotonic()
         await running.stop(grace_s)
+        log.info("%s worker drained in %.1fs (%d model calls in all)", core.role, time.monotonic() - started,
+                 core.calls)
     finally:
         if metrics:
             metrics.stop()
