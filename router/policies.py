@@ -51,6 +51,10 @@ class Policy:
     def scales(self) -> Callable[[Bucket], float]:
         return lambda bucket: 1.0
 
+    def place(self, r: Request) -> tuple[Bucket, float]:
+        """(bucket, static key) of a request that starts waiting."""
+        return self.bucket(r), self.static_key(r)
+
     def order(self, requests: list[Request]) -> list[Request]:
         scale = self.scales()
 
@@ -98,11 +102,16 @@ class LAPSSD(Policy):
         return r.is_stable(self.queues.stability_window, self.queues.stability_threshold)
 
     def bucket(self, r: Request) -> Bucket:
-        return self.queues.level(r.iterations), self.perceptible(r), r.last_k
+        return self.place(r)[0]
 
     def static_key(self, r: Request) -> float:
+        return self.place(r)[1]
+
+    def place(self, r: Request) -> tuple[Bucket, float]:
+        perceptible = self.perceptible(r)  # once: the bucket and the key both depend on it
         remaining = max(r.predicted_length - r.generated, 1.0)
-        return remaining / (r.last_k * r.acceptance.value + 1) if self.perceptible(r) else remaining
+        key = remaining / (r.last_k * r.acceptance.value + 1) if perceptible else remaining
+        return (self.queues.level(r.iterations), perceptible, r.last_k), key
 
     def scales(self) -> Callable[[Bucket], float]:
         alpha, n = self.population()
@@ -129,7 +138,8 @@ class WaitQueue:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self._buckets: dict[Bucket, list[tuple[float, float, str]]] = {}
+        # queue level -> bucket -> its (static key, arrival, id) entries, sorted
+        self._levels: dict[Hashable, dict[Bucket, list[tuple[float, float, str]]]] = {}
         self._entries: dict[str, tuple[Bucket, tuple[float, float, str], Request]] = {}
 
     def __len__(self) -> int:
@@ -139,8 +149,9 @@ class WaitQueue:
         return r.id in self._entries
 
     def add(self, r: Request) -> None:
-        bucket, entry = self.policy.bucket(r), (self.policy.static_key(r), r.arrival, r.id)
-        insort(self._buckets.setdefault(bucket, []), entry)
+        bucket, key = self.policy.place(r)
+        entry = (key, r.arrival, r.id)
+        insort(self._levels.setdefault(bucket[0], {}).setdefault(bucket, []), entry)
         self._entries[r.id] = bucket, entry, r
 
     def remove(self, r: Request) -> None:
@@ -148,21 +159,23 @@ class WaitQueue:
         if found is None:
             return
         bucket, entry, _ = found
-        entries = self._buckets[bucket]
+        buckets = self._levels[bucket[0]]
+        entries = buckets[bucket]
         del entries[bisect_left(entries, entry)]
         if not entries:
-            del self._buckets[bucket]
+            del buckets[bucket]
+            if not buckets:
+                del self._levels[bucket[0]]
 
     def first(self, n: int, skip: set[str]) -> list[Request]:
         """The first n requests of the policy's order, leaving out the ids in `skip`."""
         scale = self.policy.scales()
         chosen: list[Request] = []
-        for level in sorted({bucket[0] for bucket in self._buckets}):  # type: ignore[type-var]
+        for level in sorted(self._levels):  # type: ignore[type-var]
             heads = []
-            for bucket, entries in self._buckets.items():
-                if bucket[0] == level:
-                    s = scale(bucket)
-                    heads.append((s * entries[0][0], entries[0][1], entries[0][2], s, 0, entries))
+            for bucket, entries in self._levels[level].items():
+                s = scale(bucket)
+                heads.append((s * entries[0][0], entries[0][1], entries[0][2], s, 0, entries))
             heapq.heapify(heads)
             while heads and len(chosen) < n:
                 _, _, rid, s, i, entries = heapq.heappop(heads)

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 
 from specd.proto.v1 import common_pb2
 
@@ -89,5 +90,8 @@ class Request:
 
     def is_stable(self, window: int, threshold: float) -> bool:
         """The acceptance estimate moved less than `threshold` over the last `window` iterations."""
-        history = list(self.acceptance_history)[-(window + 1):]
-        return len(history) > window and max(history) - min(history) < threshold
+        history = self.acceptance_history
+        if len(history) <= window:
+            return False
+        recent = list(islice(history, len(history) - window - 1, None))
+        return max(recent) - min(recent) < threshold

@@ -124,14 +124,12 @@ def expected_tokens(alpha: float, k: int) -> float:
     return (1 - alpha ** (k + 1)) / (1 - alpha)
 
 
-def expected_tokens_upto(alpha: float, k_max: int) -> list[float]:
-    """[expected_tokens(alpha, k) for k in 0..k_max], as running sums 1 + alpha + ... + alpha^k."""
-    gains, term, total = [1.0], 1.0, 1.0
+def _powers(alpha: float, k_max: int) -> list[float]:
+    """[alpha^0, ..., alpha^k_max]: the j-th draft's expected tokens (differences of expected_tokens)."""
+    powers = [1.0]
     for _ in range(k_max):
-        term *= alpha
-        total += term
-        gains.append(total)
-    return gains
+        powers.append(powers[-1] * alpha)
+    return powers
 
 
 class SpeculationControl:
@@ -154,24 +152,26 @@ class SpeculationControl:
             return [0] * len(batch)
         if self.mode == "fixed":
             return [min(self.k, cap) for cap in caps]
-        # gains[i][k]: expected tokens of request i drafting k; goodput = sum of gains / iteration time,
-        # and the time depends on the batch only through its total and longest drafts
-        gains = [expected_tokens_upto(r.acceptance.value, cap) for r, cap in zip(batch, caps)]
+        # An iteration's time depends on the batch only through its total and its longest drafts
+        # (CostModel.timer), and the j-th draft of a request at acceptance a adds a^j expected tokens
+        # (expected_tokens): so every trial below is a few additions and one division.
         seconds = self.costs.timer(len(batch), overlapped)
-
-        def goodput(tokens: float, drafted: int, passes: int) -> float:
-            return tokens / seconds(drafted, passes)
-
+        powers = [_powers(r.acceptance.value, cap) for r, cap in zip(batch, caps)]  # [i][j] = a_i^j
         # SmartSpec: the best single k for the batch (ties go to the smaller k)
-        best: list[int] = []
-        value = -1.0
-        for k in range(self.max_k + 1):
-            ks = [min(k, cap) for cap in caps]
-            trial_value = goodput(sum(g[j] for g, j in zip(gains, ks)), sum(ks), max(ks))
+        tokens = best_tokens = float(len(batch))
+        drafted = best_drafted = best_k = 0
+        value = tokens / seconds(0, 0)
+        for k in range(1, min(self.max_k, max(caps)) + 1):
+            for p, cap in zip(powers, caps):
+                if cap >= k:
+                    tokens += p[k]
+                    drafted += 1
+            trial_value = tokens / seconds(drafted, k)
             if trial_value > value:
-                best, value = ks, trial_value
+                best_k, best_tokens, best_drafted, value = k, tokens, drafted, trial_value
+        best = [min(best_k, cap) for cap in caps]
         # then per-request +-1 moves while they raise the modelled goodput
-        tokens, drafted, passes = sum(g[j] for g, j in zip(gains, best)), sum(best), max(best)
+        tokens, drafted, passes = best_tokens, best_drafted, max(best)
         count_of = [best.count(k) for k in range(max(caps) + 2)]  # requests drafting k
         for _ in range(REFINE_SWEEPS):
             moved = False
@@ -181,8 +181,8 @@ class SpeculationControl:
                     if not 0 <= k <= cap:
                         continue
                     longest = k if k > passes else passes - 1 if k_i == passes and count_of[passes] == 1 else passes
-                    trial_tokens = tokens - gains[i][k_i] + gains[i][k]
-                    trial_value = goodput(trial_tokens, drafted + k - k_i, longest)
+                    trial_tokens = tokens + powers[i][k] if k > k_i else tokens - powers[i][k_i]
+                    trial_value = trial_tokens / seconds(drafted + k - k_i, longest)
                     if trial_value > value * (1 + 1e-9):
                         best[i], tokens, drafted, value, moved = k, trial_tokens, drafted + k - k_i, trial_value, True
                         count_of[k_i] -= 1
