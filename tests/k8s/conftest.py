@@ -11,7 +11,10 @@ reason; with SPECD_REQUIRE_DEV_CLUSTER=1 (CI) they fail instead, so CI cannot si
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))  # tests/k8s/k8s_support.py
 
 import pytest
+from k8s_support import CHECKPOINTS, NS, OPERATOR_NS, RELEASE, REPO, diagnose, wait_for  # noqa: E402
 
 from specd.devcluster import binaries
 from specd.devcluster.cluster import DevCluster, start
+from specd.devcluster.images import TAG
 from specd.devcluster.realnode import RealNodeUnavailable
 
 # Outcome of the build step: {"bin_dir": Path} or {"unavailable": reason}.
@@ -93,3 +98,44 @@ def real_node_cluster(request: pytest.FixtureRequest,
         _unavailable(str(exc))
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def real_node_chart(real_node_cluster: DevCluster,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    """The chart installed with helm from the local images, and the demo models in a PVC of the
+    namespace NS, once per session: the real-node test modules share them (a helm install and the
+    operator's start cost about a minute on the 2-core node)."""
+    cluster = real_node_cluster
+    helm = [str(cluster.helm), "--kubeconfig", str(cluster.kubeconfig)]
+    installed = subprocess.run(helm + [
+        "install", RELEASE, str(REPO / "helm" / "specd"), "--namespace", OPERATOR_NS,
+        "--create-namespace", "--wait", "--timeout", "180s",
+        "--set", f"image.repository=localhost/specd-operator,image.tag={TAG},image.pullPolicy=Never",
+        "--set", f"workerImage.repository=localhost/specd,workerImage.tag={TAG}",
+        "--set", "statsSeconds=2,resyncSeconds=15"], capture_output=True, text=True, env=cluster.env)
+    assert installed.returncode == 0, installed.stderr + diagnose(cluster)
+    # The models as a user provides them: a volume holding demo/target and demo/draft, claimed
+    # as specd-models. Here a hostPath PersistentVolume on the real node, readable by the
+    # workers' uid.
+    models = tmp_path_factory.mktemp("models")
+    shutil.copytree(CHECKPOINTS, models / "demo")
+    for path in [models, *models.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    models.parent.chmod(0o755)
+    cluster.kubectl("create", "namespace", NS)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-specd-models"},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                  "storageClassName": "", "hostPath": {"path": str(models), "type": "Directory"},
+                  "claimRef": {"namespace": NS, "name": "specd-models"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "specd-models", "namespace": NS},
+         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                  "volumeName": f"{NS}-specd-models", "resources": {"requests": {"storage": "1Gi"}}}},
+    ]}))
+    wait_for("the namespace's default ServiceAccount", lambda: cluster.kubectl(
+        "get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0)
+    yield cluster
+    subprocess.run(helm + ["uninstall", RELEASE, "--namespace", OPERATOR_NS], capture_output=True,
+                   env=cluster.env)

@@ -13,103 +13,39 @@ nvidia.com/gpu (there is no GPU here): the workers run on the CPU.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from k8s_support import condition, get, wait_for
+from k8s_support import (
+    NS,
+    OPERATOR_NS,
+    RELEASE,
+    REPO,
+    condition,
+    diagnose,
+    get,
+    plain_greedy,
+    pods,
+    router_address,
+    serving,
+    wait_for,
+)
 
 from specd.devcluster import realnode
 from specd.devcluster.cluster import DevCluster
 from specd.devcluster.images import TAG
-from specd.operator import names
 
 pytestmark = pytest.mark.real_node
 
-REPO = Path(__file__).resolve().parents[2]
-RELEASE, OPERATOR_NS, NS = "specd", "specd-system", "demo-team"
-CHECKPOINTS = REPO / "specd" / "demo" / "checkpoints"
 PROMPT, NEW_TOKENS = "def parse(line):", 48
 
 
-def pods(cluster: DevCluster, role: str | None = None, instance: str = "demo") -> list[dict]:
-    selector = f"{names.LABEL_INSTANCE}={instance}" + (f",{names.LABEL_COMPONENT}={role}" if role else "")
-    return get(cluster, "pods", "-n", NS, "-l", selector)["items"]
-
-
-def serving(cluster: DevCluster, role: str, count: int, instance: str = "demo") -> list[dict] | None:
-    """`count` pods of the role, not terminating, on the real node, every container ready."""
-    found = [p for p in pods(cluster, role, instance) if not p["metadata"].get("deletionTimestamp")]
-    ok = len(found) == count and all(
-        p["spec"].get("nodeName") == realnode.NODE_NAME
-        and all(c.get("ready") and c.get("started") for c in p["status"].get("containerStatuses", [{}]))
-        for p in found)
-    return found if ok else None
-
-
-def diagnose(cluster: DevCluster) -> str:
-    out = [cluster.kubectl("get", "sds,deploy,pods", "-A", "-o", "wide", check=False).stdout,
-           cluster.kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp", check=False).stdout[-3000:]]
-    for pod in get(cluster, "pods", "-A")["items"]:
-        meta = pod["metadata"]
-        logs = cluster.kubectl("logs", "-n", meta["namespace"], meta["name"], "--tail=15", check=False)
-        out.append(f"--- {meta['namespace']}/{meta['name']}\n{logs.stdout}{logs.stderr}")
-    return "\n".join(out)
-
-
-def plain_greedy(prompt: str, new_tokens: int) -> list[int]:
-    """Local plain decoding (k = 0) of the demo target: the reference every answer must equal."""
-    from specd.worker.engine import GenerationRequest, SpeculativeEngine
-    from specd.worker.runner import ModelRunner
-    from specd.worker.tokenizer import Tokenizer
-
-    target = CHECKPOINTS / "target"
-    engine = SpeculativeEngine(ModelRunner.from_dir(target))
-    prompt_tokens = Tokenizer(target).encode(prompt)
-    [(tokens, _)] = engine.generate([GenerationRequest(prompt_tokens, new_tokens, k=0, stop_at_eos=False)])
-    return tokens
-
-
 @pytest.fixture(scope="module")
-def cluster(real_node_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    """The chart installed from the local images; the demo models in a PVC of the namespace."""
-    cluster = real_node_cluster
-    helm = [str(cluster.helm), "--kubeconfig", str(cluster.kubeconfig)]
-    installed = subprocess.run(helm + [
-        "install", RELEASE, str(REPO / "helm" / "specd"), "--namespace", OPERATOR_NS,
-        "--create-namespace", "--wait", "--timeout", "180s",
-        "--set", f"image.repository=localhost/specd-operator,image.tag={TAG},image.pullPolicy=Never",
-        "--set", f"workerImage.repository=localhost/specd,workerImage.tag={TAG}",
-        "--set", "statsSeconds=2,resyncSeconds=15"], capture_output=True, text=True, env=cluster.env)
-    assert installed.returncode == 0, installed.stderr + diagnose(cluster)
-    # The models as a user provides them: a volume holding demo/target and demo/draft, claimed
-    # as specd-models. Here a hostPath PersistentVolume on the real node, readable by the
-    # workers' uid.
-    models = tmp_path_factory.mktemp("models")
-    shutil.copytree(CHECKPOINTS, models / "demo")
-    for path in [models, *models.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    models.parent.chmod(0o755)
-    cluster.kubectl("create", "namespace", NS)
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-specd-models"},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
-                  "storageClassName": "", "hostPath": {"path": str(models), "type": "Directory"},
-                  "claimRef": {"namespace": NS, "name": "specd-models"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": "specd-models", "namespace": NS},
-         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                  "volumeName": f"{NS}-specd-models", "resources": {"requests": {"storage": "1Gi"}}}},
-    ]}))
-    wait_for("the namespace's default ServiceAccount", lambda: cluster.kubectl(
-        "get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0)
-    yield cluster
-    subprocess.run(helm + ["uninstall", RELEASE, "--namespace", OPERATOR_NS], capture_output=True,
-                   env=cluster.env)
+def cluster(real_node_chart: DevCluster) -> Iterator[DevCluster]:
+    """The chart installed from the local images, the demo models in a PVC of the namespace
+    (conftest.py: shared with the other real-node modules of the session)."""
+    yield real_node_chart
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +57,6 @@ def demo(cluster: DevCluster) -> dict:
                  300, lambda: diagnose(cluster))
     return wait_for("demo Ready", lambda: (b := get(cluster, "sds", "demo", "-n", NS))
                     and condition(b, "Ready").get("status") == "True" and b, 120, lambda: diagnose(cluster))
-
-
-def router_address(cluster: DevCluster, instance: str = "demo") -> str:
-    service = get(cluster, "service", f"{instance}-router", "-n", NS)
-    return f"{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
 
 
 def test_operator_runs_in_cluster_with_the_charts_service_account(cluster: DevCluster) -> None:
