@@ -13,6 +13,7 @@ from collections.abc import Callable
 from specd import contract
 from specd.contract import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICE_KINDS, DTYPES, POLICIES
 from specd.errors import SpecdError
+from specd.sim.workloads import LogNormal
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, threads: bool = True, placement: bool = False) -> None:
@@ -87,12 +88,16 @@ def speculations(flag: str, text: str) -> list[str]:
         raise SpecdError(f"{flag}: {exc}") from None
 
 
-def length_range(flag: str, text: str) -> tuple[int, int]:
-    """LOW,HIGH with 1 <= LOW <= HIGH."""
-    low, _, high = text.partition(",")
-    if not (low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high)):
-        raise SpecdError(f"{flag}: expected LOW,HIGH with 1 <= LOW <= HIGH, got {text!r}")
-    return int(low), int(high)
+def output_tokens(flag: str, text: str) -> LogNormal:
+    """MEDIAN,SIGMA,MAX of log-normal output lengths (at least 1 token)."""
+    parts = text.split(",")
+    try:
+        median, sigma, high = float(parts[0]), float(parts[1]), int(parts[2])
+    except (ValueError, IndexError):
+        raise SpecdError(f"{flag}: expected MEDIAN,SIGMA,MAX, got {text!r}") from None
+    if len(parts) != 3 or not (median >= 1 and sigma >= 0 and high >= median):
+        raise SpecdError(f"{flag}: expected MEDIAN >= 1, SIGMA >= 0 and MAX >= MEDIAN, got {text!r}")
+    return LogNormal(median, sigma, low=1, high=high)
 
 
 def positive_floats(flag: str, text: str) -> list[float]:

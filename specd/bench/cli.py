@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 # no torch-importing module at import time: the operator's image (no torch) builds this parser too
 from specd.contract import DRAFTING_METHODS, MAX_BATCH_SIZE
 from specd.errors import SpecdError
-from specd.flags import add_model_flags, bounded, length_range, policies, positive_floats, speculations
+from specd.flags import add_model_flags, bounded, output_tokens, policies, positive_floats, speculations
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
@@ -95,13 +96,16 @@ def _register_serve(bench_subparsers: argparse._SubParsersAction) -> None:
                     "TTFT, throughput and goodput per run, the goals (laps-sd vs fcfs at the highest load where "
                     "fcfs is stable; goodput vs fixed:K and none) and the gRPC overhead per iteration.")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
-    p.add_argument("--loads", default="0.6,0.9,0.95",
-                   help="offered load as fractions of the measured capacity, comma-separated (default: 0.6,0.9,0.95)")
+    p.add_argument("--long", action="store_true",
+                   help="the long run (more loads, requests and repeats: about an hour here) instead of the quick "
+                        "default (two loads, 32 requests, 3 repeats: under 10 minutes here); the flags below "
+                        "override either")
+    p.add_argument("--loads", help="offered load as fractions of the measured capacity, comma-separated")
     p.add_argument("--rates", help="absolute arrival rates in requests/s instead of --loads, comma-separated")
-    p.add_argument("--requests", type=int, default=64, help="requests per run, 2-256 (default: 64)")
-    p.add_argument("--repeats", type=int, default=3,
+    p.add_argument("--requests", type=int, help="requests per run, 2-256")
+    p.add_argument("--repeats", type=int,
                    help="runs per rate and configuration with new arrival patterns, configurations taking turns; "
-                        "the goals are medians over them (default: 3)")
+                        "the goals are medians over them")
     p.add_argument("--policies", default="fcfs,laps-sd", help="policies compared under each of "
                    "--compare-speculation (default: fcfs,laps-sd)")
     p.add_argument("--speculations", default="none,fixed:2,fixed:4,goodput",
@@ -112,11 +116,9 @@ def _register_serve(bench_subparsers: argparse._SubParsersAction) -> None:
                         "capacity (default: goodput)")
     p.add_argument("--max-batch-size", type=bounded("--max-batch-size", MAX_BATCH_SIZE), default=2,
                    help="router batch size (default: 2)")
-    p.add_argument("--long-fraction", type=float, default=0.25, help="share of long requests (default: 0.25)")
-    p.add_argument("--short-tokens", default="8,24", metavar="LOW,HIGH",
-                   help="output length range of short requests (default: 8,24)")
-    p.add_argument("--long-tokens", default="96,160", metavar="LOW,HIGH",
-                   help="output length range of long requests (default: 96,160)")
+    p.add_argument("--output-tokens", metavar="MEDIAN,SIGMA,MAX",
+                   help="log-normal output lengths (default: the heavy tail of chat traces scaled to the demo "
+                        "models, docs/serving.md)")
     p.add_argument("--targets", type=int, default=1, help="target worker replicas (default: 1)")
     p.add_argument("--drafts", type=int, default=1, help="draft worker replicas (default: 1)")
     add_model_flags(p, threads=False)
@@ -133,21 +135,21 @@ def _serve(args: argparse.Namespace) -> int:
     from specd.demo.paths import resolve_model_dirs
 
     target_dir, draft_dir = resolve_model_dirs(args.target_model, args.draft_model)
-    if not 2 <= args.requests <= 256:
+    base = serve.Settings.long_run() if args.long else serve.Settings()
+    if args.requests is not None and not 2 <= args.requests <= 256:
         raise SpecdError(f"--requests must be in [2, 256] (the router's queue), got {args.requests}")
-    if not 0 <= args.long_fraction <= 1:
-        raise SpecdError(f"--long-fraction must be in [0, 1], got {args.long_fraction}")
-    settings = serve.Settings(
-        loads=positive_floats("--loads", args.loads),
-        rates=positive_floats("--rates", args.rates) if args.rates else None,
-        requests=args.requests, repeats=args.repeats,
+    given = {
+        "loads": positive_floats("--loads", args.loads) if args.loads else None,
+        "rates": positive_floats("--rates", args.rates) if args.rates else None,
+        "requests": args.requests, "repeats": args.repeats,
+        "output_tokens": output_tokens("--output-tokens", args.output_tokens) if args.output_tokens else None,
+    }
+    settings = replace(
+        base, **{k: v for k, v in given.items() if v is not None},
         policies=policies("--policies", args.policies),
         speculations=speculations("--speculations", args.speculations),
         compare_speculations=speculations("--compare-speculation", args.compare_speculation),
-        max_batch_size=args.max_batch_size,
-        short_tokens=length_range("--short-tokens", args.short_tokens),
-        long_tokens=length_range("--long-tokens", args.long_tokens),
-        long_fraction=args.long_fraction, targets=args.targets, drafts=args.drafts, seed=args.seed,
+        max_batch_size=args.max_batch_size, targets=args.targets, drafts=args.drafts, seed=args.seed,
         log_dir=Path(args.log_dir) if args.log_dir else None,
         slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms)
     report = serve.run(settings, target_dir, draft_dir)

@@ -24,12 +24,13 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from specd.demo import corpus
 from specd.router.config import RouterConfig
 from specd.router.local import LocalStack, RouterSettings
+from specd.sim.workloads import LogNormal
 
 # the speculation mode whose capacity sets the rates at which the speculation modes are compared
 REFERENCE_SPECULATION = "goodput"
@@ -37,20 +38,24 @@ BURST_RATE = 1e6  # requests/s: the whole workload at once
 PIPELINE_DEPTH = RouterConfig().pipeline_depth  # the routers run with the default: batches in flight per target
 
 
+# Output lengths: the heavy-tailed log-normal shape of public chat traces (specd/sim/workloads.py:
+# sigma 1.0, as ShareGPT's), scaled to what this machine's demo models generate in a benchmark of a
+# few minutes: median 24 tokens, mean 40, one request in seven beyond 3x the median.
+OUTPUT_TOKENS = LogNormal(median=24, sigma=1.0, low=4, high=256)
+LONG_FACTOR = 3  # a request is "long" (the tail, for the short/long latency split) beyond 3x the median
+
+
 @dataclass(frozen=True)
 class Settings:
-    loads: list[float] = field(default_factory=lambda: [0.6, 0.9, 0.95])  # fractions of capacity
+    loads: list[float] = field(default_factory=lambda: [0.7, 0.95])  # fractions of capacity
     rates: list[float] | None = None  # absolute arrival rates (requests/s) instead of loads
-    requests: int = 64
+    requests: int = 32
     repeats: int = 3
     policies: list[str] = field(default_factory=lambda: ["fcfs", "laps-sd"])
     speculations: list[str] = field(default_factory=lambda: ["none", "fixed:2", "fixed:4", "goodput"])
     compare_speculations: list[str] = field(default_factory=lambda: ["goodput"])
     max_batch_size: int = 2
-    # output lengths: most requests short, some long
-    long_fraction: float = 0.25
-    short_tokens: tuple[int, int] = (8, 24)
-    long_tokens: tuple[int, int] = (96, 160)
+    output_tokens: LogNormal = OUTPUT_TOKENS
     targets: int = 1
     drafts: int = 1
     seed: int = 0
@@ -59,6 +64,20 @@ class Settings:
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
 
+    @classmethod
+    def long_run(cls) -> Settings:
+        """`--long`: four loads, twice the requests, five repeats (about an hour on a 2-core machine)."""
+        return cls(loads=[0.5, 0.7, 0.9, 0.95], requests=64, repeats=5)
+
+    @classmethod
+    def from_report(cls, settings: dict) -> Settings:
+        """The settings a `specd bench serve --json` report was made with (its `settings`)."""
+        known = {f.name for f in fields(cls)} - {"log_dir"}
+        given = {k: v for k, v in settings.items() if k in known}
+        if isinstance(given.get("output_tokens"), dict):
+            given["output_tokens"] = LogNormal(**given["output_tokens"])
+        return cls(**given)
+
 
 @dataclass(frozen=True)
 class Item:
@@ -66,7 +85,7 @@ class Item:
     prompt: str
     max_new_tokens: int
     gap: float  # unit-rate exponential inter-arrival gap (divided by the rate)
-    long: bool = False  # drawn from the long output lengths
+    long: bool = False  # in the tail of the output lengths (LONG_FACTOR)
 
 
 @dataclass
@@ -103,19 +122,17 @@ def prose_prompts(count: int, chars: int = 160) -> list[str]:
 
 
 def workload(s: Settings, seed: int) -> list[Item]:
-    """Exactly half code and half prose prompts, exactly `long_fraction` long outputs, shuffled."""
+    """Exactly half code and half prose prompts, shuffled; output lengths drawn from s.output_tokens."""
     rng = random.Random(seed)
     prompts = {"code": corpus.held_out_prompts(s.requests), "prose": prose_prompts(s.requests)}
     kinds = ["code", "prose"] * (s.requests // 2) + ["code"] * (s.requests % 2)
-    n_long = round(s.long_fraction * s.requests)
-    longs = [True] * n_long + [False] * (s.requests - n_long)
     rng.shuffle(kinds)
-    rng.shuffle(longs)
     items = []
-    for i, (kind, long) in enumerate(zip(kinds, longs)):
-        low, high = s.long_tokens if long else s.short_tokens
+    for i, kind in enumerate(kinds):
         pool = prompts[kind]
-        items.append(Item(kind, pool[i % len(pool)], rng.randint(low, high), rng.expovariate(1.0), long))
+        tokens = s.output_tokens.draw(rng)
+        items.append(Item(kind, pool[i % len(pool)], tokens, rng.expovariate(1.0),
+                          tokens > LONG_FACTOR * s.output_tokens.median))
     return items
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,7 @@ def validate(profile_file: Path, serve_report_file: Path) -> dict[str, Any]:
         raise SpecdError(f"{profile_file}: no acceptance figures per kind (write it with `specd bench calibrate`)")
     profile = Profile.from_dict(raw)
     report = json.loads(serve_report_file.read_text())
-    known = {f.name for f in fields(bench.Settings)}
-    given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) and k.endswith("_tokens") else v
-                             for k, v in report["settings"].items() if k in known and k != "log_dir"}
-    settings = bench.Settings(**given)
+    settings = bench.Settings.from_report(report["settings"])
     tokenizer = Tokenizer(Path(report["models"]["target"]))
     workloads = [bench.workload(settings, settings.seed + rep) for rep in range(settings.repeats)]
     prompt_tokens = {item.prompt: len(tokenizer.encode(item.prompt)) for items in workloads for item in items}

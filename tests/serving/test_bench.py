@@ -94,11 +94,18 @@ def test_goals_compare_at_the_highest_stable_rate():
     assert unstable["laps_sd_vs_fcfs"][0]["met"] is False  # no stable rate: nothing to claim
 
 
-def test_workload_mix_is_exact():
-    items = workload(Settings(requests=20, long_fraction=0.25), seed=0)
-    assert sum(i.kind == "code" for i in items) == 10
-    assert sum(i.max_new_tokens >= 96 for i in items) == sum(i.long for i in items) == 5
-    assert all(8 <= i.max_new_tokens <= 24 or 96 <= i.max_new_tokens <= 160 for i in items)
+def test_workload_mix_is_exact_and_heavy_tailed():
+    items = workload(Settings(requests=400), seed=0)
+    assert sum(i.kind == "code" for i in items) == 200
+    lengths = sorted(i.max_new_tokens for i in items)
+    median, shape = lengths[200], Settings().output_tokens
+    assert 0.8 * shape.median <= median <= 1.25 * shape.median
+    # a heavy tail: the mean well above the median, and "long" marks exactly the tail beyond 3x it
+    assert sum(lengths) / len(lengths) > 1.4 * median
+    assert [i.long for i in items] == [i.max_new_tokens > 3 * shape.median for i in items]
+    assert 0.05 < sum(i.long for i in items) / len(items) < 0.25
+    assert all(shape.low <= n <= shape.high for n in lengths)
+    assert workload(Settings(requests=400), seed=0) == items  # a seed replays its workload
 
 
 def test_bench_serve_prints_the_issue_keys_end_to_end(models):
