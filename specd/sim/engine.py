@@ -44,6 +44,7 @@ class SimReplica:
     pinned: set[str] = field(default_factory=set)
     free_at: float = 0.0  # when the call under way ends
     busy_s: float = 0.0  # compute seconds served (utilisation)
+    leaving: bool = False  # scaled down: takes no new work, its calls under way finish
 
     def call(self, now: float, compute_s: float, rpc_s: float) -> float:
         """Queue a call arriving at `now`; returns when its reply arrives."""
@@ -115,6 +116,7 @@ class Simulation:
         self.finished: list[Finished] = []
         self.estimates: list[tuple[float, float, int]] = []  # LAPS-SD's (estimate, with the true length, actual)
         self.rejected = 0
+        self.migrated = 0  # requests moved off a target replica that left
         self.decisions = 0  # batches picked
         self.streamed = 0  # tokens committed so far
         self.in_system = 0  # admitted, unfinished
@@ -173,6 +175,9 @@ class Simulation:
 
     def _start(self, lane: Lane) -> None:
         d, target = self.routers[lane.router], lane.target
+        if target.leaving:
+            self._migrate(lane)
+            return
         batch = d.pick(target.address, self._no_kv_waiting)
         if not batch:
             return
@@ -192,6 +197,9 @@ class Simulation:
     def _draft(self, lane: Lane, batch: list[Request]) -> None:
         d, router = self.routers[lane.router], lane.router
         for r in batch:  # pin a draft replica to requests that may draft (as Scheduler._place_drafts)
+            if r.draft is not None and self.replicas[r.draft].leaving:  # k = 0 until pinned to another one
+                self.replicas[r.draft].pinned.discard(r.id)
+                r.draft = None
             if d.may_draft(r) and r.draft is None and self.sees_drafts[router]:
                 draft = least_pinned(drafts_for(lane.target.address, self.sees_targets[router],
                                                 self.sees_drafts[router]))
@@ -221,7 +229,7 @@ class Simulation:
     def _verify(self, lane: Lane, batch: list[Request], ks: list[int], observations: list) -> None:
         d = self.routers[lane.router]
         for tokens_per_pass, passes, compute, round_trip in observations:
-            d.costs.observe_draft(tokens_per_pass, passes, compute, round_trip)
+            d.observe_draft(tokens_per_pass, passes, compute, round_trip, self.now)
         tokens = sum(k + 1 for k in ks)
         compute = self.profile.target(tokens, sum(len(r.committed) for r in batch))
         done = lane.target.call(self.now, compute, self.profile.rpc_s)
@@ -258,6 +266,46 @@ class Simulation:
         lane.busy = False
         self.in_iteration[(lane.router, target.address)] -= 1
         self._wake(lane.router, target.address)
+
+    # -- replicas that come and go (autoscaling: specd/sim/autoscale.py) -------------------------
+
+    def add_replica(self, role: str) -> SimReplica:
+        """A new replica of `role`, serving from now (each router sees it: no partitions)."""
+        replica = SimReplica(role, f"{role}-{len(self.replicas)}")
+        self.replicas[replica.address] = replica
+        for i in range(len(self.routers)):
+            (self.sees_targets if role == "target" else self.sees_drafts)[i].append(replica)
+        if role == "target":
+            for i in range(len(self.routers)):
+                self.lanes[(i, replica.address)] = [Lane(i, replica) for _ in range(self.config.pipeline_depth)]
+                self.in_iteration[(i, replica.address)] = 0
+        return replica
+
+    def remove_replica(self, replica: SimReplica) -> None:
+        """Scale `replica` down: it takes no new work and its calls under way finish; a target's
+        requests move to other targets (prefilled there from their committed tokens, as the live
+        router moves them), a draft's requests draft with k = 0 until they are pinned to another."""
+        replica.leaving = True
+        for i in range(len(self.routers)):
+            seen = self.sees_targets[i] if replica.role == "target" else self.sees_drafts[i]
+            if replica in seen:
+                seen.remove(replica)
+            if replica.role == "target":
+                for lane in self.lanes[(i, replica.address)]:
+                    if not lane.busy:
+                        self._migrate(lane)
+
+    def _migrate(self, lane: Lane) -> None:
+        """Move the waiting requests of a leaving target to the least loaded target left."""
+        d, old = self.routers[lane.router], lane.target
+        for r in [r for r in d.requests.values() if r.target == old.address and not r.in_flight]:
+            new = least_pinned(self.sees_targets[lane.router])
+            old.pinned.discard(r.id)
+            r.sent.pop(old.address, None)
+            d.move(r, new.address)
+            new.pinned.add(r.id)
+            self.migrated += 1
+            self._wake(lane.router, new.address)
 
     def _finish(self, router: int, r: Request, truth: Truth) -> None:
         self.routers[router].forget(r)
