@@ -323,6 +323,9 @@ def router_deployment(owner: Owner, spec: dict[str, Any], image: str, pull_polic
         "ports": [{"name": "grpc", "containerPort": n.ROUTER_PORT, "protocol": "TCP"},
                   {"name": "http", "containerPort": c.HTTP_PORT.default, "protocol": "TCP"}],
         "resources": _resources(router.get("resources"), 0),
+        # who this router is among the replicas of its Service: it takes its share of the workers
+        "env": [{"name": c.POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": c.ROUTER_SERVICE_ENV, "value": n.child_name(owner.name, n.ROUTER)}],
         # The router serves once a target worker does, which may take as long as loading the
         # target's checkpoint: liveness waits for that (found on the real node).
         "startupProbe": _grpc_probe(n.ROUTER_PORT, 5, 720),

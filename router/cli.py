@@ -98,12 +98,12 @@ def _discovery(targets: list[str], drafts: list[str], config):
     d = config.discovery
     if d is None or not d.target_service:
         raise SpecdError("no workers: pass --target HOST:PORT (and --draft), or a config with a discovery block")
-    from specd.router.k8s_discovery import EndpointSliceWatcher
+    from specd.router.k8s_discovery import EndpointSliceWatcher, Peers
 
     services, ports = {"target": d.target_service}, {"target": d.target_port}
     if d.draft_service:
         services["draft"], ports["draft"] = d.draft_service, d.draft_port
-    return EndpointSliceWatcher(d.namespace, services, ports)
+    return EndpointSliceWatcher(d.namespace, services, ports, peers=Peers.from_env())
 
 
 # -- specd up ------------------------------------------------------------------------------------

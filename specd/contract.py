@@ -132,6 +132,10 @@ HTTP_PORT = Range(1, 65535, default=8000)
 # The SpecDecodingService a process serves, for the `service` label of its metrics (the operator
 # sets it on every pod; a local stack is "local").
 SERVICE_ENV = "SPECD_SERVICE"
+# A router pod's own name and its router Service (the operator sets both): with them the router
+# takes its share of the workers among the router replicas (specd.router.partition).
+POD_NAME_ENV = "SPECD_POD_NAME"
+ROUTER_SERVICE_ENV = "SPECD_ROUTER_SERVICE"
 
 
 # --- speculation spellings ----------------------------------------------------------------------
@@ -307,6 +311,7 @@ __all__ = [
     "PIPELINE_DEPTH", "QUEUES", "FIRST_QUANTUM", "QUANTUM_GROWTH", "STABILITY_WINDOW", "STABILITY_THRESHOLD",
     "TENSOR_PARALLEL_SIZES", "TENSOR_PARALLEL_SIZE", "TARGET_REPLICAS", "DRAFT_REPLICAS", "DRAFT_GPUS",
     "ROUTER_REPLICAS", "ROUTER_PORT", "DISCOVERY_TARGET_PORT", "DISCOVERY_DRAFT_PORT", "METRICS_PORT",
-    "HTTP_PORT", "SERVICE_ENV", "speculation_mode", "parse_speculation", "speculation_label", "SpeculationConfig",
+    "HTTP_PORT", "SERVICE_ENV", "POD_NAME_ENV", "ROUTER_SERVICE_ENV", "speculation_mode", "parse_speculation",
+    "speculation_label", "SpeculationConfig",
     "LapsSdConfig", "DiscoveryConfig", "RouterConfigFile", "parse_router_config",
 ]

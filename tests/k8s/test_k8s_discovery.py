@@ -16,7 +16,7 @@ import yaml
 
 from specd.devcluster.cluster import DevCluster
 from specd.kube import Kube
-from specd.router.k8s_discovery import EndpointSliceWatcher, ready_addresses
+from specd.router.k8s_discovery import SERVICE_NAME_LABEL, EndpointSliceWatcher, Peers, ready_addresses
 
 T = TypeVar("T")
 
@@ -170,3 +170,61 @@ def test_not_ready_endpoints_are_left_out() -> None:
     assert ready_addresses(slice_, 7) == ["10.0.0.1:7", "10.0.0.3:7"]
     assert ready_addresses({"addressType": "IPv6", "endpoints": [
         {"addresses": ["fd00::1"]}]}, 7) == ["[fd00::1]:7"]
+
+
+def endpoint_slice(service: str, port: int, endpoints: list[dict]) -> dict:
+    """A slice written by hand (as a controller would), left alone by kube-controller-manager."""
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": service, "namespace": NS,
+                         "labels": {SERVICE_NAME_LABEL: service,
+                                    "endpointslice.kubernetes.io/managed-by": "specd-tests"}},
+            "ports": [{"name": "grpc", "port": port, "protocol": "TCP"}], "endpoints": endpoints}
+
+
+def router_endpoints(conditions: dict[str, dict]) -> list[dict]:
+    """Router pods `router-N` (by name) behind 10.9.0.N, with their conditions."""
+    return [{"addresses": [f"10.9.0.{i}"], "conditions": c, "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}}
+            for i, (pod, c) in enumerate(conditions.items(), 1)]
+
+
+def test_router_replicas_take_disjoint_shares_and_a_survivor_takes_all(
+        cluster: DevCluster, loop: asyncio.AbstractEventLoop) -> None:
+    addresses = {role: [f"10.8.{j}.{i}" for i in range(1, 7)] for j, role in enumerate(PORTS)}
+    services = {role: f"part-{role}" for role in PORTS}
+    ready = {"ready": True, "serving": True, "terminating": False}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+        [endpoint_slice(services[role], PORTS[role], [{"addresses": [a]} for a in addresses[role]])
+         for role in PORTS]
+        + [endpoint_slice("part-router", 50051, router_endpoints({"router-1": ready, "router-2": ready}))]))
+    kube = connect(cluster)
+    routers = {pod: EndpointSliceWatcher(NS, services, PORTS, kube=kube, watch_timeout_s=2,
+                                         peers=Peers("part-router", pod)) for pod in ("router-1", "router-2")}
+    for w in routers.values():
+        on_loop(loop, lambda: started(w))
+    everything = {role: sorted(f"{a}:{PORTS[role]}" for a in addresses[role]) for role in PORTS}
+
+    def split() -> bool:
+        one, two = (w.current() for w in routers.values())
+        return all(one[role] and two[role] and not set(one[role]) & set(two[role])
+                   and sorted(one[role] + two[role]) == everything[role] for role in PORTS)
+
+    try:
+        wait_for("each router a disjoint share, together every worker", split)
+        before, draining = routers["router-2"].current(), routers["router-1"].current()
+        # router-1's pod is deleted: its endpoint turns terminating, not ready
+        cluster.kubectl("patch", "endpointslice", "part-router", "-n", NS, "--type", "merge", "-p", json.dumps(
+            {"endpoints": router_endpoints({"router-1": {"ready": False, "serving": True, "terminating": True},
+                                            "router-2": ready})}))
+        wait_for("router-2 schedules every worker", lambda: routers["router-2"].current() == everything)
+        assert set(before["target"]) < set(everything["target"])  # it did take router-1's share
+        assert routers["router-1"].current() == draining  # which finishes its requests there meanwhile
+        # then its endpoint is gone, and a new router-3 is ready: the shares split again
+        cluster.kubectl("patch", "endpointslice", "part-router", "-n", NS, "--type", "merge", "-p", json.dumps(
+            {"endpoints": router_endpoints({"router-3": ready, "router-2": ready})}))
+        wait_for("router-2 hands a share to router-3",
+                 lambda: len(routers["router-2"].current()["target"]) == len(everything["target"]) // 2)
+    finally:
+        for w in routers.values():
+            on_loop(loop, w.aclose)
+        on_loop(loop, kube.aclose)
+        cluster.kubectl("delete", "endpointslice", "-n", NS, *services.values(), "part-router", check=False)
