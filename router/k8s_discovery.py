@@ -202,6 +202,9 @@ class EndpointSliceWatcher:
         if endpoints == self._current:
             return
         self._current = endpoints
+        if self.peers is not None:
+            log.info("router %s schedules %s of the workers (routers: %s)", self.peers.pod,
+                     {role: len(a) for role, a in endpoints.items()}, sorted({*routers, self.peers.pod}))
         for callback in list(self._callbacks):
             try:
                 callback({role: list(a) for role, a in endpoints.items()})

@@ -10,7 +10,7 @@ single router of a smaller fleet. So:
   under its share. Every router computes the same matching from the same router set without
   talking to the others. Pure rendezvous (each target to its heaviest router) moves nothing but
   a leaving router's targets, but its shares are lumpy: over 8 targets, 2 routers split 6/2 or
-  worse one time in four, which overloads the small share at high load; equal shares cost a few
+  worse in 3 draws of 10, which overloads the small share at high load; equal shares cost a few
   more moves when a router leaves: besides its own targets, on average 0.1-0.45 times as many
   of the others' rebalance (tests/test_router_partition.py measures both);
 - a router that owns no target while targets exist (more routers than targets, or an unlucky
