@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from specd import contract as c
-from specd.operator import crd
+from specd.operator import crd, pools
 from specd.operator import names as n
 from specd.operator.model import ModelSource, parse_model_uri
 
@@ -49,15 +49,12 @@ class Owner:
                 "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
 
 
-def has_draft_pool(spec: dict[str, Any]) -> bool:
-    return spec["draft"]["method"] == "model"
-
-
 def build_children(body: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
     """Every child of the resource `body`, in apply order (config before its readers)."""
     owner = Owner.of(body)
     spec = crd.apply_defaults(body["spec"])
     image = spec.get("image") or config.image
+    replicas = pools.desired(spec, body.get("status") or {})
     router_yaml = render_router_config(router_config(owner, spec))
     children = [
         router_config_map(owner, router_yaml),
@@ -65,13 +62,13 @@ def build_children(body: dict[str, Any], config: OperatorConfig) -> list[dict[st
         router_role(owner),
         router_role_binding(owner),
         worker_service(owner, n.TARGET, n.TARGET_PORT),
-        target_deployment(owner, spec, image, config.image_pull_policy),
+        target_deployment(owner, spec, replicas.target, image, config.image_pull_policy),
         disruption_budget(owner, n.TARGET),
     ]
-    if has_draft_pool(spec):
+    if pools.has_draft_pool(spec):
         children += [
             worker_service(owner, n.DRAFT, n.DRAFT_PORT),
-            draft_deployment(owner, spec, image, config.image_pull_policy),
+            draft_deployment(owner, spec, replicas.draft, image, config.image_pull_policy),
             disruption_budget(owner, n.DRAFT),
         ]
     children += [
@@ -103,7 +100,7 @@ def router_config(owner: Owner, spec: dict[str, Any]) -> dict[str, Any]:
             "namespace": owner.namespace,
             "targetService": n.child_name(owner.name, n.TARGET),
             # null when the drafts come from inside the target workers (no draft pool)
-            "draftService": n.child_name(owner.name, n.DRAFT) if has_draft_pool(spec) else None,
+            "draftService": n.child_name(owner.name, n.DRAFT) if pools.has_draft_pool(spec) else None,
             "targetPort": n.TARGET_PORT,
             "draftPort": n.DRAFT_PORT,
         },
@@ -255,9 +252,10 @@ def target_command(spec: dict[str, Any], model: ModelSource) -> list[str]:
     return command
 
 
-def target_deployment(owner: Owner, spec: dict[str, Any], image: str,
+def target_deployment(owner: Owner, spec: dict[str, Any], replicas: int, image: str,
                       pull_policy: str) -> dict[str, Any]:
-    """All tensor-parallel processes of a replica run in one pod that holds tp GPUs."""
+    """All tensor-parallel processes of a replica run in one pod that holds tp GPUs; `replicas`:
+    `pools.desired` (the spec's, or the autoscaler's)."""
     target = spec["target"]
     model = parse_model_uri(target["model"]["uri"])
     tp = target["tensorParallelSize"]
@@ -282,11 +280,11 @@ def target_deployment(owner: Owner, spec: dict[str, Any], image: str,
     # GPUs are scarce: replace pods one at a time instead of surging an extra tp-GPU pod.
     strategy = {"type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
-    return _deployment(owner, n.TARGET, target["replicas"], pod_spec, strategy,
+    return _deployment(owner, n.TARGET, replicas, pod_spec, strategy,
                        progress_deadline=3600)
 
 
-def draft_deployment(owner: Owner, spec: dict[str, Any], image: str,
+def draft_deployment(owner: Owner, spec: dict[str, Any], replicas: int, image: str,
                      pull_policy: str) -> dict[str, Any]:
     draft = spec["draft"]
     model = parse_model_uri(draft["model"]["uri"])
@@ -303,7 +301,7 @@ def draft_deployment(owner: Owner, spec: dict[str, Any], image: str,
                 **_placement(draft)}
     strategy = {"type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}
-    return _deployment(owner, n.DRAFT, draft["replicas"], pod_spec, strategy)
+    return _deployment(owner, n.DRAFT, replicas, pod_spec, strategy)
 
 
 def config_hash(router_yaml: str) -> str:

@@ -29,9 +29,11 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
                         choices=["Always", "IfNotPresent", "Never"])
     parser.add_argument("--resync-seconds", type=float, default=60.0,
                         help="full reconciliation of every resource this often (default 60)")
-    parser.add_argument("--stats-seconds", type=float, default=30.0,
-                        help="copy each Ready router's live figures (acceptance, goodput, k) into "
-                             "its resource's status this often; 0 turns it off (default 30)")
+    parser.add_argument("--stats-seconds", type=float, default=10.0,
+                        help="poll each Ready router's live figures this often: acceptance, "
+                             "goodput and k into its resource's status, and the autoscaling "
+                             "decisions (keep it well below the resources' "
+                             "scaleUpWindowSeconds); 0 turns both off (default 10)")
     parser.add_argument("--router-address", default=ROUTER_ADDRESS_TEMPLATE, metavar="TEMPLATE",
                         help="where to reach a resource's router, with {cluster_ip} (of the router "
                              "Service), {service}, {namespace} and {port} filled in (default: "
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from specd.operator.live import LiveFigures
     from specd.operator.names import FIELD_MANAGER
     from specd.operator.reconcile import Reconciler, every_resource, resync
+    from specd.operator.scaling import Scaling
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     reconciler = Reconciler(kube, OperatorConfig(args.image, args.image_pull_policy))
     periodic: list[Periodic] = [functools.partial(resync, reconciler, args.namespaces, args.resync_seconds)]
     if args.stats_seconds:
-        live = LiveFigures(kube, args.router_address)
+        live = LiveFigures(kube, args.router_address, scaling=Scaling(kube, reconciler))
         periodic.append(functools.partial(every_resource, kube, args.namespaces, args.stats_seconds,
                                           "live figures", live.refresh))
     kopf.run(registry=build_registry(kube, periodic), memo=kopf.Memo(reconciler=reconciler),

@@ -52,6 +52,15 @@ def _int(bounds: c.Range[int], description: str, default: int | None = None) -> 
     return schema
 
 
+def _number(bounds: c.Range[float], description: str) -> dict[str, Any]:
+    """A number with the contract's bounds and default."""
+    schema: dict[str, Any] = {"type": "number", "description": description,
+                              "default": bounds.default, "minimum": bounds.minimum}
+    if bounds.maximum is not None:
+        schema["maximum"] = bounds.maximum
+    return schema
+
+
 def _enum(values: list[str], default: str, description: str) -> dict[str, Any]:
     return {"type": "string", "enum": values, "default": default, "description": description}
 
@@ -107,6 +116,64 @@ def _placement() -> dict[str, Any]:
             "type": "array",
             "description": "Tolerations of the pods (core/v1 Toleration objects).",
             "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
+    }
+
+
+def _autoscaled_pool(role: str, minimum: c.Range[int], maximum: c.Range[int],
+                     aims: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "default": {},
+        "description": f"Bounds and aims of the {role} pool while autoscaling is on.",
+        "properties": {
+            "minReplicas": _int(minimum, f"Fewest {role} pods."),
+            "maxReplicas": _int(maximum, f"Most {role} pods."),
+            **aims,
+        },
+        "x-kubernetes-validations": [{
+            "rule": "self.minReplicas <= self.maxReplicas",
+            "message": f"autoscaling.{role}.minReplicas must be less than or equal to "
+                       f"autoscaling.{role}.maxReplicas",
+            "fieldPath": ".minReplicas",
+        }],
+    }
+
+
+def _autoscaling_schema() -> dict[str, Any]:
+    """`spec.autoscaling`: off unless enabled; while on, the operator owns both pools' replicas
+    (spec.target.replicas and spec.draft.replicas are then only its starting point)."""
+    return {
+        "type": "object",
+        "default": {},
+        "description": "Speculation-aware autoscaling of the target and draft pools from the "
+                       "router's live figures. While enabled the operator sets both pools' "
+                       "replicas (status.autoscaling) and ignores spec.target.replicas (the scale "
+                       "subresource) and spec.draft.replicas.",
+        "properties": {
+            "enabled": {"type": "boolean", "default": False,
+                        "description": "Autoscale (off by default)."},
+            "scaleUpWindowSeconds": _int(c.AUTOSCALE_SCALE_UP_WINDOW_SECONDS,
+                                         "A pool grows to the lowest recommendation of this "
+                                         "window (sustained demand only)."),
+            "scaleDownWindowSeconds": _int(c.AUTOSCALE_SCALE_DOWN_WINDOW_SECONDS,
+                                           "A pool shrinks to the highest recommendation of this "
+                                           "window (no flapping on a steady load)."),
+            "target": _autoscaled_pool("target", c.AUTOSCALE_TARGET_MIN_REPLICAS,
+                                       c.AUTOSCALE_TARGET_MAX_REPLICAS, {
+                "queuePerReplica": _number(c.AUTOSCALE_QUEUE_PER_TARGET,
+                                           "Requests in the router (queued and running) per "
+                                           "target replica the pool aims for."),
+                "ttftSeconds": _number(c.AUTOSCALE_TTFT_SECONDS,
+                                       "Mean time to first token above which the pool grows; "
+                                       "0: no TTFT objective."),
+            }),
+            "draft": _autoscaled_pool("draft", c.AUTOSCALE_DRAFT_MIN_REPLICAS,
+                                      c.AUTOSCALE_DRAFT_MAX_REPLICAS, {
+                "utilisation": _number(c.AUTOSCALE_DRAFT_UTILISATION,
+                                       "Share of its time a draft replica spends drafting that "
+                                       "the pool aims for (draft.method model only)."),
+            }),
         },
     }
 
@@ -216,6 +283,7 @@ def _spec_schema() -> dict[str, Any]:
             "draft": draft,
             "scheduling": scheduling,
             "router": router,
+            "autoscaling": _autoscaling_schema(),
         },
         # draft and scheduling are always there: both default to objects.
         "x-kubernetes-validations": [{
@@ -257,6 +325,8 @@ def _status_schema() -> dict[str, Any]:
             "replicas": {"type": "integer"},
             "readyReplicas": {"type": "integer"},
             "updatedReplicas": {"type": "integer"},
+            # the Deployment's spec.replicas: spec's, or the autoscaler's while it is on
+            "desiredReplicas": {"type": "integer"},
         },
     }
     condition = {
@@ -289,6 +359,17 @@ def _status_schema() -> dict[str, Any]:
             "acceptanceRate": {"type": "number"},
             "goodput": {"type": "number"},
             "currentK": {"type": "integer"},
+            # the autoscaler's latest decision (operator/scaling.py; absent while it is off)
+            "autoscaling": {
+                "type": "object",
+                "properties": {
+                    "targetReplicas": {"type": "integer"},
+                    "draftReplicas": {"type": "integer"},
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                    "lastScaleTime": {"type": "string", "format": "date-time"},
+                },
+            },
         },
     }
 
@@ -296,15 +377,22 @@ def _status_schema() -> dict[str, Any]:
 PRINTER_COLUMNS = [
     {"name": "Ready", "type": "string",
      "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-    {"name": "Target", "type": "integer", "jsonPath": ".spec.target.replicas",
-     "description": "Desired target replicas"},
+    # Replicas from the status: the spec's are not the truth while autoscaling is on.
+    {"name": "Target", "type": "integer", "jsonPath": ".status.target.desiredReplicas",
+     "description": "Target replicas asked for (spec's, or the autoscaler's)"},
     {"name": "Available", "type": "integer", "jsonPath": ".status.target.readyReplicas",
      "description": "Ready target replicas"},
     {"name": "TP", "type": "integer", "jsonPath": ".spec.target.tensorParallelSize",
      "priority": 1},
-    {"name": "Draft", "type": "string", "jsonPath": ".spec.draft.method"},
+    {"name": "Draft", "type": "integer", "jsonPath": ".status.draft.desiredReplicas",
+     "description": "Draft replicas asked for (spec's, or the autoscaler's)"},
+    {"name": "Method", "type": "string", "jsonPath": ".spec.draft.method",
+     "description": "Draft method"},
     {"name": "K", "type": "integer", "jsonPath": ".status.currentK", "priority": 1},
     {"name": "Acceptance", "type": "number", "jsonPath": ".status.acceptanceRate"},
+    {"name": "Scaling", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Autoscaling")].reason',
+     "description": "Disabled, or the autoscaler's latest reason"},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

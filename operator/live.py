@@ -5,6 +5,7 @@ the operator asks each Ready resource's router for them (`specd.v1.Specd/Stats` 
 Service) and merges `acceptanceRate`, `goodput` (tokens/s streamed over the last minute) and
 `currentK` into the status when they moved, so that `kubectl get sds` shows them. A router that
 cannot be reached leaves the figures as they were: they are live hints, not conditions.
+The same poll feeds the autoscaler of a resource that enables it (`scaling.Scaling`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 from specd.kube import Kube, custom_kind
 from specd.operator import crd, status
 from specd.operator import names as n
+from specd.operator.scaling import Scaling
 
 log = logging.getLogger(__name__)
 custom_kind(crd.GROUP, crd.VERSION, crd.KIND, crd.PLURAL)
@@ -36,10 +38,11 @@ def ready(body: dict[str, Any]) -> bool:
 
 class LiveFigures:
     def __init__(self, kube: Kube, address_template: str = n.ROUTER_ADDRESS_TEMPLATE,
-                 timeout_s: float = 2.0) -> None:
+                 timeout_s: float = 2.0, scaling: Scaling | None = None) -> None:
         self.kube = kube
         self.address_template = address_template
         self.timeout_s = timeout_s
+        self.scaling = scaling
 
     async def address(self, body: dict[str, Any]) -> str | None:
         """The router's address from the template; None while its Service has no ClusterIP."""
@@ -55,7 +58,8 @@ class LiveFigures:
                                             port=spec["router"]["service"]["port"],
                                             cluster_ip=cluster_ip)
 
-    async def fetch(self, address: str) -> dict[str, Any] | None:
+    async def fetch(self, address: str) -> Any | None:
+        """The router's RouterStats; None when it did not answer."""
         from specd.proto.v1 import serving_pb2, serving_pb2_grpc
 
         try:
@@ -65,14 +69,18 @@ class LiveFigures:
         except grpc.RpcError as exc:
             log.debug("router %s did not answer Stats: %s", address, exc.code())
             return None
-        return figures(stats)
+        return stats
 
     async def refresh(self, body: dict[str, Any]) -> None:
-        """Copy the router's figures into the status of one resource (when it is Ready)."""
+        """Copy the router's figures into the status of one resource (when it is Ready), and
+        hand them to its autoscaler."""
         if not ready(body) or body["metadata"].get("deletionTimestamp"):
             return
         address = await self.address(body)
-        new = await self.fetch(address) if address else None
+        stats = await self.fetch(address) if address else None
+        new = figures(stats) if stats is not None else None
         if new is not None and status.status_changed(body.get("status") or {}, new):
             meta = body["metadata"]
             await self.kube.patch_status(crd.KIND, meta["namespace"], meta["name"], new)
+        if self.scaling is not None:
+            await self.scaling.observe(body, stats)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from specd.kube import Kube, KubeError, custom_kind
-from specd.operator import builders, crd, status
+from specd.operator import builders, crd, pools, status
 from specd.operator import names as n
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Reconciler:
                     raise
                 refused = exc  # e.g. an invalid toleration: reported in the status below
         roles = [role for role in (n.TARGET, n.DRAFT, n.ROUTER)
-                 if role != n.DRAFT or builders.has_draft_pool(spec)]
+                 if role != n.DRAFT or pools.has_draft_pool(spec)]
         found = await asyncio.gather(*(self.kube.get("Deployment", namespace, n.child_name(name, role))
                                        for role in roles))
         new, transitions = status.compute_status(

@@ -6,6 +6,9 @@ Conditions (Kubernetes API conventions, each with reason, message and observedGe
   Degraded     serving below the spec: the API server refused a child, a pool short of ready
                replicas once its rollout ended, a failed rollout, or the draft pool down (the
                router then decodes with k = 0)
+  Autoscaling  the operator sets the pools' replicas (spec.autoscaling.enabled); reason: the
+               autoscaler's latest (status.autoscaling, written by operator/scaling.py), or
+               Disabled
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import dataclasses
 from typing import Any
 
 from specd.operator import names as n
+from specd.operator import pools
 
-READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+READY, PROGRESSING, DEGRADED, AUTOSCALING = "Ready", "Progressing", "Degraded", "Autoscaling"
+OWNED = ("the operator sets the target and draft replicas; spec.target.replicas (the scale "
+         "subresource) and spec.draft.replicas are ignored while spec.autoscaling.enabled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +41,12 @@ class Transition:
 
 def role_counts(deployment: dict[str, Any] | None) -> dict[str, int]:
     status = (deployment or {}).get("status", {})
-    return {"replicas": status.get("replicas", 0),
-            "readyReplicas": status.get("readyReplicas", 0),
-            "updatedReplicas": status.get("updatedReplicas", 0)}
+    counts = {"replicas": status.get("replicas", 0),
+              "readyReplicas": status.get("readyReplicas", 0),
+              "updatedReplicas": status.get("updatedReplicas", 0)}
+    if deployment is not None:
+        counts["desiredReplicas"] = deployment["spec"].get("replicas", 1)
+    return counts
 
 
 def rolling_out(deployment: dict[str, Any] | None) -> bool:
@@ -66,10 +75,21 @@ def _condition(type_: str, ok: bool, reason: str, message: str, generation: int)
             "message": message, "observedGeneration": generation}
 
 
-def _conditions(spec_replicas: dict[str, int], deployments: dict[str, dict[str, Any] | None],
+def _autoscaling(spec: dict[str, Any], previous: dict[str, Any], generation: int
+                 ) -> dict[str, Any]:
+    if pools.policy(spec) is None:
+        return _condition(AUTOSCALING, False, "Disabled",
+                          "replicas follow spec.target.replicas (the scale subresource) and "
+                          "spec.draft.replicas", generation)
+    decision = previous.get("autoscaling") or {}  # none yet: the pools start from the spec's
+    message = f"{OWNED}: {decision['message']}" if decision.get("message") else OWNED
+    return _condition(AUTOSCALING, True, decision.get("reason", "Enabled"), message, generation)
+
+
+def _conditions(wanted: dict[str, int], deployments: dict[str, dict[str, Any] | None],
                 generation: int, apply_error: str | None) -> list[dict[str, Any]]:
     ready = {role: role_counts(d)["readyReplicas"] for role, d in deployments.items()}
-    if spec_replicas[n.TARGET] == 0:
+    if wanted[n.TARGET] == 0:
         ready_cond = _condition(READY, False, "ScaledToZero", "target replicas is 0", generation)
     elif ready[n.TARGET] == 0:
         ready_cond = _condition(READY, False, "TargetUnavailable", "no target replica is ready",
@@ -90,7 +110,7 @@ def _conditions(spec_replicas: dict[str, int], deployments: dict[str, dict[str, 
 
     # The first problem names the reason: the most actionable first.
     problems: list[tuple[str, str]] = [("ApplyFailed", apply_error)] if apply_error else []
-    if (n.DRAFT in deployments and spec_replicas[n.DRAFT] > 0 and ready[n.DRAFT] == 0
+    if (n.DRAFT in deployments and wanted[n.DRAFT] > 0 and ready[n.DRAFT] == 0
             and ready[n.TARGET] > 0 and n.DRAFT not in rolling):
         problems.append(("DraftUnavailable",
                          "no draft replica is ready: decoding without speculation"))
@@ -98,9 +118,9 @@ def _conditions(spec_replicas: dict[str, int], deployments: dict[str, dict[str, 
         failure = rollout_failure(deployment)
         if failure:
             problems.append(("RolloutFailed", f"{role}: {failure}"))
-        elif role not in rolling and ready[role] < spec_replicas[role]:
+        elif role not in rolling and ready[role] < wanted[role]:
             problems.append(("ReplicasUnavailable",
-                             f"{role}: {ready[role]}/{spec_replicas[role]} ready"))
+                             f"{role}: {ready[role]}/{wanted[role]} ready"))
     degraded = _condition(DEGRADED, bool(problems),
                           problems[0][0] if problems else "AsExpected",
                           "; ".join(m for _, m in problems) if problems else "", generation)
@@ -118,9 +138,11 @@ def compute_status(*, name: str, namespace: str, generation: int, spec: dict[str
     `apply_error`: the API server refused a child of this generation; the status then keeps
     the previous observedGeneration and reports Degraded/ApplyFailed.
     """
-    spec_replicas = {n.TARGET: spec["target"]["replicas"], n.ROUTER: spec["router"]["replicas"],
-                     n.DRAFT: spec["draft"]["replicas"]}
-    conditions = _conditions(spec_replicas, deployments, generation, apply_error)
+    replicas = pools.desired(spec, previous)
+    wanted = {n.TARGET: replicas.target, n.ROUTER: spec["router"]["replicas"],
+                     n.DRAFT: replicas.draft}
+    conditions = _conditions(wanted, deployments, generation, apply_error)
+    conditions.append(_autoscaling(spec, previous, generation))
     old = {c["type"]: c for c in previous.get("conditions", [])}
     transitions = []
     for cond in conditions:
@@ -141,6 +163,8 @@ def compute_status(*, name: str, namespace: str, generation: int, spec: dict[str
     for role in n.ROLES:  # None removes a pool that no longer exists (merge patch)
         status[role] = role_counts(deployments[role]) if role in deployments else None
     status[n.TARGET]["selector"] = n.selector_string(n.selector_labels(name, n.TARGET))
+    if conditions[-1]["status"] == "False":
+        status["autoscaling"] = None  # the last decision no longer holds (merge patch: removed)
     return status, transitions
 
 

@@ -258,3 +258,20 @@ def test_pod_commands_and_router_config_are_accepted_by_the_serving_plane(method
     assert config.discovery.target_service == "svc-target"
     assert bool(config.discovery.draft_service) == (method == "model")
     assert (config.k, config.max_k) == (3, 6)
+
+
+def test_deployments_get_the_autoscalers_replicas_while_it_is_on() -> None:
+    autoscaled = {**MODEL_DRAFT, "autoscaling": {"enabled": True,
+                                                 "target": {"minReplicas": 1, "maxReplicas": 3},
+                                                 "draft": {"minReplicas": 0, "maxReplicas": 2}}}
+
+    def replicas(spec: dict, status: dict | None = None) -> tuple[int, int]:
+        body = {**_body(spec), "status": status or {}}
+        found = _by_kind_name(builders.build_children(body, CONFIG))
+        return (found[("Deployment", "svc-target")]["spec"]["replicas"],
+                found[("Deployment", "svc-draft")]["spec"]["replicas"])
+
+    decided = {"autoscaling": {"targetReplicas": 3, "draftReplicas": 0, "reason": "TargetScaleUp"}}
+    assert replicas(MODEL_DRAFT, decided) == (2, 4)  # off: the spec's, whatever the status says
+    assert replicas(autoscaled) == (2, 2)  # on, before a decision: the spec's within the bounds
+    assert replicas(autoscaled, decided) == (3, 0)

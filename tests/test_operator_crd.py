@@ -7,6 +7,7 @@ import pathlib
 import pytest
 import yaml
 
+from specd import contract as c
 from specd.operator import crd
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -35,9 +36,13 @@ def test_names_scope_and_subresources() -> None:
 
 def test_printer_columns_cover_the_useful_figures() -> None:
     columns = {c["name"]: c for c in crd.crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
-    for name in ("Ready", "Target", "Draft", "Acceptance", "Age"):
+    for name in ("Ready", "Target", "Draft", "Method", "Acceptance", "Scaling", "Age"):
         assert name in columns and "priority" not in columns[name], name
-    assert columns["Draft"]["jsonPath"] == ".spec.draft.method"
+    # replicas as the Deployments have them: the spec's are ignored while autoscaling is on
+    assert columns["Target"]["jsonPath"] == ".status.target.desiredReplicas"
+    assert columns["Draft"]["jsonPath"] == ".status.draft.desiredReplicas"
+    assert columns["Method"]["jsonPath"] == ".spec.draft.method"
+    assert columns["Scaling"]["jsonPath"] == '.status.conditions[?(@.type=="Autoscaling")].reason'
 
 
 def _walk(schema: dict, path: str = ""):
@@ -64,6 +69,36 @@ def test_cross_field_rules_are_cel_validations() -> None:
     assert "self.draft.method != 'model' || has(self.draft.model)" in rules
     assert "self.draft.method != 'none' || self.scheduling.speculation.mode == 'none'" in rules
     assert "self in [1, 2, 4, 8, 16, 32, 64]" in rules  # tensorParallelSize: a power of two
+    assert rules.count("self.minReplicas <= self.maxReplicas") == 2  # autoscaling target, draft
+
+
+def test_autoscaling_is_off_by_default_with_the_contracts_bounds() -> None:
+    autoscaling = crd.apply_defaults({"target": {"model": {"uri": "/m"}}})["autoscaling"]
+    assert autoscaling == {
+        "enabled": False,
+        "scaleUpWindowSeconds": c.AUTOSCALE_SCALE_UP_WINDOW_SECONDS.default,
+        "scaleDownWindowSeconds": c.AUTOSCALE_SCALE_DOWN_WINDOW_SECONDS.default,
+        "target": {"minReplicas": c.AUTOSCALE_TARGET_MIN_REPLICAS.default,
+                   "maxReplicas": c.AUTOSCALE_TARGET_MAX_REPLICAS.default,
+                   "queuePerReplica": c.AUTOSCALE_QUEUE_PER_TARGET.default,
+                   "ttftSeconds": c.AUTOSCALE_TTFT_SECONDS.default},
+        "draft": {"minReplicas": c.AUTOSCALE_DRAFT_MIN_REPLICAS.default,
+                  "maxReplicas": c.AUTOSCALE_DRAFT_MAX_REPLICAS.default,
+                  "utilisation": c.AUTOSCALE_DRAFT_UTILISATION.default}}
+    node = _schema()["properties"]["spec"]["properties"]["autoscaling"]["properties"]
+    utilisation = node["draft"]["properties"]["utilisation"]
+    assert (utilisation["type"], utilisation["minimum"], utilisation["maximum"]) == (
+        "number", c.AUTOSCALE_DRAFT_UTILISATION.minimum, c.AUTOSCALE_DRAFT_UTILISATION.maximum)
+    assert node["target"]["properties"]["maxReplicas"]["maximum"] == (
+        c.AUTOSCALE_TARGET_MAX_REPLICAS.maximum)
+
+
+def test_status_keeps_the_autoscalers_decision_and_desired_replicas() -> None:
+    status = _schema()["properties"]["status"]["properties"]
+    assert set(status["autoscaling"]["properties"]) == {
+        "targetReplicas", "draftReplicas", "reason", "message", "lastScaleTime"}
+    for role in ("target", "draft", "router"):
+        assert "desiredReplicas" in status[role]["properties"]
 
 
 def test_apply_defaults_fills_nested_defaults_like_the_api_server() -> None:

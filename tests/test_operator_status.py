@@ -31,11 +31,13 @@ def test_all_pools_ready() -> None:
                                "router": deployment(1, 1)})
     assert conditions(st) == {"Ready": ("True", "Serving"),
                               "Progressing": ("False", "RolloutComplete"),
-                              "Degraded": ("False", "AsExpected")}
+                              "Degraded": ("False", "AsExpected"),
+                              "Autoscaling": ("False", "Disabled")}
     assert st["observedGeneration"] == 3
     assert all(c["observedGeneration"] == 3 and c["lastTransitionTime"] == "T1"
                for c in st["conditions"])
     assert st["target"] == {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2,
+                            "desiredReplicas": 2,
                             "selector": "app.kubernetes.io/component=target,"
                                         "app.kubernetes.io/instance=svc,"
                                         "app.kubernetes.io/name=specd"}
@@ -90,7 +92,7 @@ def test_transition_times_and_events_only_on_change() -> None:
     first, _ = compute(healthy, now="T1")
     again, transitions = compute(healthy, previous=first, now="T2")
     assert transitions == []
-    assert [c["lastTransitionTime"] for c in again["conditions"]] == ["T1"] * 3
+    assert [c["lastTransitionTime"] for c in again["conditions"]] == ["T1"] * 4
     assert not status.status_changed(first, again)
 
     broken = {**healthy, "target": deployment(2, 0)}
@@ -123,3 +125,42 @@ def test_refused_apply_is_degraded_and_keeps_the_observed_generation() -> None:
     assert st["observedGeneration"] == 3
     assert all(c["observedGeneration"] == 4 for c in st["conditions"])
     assert [(t.type, t.reason) for t in transitions] == [("Degraded", "ApplyFailed")]
+
+
+AUTOSCALED = crd.apply_defaults({
+    "target": {"model": {"uri": "/m"}, "replicas": 2},
+    "draft": {"method": "model", "model": {"uri": "/d"}, "replicas": 5},
+    "autoscaling": {"enabled": True, "target": {"minReplicas": 1, "maxReplicas": 3},
+                    "draft": {"minReplicas": 0, "maxReplicas": 2}}})
+
+
+def test_autoscaling_owns_the_replicas_and_says_so() -> None:
+    pools = {"target": deployment(2, 2), "draft": deployment(2, 2), "router": deployment(1, 1)}
+    st, transitions = status.compute_status(name="svc", namespace="ns", generation=1,
+                                            spec=AUTOSCALED, deployments=pools, previous={},
+                                            now="T")
+    cond = next(c for c in st["conditions"] if c["type"] == "Autoscaling")
+    assert (cond["status"], cond["reason"]) == ("True", "Enabled")  # no decision yet
+    assert "spec.target.replicas" in cond["message"] and "ignored" in cond["message"]
+    # spec.draft.replicas (5) is clamped to maxReplicas (2): two ready drafts are as expected
+    assert conditions(st)["Degraded"] == ("False", "AsExpected")
+    assert ("Autoscaling", "True") in [(t.type, t.status) for t in transitions]
+    assert "autoscaling" not in st  # written by the autoscaler only
+
+    decided = {**st, "autoscaling": {"targetReplicas": 3, "draftReplicas": 0,
+                                     "reason": "TargetScaleUp", "message": "queue 14 on 2"}}
+    st, _ = status.compute_status(name="svc", namespace="ns", generation=1, spec=AUTOSCALED,
+                                  deployments=pools, previous=decided, now="T2")
+    cond = next(c for c in st["conditions"] if c["type"] == "Autoscaling")
+    assert (cond["reason"], cond["lastTransitionTime"]) == ("TargetScaleUp", "T")
+    assert cond["message"].endswith(": queue 14 on 2")
+    assert conditions(st)["Degraded"] == ("True", "ReplicasUnavailable")  # 2 of 3 targets ready
+
+
+def test_turning_autoscaling_off_removes_its_decision() -> None:
+    decided = {"autoscaling": {"targetReplicas": 3, "draftReplicas": 0, "reason": "Steady"}}
+    st, _ = compute({"target": deployment(2, 2), "draft": deployment(1, 1),
+                     "router": deployment(1, 1)}, previous=decided)
+    assert conditions(st)["Autoscaling"] == ("False", "Disabled")
+    assert st["autoscaling"] is None and status.status_changed(decided, st)
+    assert conditions(st)["Degraded"] == ("False", "AsExpected")  # spec's 2 targets, 1 draft

@@ -292,10 +292,11 @@ def test_kubectl_get_sds_shows_the_useful_columns(cluster: DevCluster, operator:
                                                   ) -> None:
     wait_for("demo Ready", lambda: settled(cluster, "demo"))
     lines = cluster.kubectl("get", "sds", "-n", NS).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "READY", "TARGET", "AVAILABLE", "DRAFT", "ACCEPTANCE",
-                                "AGE"]
+    assert lines[0].split() == ["NAME", "READY", "TARGET", "AVAILABLE", "DRAFT", "METHOD",
+                                "ACCEPTANCE", "SCALING", "AGE"]
     demo = next(line.split() for line in lines if line.startswith("demo "))
-    assert demo[1:5] == ["True", "1", "1", "model"]
+    assert demo[1:6] == ["True", "1", "1", "1", "model"]
+    assert demo[-2] == "Disabled"  # SCALING (ACCEPTANCE may be an empty cell)
     wide = cluster.kubectl("get", "sds", "demo", "-n", NS, "-o", "wide").stdout.splitlines()
     assert {"TP", "K", "ENDPOINT"} <= set(wide[0].split())
 
