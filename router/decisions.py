@@ -230,9 +230,9 @@ class Decisions:
         return self.speculation.choose(batch, drafting, overlapped=overlapped)
 
     def observe_draft(self, tokens_per_pass: float, passes: int, compute_s: float, round_trip_s: float,
-                      now: float) -> None:
+                      now: float, context: float = 0.0) -> None:
         """A draft replica's Propose call: its costs (the cost model) and its busy time."""
-        self.costs.observe_draft(tokens_per_pass, passes, compute_s, round_trip_s)
+        self.costs.observe_draft(tokens_per_pass, passes, compute_s, round_trip_s, context)
         self.draft_busy.add(compute_s, now)
 
     def stats(self, live_targets: int, live_drafts: int) -> serving_pb2.RouterStats:

@@ -187,6 +187,7 @@ class Scheduler:
             tokens, probs = proposals.get(r.id, ([], b""))
             items.append(worker_pb2.VerifyItem(delta=self._delta(r, target.address), draft_tokens=tokens,
                                                draft_probs=probs))
+        context = sum(len(r.committed) for r in batch)  # cached tokens the pass reads (the cost model's)
         started = time.perf_counter()
         try:
             reply = await target.stub.Verify(worker_pb2.VerifyRequest(items=items), timeout=WORKER_TIMEOUT_S)
@@ -197,9 +198,9 @@ class Scheduler:
         costs = self.decisions.costs
         if cost.draft_passes:  # drafted inside the target: its share is the draft cost, with no RPC of its own
             costs.observe_draft(cost.draft_tokens / cost.draft_passes, cost.draft_passes, cost.draft_seconds,
-                                     cost.draft_seconds)
+                                cost.draft_seconds, context)
         costs.observe_target(cost.tokens, cost.compute_seconds - cost.draft_seconds,
-                                  round_trip - cost.draft_seconds)
+                             round_trip - cost.draft_seconds, context)
         done = time.monotonic()
         for r, verdict in zip(batch, reply.verdicts):
             self._commit(r, verdict.drafted, verdict, done)
@@ -264,7 +265,8 @@ class Scheduler:
         cost = reply.cost
         if cost.forward_passes:
             self.decisions.observe_draft(cost.tokens / cost.forward_passes, cost.forward_passes,
-                                         cost.compute_seconds, time.perf_counter() - started, time.monotonic())
+                                         cost.compute_seconds, time.perf_counter() - started, time.monotonic(),
+                                         sum(len(r.committed) for r in members))
         return list(reply.proposals)
 
     # -- placement and failures ----------------------------------------------------------------

@@ -28,37 +28,50 @@ EXPLORE_EVERY = 16
 
 @dataclass
 class LinearFit:
-    """seconds = base + per_token * tokens, least squares with exponential forgetting."""
+    """seconds = base + per_token * tokens + per_context * context (SmartSpec's cost model: linear
+    in the tokens a pass feeds and in the context it reads), least squares with exponential
+    forgetting. Each solve is damped toward the current coefficients, so a direction the data do
+    not vary in (one batch size so far, a context that moves with the tokens) keeps its value
+    instead of being guessed."""
 
     base: float
     per_token: float
+    per_context: float = 0.0
     decay: float = 0.98
-    _n: float = 0.0
-    _sx: float = 0.0
-    _sy: float = 0.0
-    _sxx: float = 0.0
-    _sxy: float = 0.0
+    damping: float = 1e-6  # relative to each regressor's own sum of squares
+    _xx: list[list[float]] = field(default_factory=lambda: [[0.0] * 3 for _ in range(3)])
+    _xy: list[float] = field(default_factory=lambda: [0.0] * 3)
 
-    def add(self, tokens: float, seconds: float) -> None:
-        d = self.decay
-        self._n = d * self._n + 1
-        self._sx = d * self._sx + tokens
-        self._sy = d * self._sy + seconds
-        self._sxx = d * self._sxx + tokens * tokens
-        self._sxy = d * self._sxy + tokens * seconds
-        mx, my = self._sx / self._n, self._sy / self._n
-        var = self._sxx / self._n - mx * mx
-        if var > 1e-9 * max(1.0, mx * mx):
-            self.per_token = max((self._sxy / self._n - mx * my) / var, 0.0)
-        elif mx > 0 and self.base + self.per_token * mx > 0:
-            # one size seen so far: scale the current line to pass through it
-            scale = my / (self.base + self.per_token * mx)
-            self.base, self.per_token = self.base * scale, self.per_token * scale
-            return
-        self.base = max(my - self.per_token * mx, 0.0)
+    def add(self, tokens: float, seconds: float, context: float = 0.0) -> None:
+        x, d = (1.0, tokens, context), self.decay
+        for i in range(3):
+            self._xy[i] = d * self._xy[i] + x[i] * seconds
+            row = self._xx[i]
+            for j in range(3):
+                row[j] = d * row[j] + x[i] * x[j]
+        current = (self.base, self.per_token, self.per_context)
+        damp = [self.damping * self._xx[i][i] + 1e-30 for i in range(3)]
+        a = [[self._xx[i][j] + (damp[i] if i == j else 0.0) for j in range(3)] for i in range(3)]
+        b = [self._xy[i] + damp[i] * current[i] for i in range(3)]
+        solved = _solve3(a, b)
+        if solved is not None:
+            self.base, self.per_token, self.per_context = (max(c, 0.0) for c in solved)
 
-    def __call__(self, tokens: float) -> float:
-        return self.base + self.per_token * tokens
+    def __call__(self, tokens: float, context: float = 0.0) -> float:
+        return self.base + self.per_token * tokens + self.per_context * context
+
+
+def _solve3(a: list[list[float]], b: list[float]) -> tuple[float, float, float] | None:
+    """x with a x = b for a 3x3 system (Cramer's rule); None when a is singular."""
+    def det(m: list[list[float]]) -> float:
+        return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+                + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
+
+    whole = det(a)
+    if not whole or whole != whole:  # singular or NaN
+        return None
+    x = [det([[b[r] if c == col else a[r][c] for c in range(3)] for r in range(3)]) / whole for col in range(3)]
+    return x[0], x[1], x[2]
 
 
 @dataclass
@@ -70,35 +83,42 @@ class CostModel:
     target_overhead: float = 0.001  # round trip minus the worker's compute time (EMA)
     draft_overhead: float = 0.001
 
-    def observe_target(self, tokens: int, compute_s: float, round_trip_s: float) -> None:
-        self.target_pass.add(tokens, compute_s)
+    def observe_target(self, tokens: int, compute_s: float, round_trip_s: float, context: float = 0.0) -> None:
+        """A Verify call: `tokens` fed, `context` tokens of the batch's requests already cached."""
+        self.target_pass.add(tokens, compute_s, context)
         self.target_overhead = 0.9 * self.target_overhead + 0.1 * max(round_trip_s - compute_s, 0.0)
 
-    def observe_draft(self, tokens_per_pass: float, passes: int, compute_s: float, round_trip_s: float) -> None:
+    def observe_draft(self, tokens_per_pass: float, passes: int, compute_s: float, round_trip_s: float,
+                      context: float = 0.0) -> None:
+        """A Propose call (or a target's own drafting): `context` tokens of its requests per pass."""
         if passes:
-            self.draft_pass.add(tokens_per_pass, compute_s / passes)
+            self.draft_pass.add(tokens_per_pass, compute_s / passes, context)
         self.draft_overhead = 0.9 * self.draft_overhead + 0.1 * max(round_trip_s - compute_s, 0.0)
 
-    def iteration(self, ks: list[int], overlapped: bool = False) -> float:
+    def iteration(self, ks: list[int], overlapped: bool = False, context: float = 0.0) -> float:
         """Seconds of one iteration in which request i drafts ks[i] tokens.
 
         overlapped: another batch is in flight on the same target (the two-lane pipeline), so this
         batch's drafting runs while the target verifies the other one; the target then waits for
-        drafts only when drafting takes longer than verifying.
+        drafts only when drafting takes longer than verifying. context: the batch's cached tokens.
         """
-        return self.iteration_of(len(ks), sum(ks), max(ks, default=0), overlapped)
+        return self.iteration_of(len(ks), sum(ks), max(ks, default=0), overlapped, context)
 
-    def iteration_of(self, requests: int, drafted: int, passes: int, overlapped: bool = False) -> float:
+    def iteration_of(self, requests: int, drafted: int, passes: int, overlapped: bool = False,
+                     context: float = 0.0) -> float:
         """`iteration` from the batch's size, its total drafts and its longest draft."""
-        return self.timer(requests, overlapped)(drafted, passes)
+        return self.timer(requests, overlapped, context)(drafted, passes)
 
-    def timer(self, requests: int, overlapped: bool = False) -> Callable[[int, int], float]:
+    def timer(self, requests: int, overlapped: bool = False, context: float = 0.0) -> Callable[[int, int], float]:
         """(drafted, passes) -> seconds of an iteration of `requests` requests that draft `drafted`
         tokens in all, the longest `passes` of them; all the time depends on, as pass j feeds every
         request still drafting at step j: the passes feed `drafted` tokens. (A closure over the
-        current fits: SpeculationControl.choose calls it hundreds of times per decision.)"""
-        t_base = self.target_pass.base + self.target_pass.per_token * requests + self.target_overhead
-        t_token, d_base, d_token = self.target_pass.per_token, self.draft_pass.base, self.draft_pass.per_token
+        current fits: SpeculationControl.choose calls it hundreds of times per decision.) Every draft
+        pass is charged the whole batch's context (an upper bound when the requests' k differ)."""
+        t = self.target_pass
+        t_base = t.base + t.per_token * requests + t.per_context * context + self.target_overhead
+        t_token, d_token = t.per_token, self.draft_pass.per_token
+        d_base = self.draft_pass.base + self.draft_pass.per_context * context
         d_overhead = self.draft_overhead
 
         def seconds(drafted: int, passes: int) -> float:
@@ -155,7 +175,7 @@ class SpeculationControl:
         # An iteration's time depends on the batch only through its total and its longest drafts
         # (CostModel.timer), and the j-th draft of a request at acceptance a adds a^j expected tokens
         # (expected_tokens): so every trial below is a few additions and one division.
-        seconds = self.costs.timer(len(batch), overlapped)
+        seconds = self.costs.timer(len(batch), overlapped, sum(len(r.committed) for r in batch))
         powers = [_powers(r.acceptance.value, cap) for r, cap in zip(batch, caps)]  # [i][j] = a_i^j
         # SmartSpec: the best single k for the batch (ties go to the smaller k)
         tokens = best_tokens = float(len(batch))

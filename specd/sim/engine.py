@@ -27,6 +27,7 @@ from typing import Any
 from specd.proto.v1 import common_pb2
 from specd.router.config import RouterConfig
 from specd.router.decisions import Decisions, RequestFailed
+from specd.router.partition import share
 from specd.router.policies import LAPSSD
 from specd.router.replicas import drafts_for, least_pinned
 from specd.router.request import Request
@@ -105,13 +106,16 @@ class Simulation:
         self.routers = [Decisions(config, clock=lambda: self.now) for _ in range(routers)]
         self.targets = [SimReplica("target", f"target-{i}") for i in range(setup.targets)]
         self.drafts = [SimReplica("draft", f"draft-{i}") for i in range(setup.drafts)]
-        # each router sees every replica, or (partition) every routers-th one
-        self.sees_targets = [self.targets[i::routers] if partition else self.targets for i in range(routers)]
-        self.sees_drafts = [self.drafts[i::routers] if partition else self.drafts for i in range(routers)]
+        # each router sees every replica, or (partition) its share, as live router replicas do
+        names = [f"router-{i}" for i in range(routers)]
+        every = {"target": [t.address for t in self.targets], "draft": [d.address for d in self.drafts]}
+        shares = [share(every, names, name) if partition else every for name in names]
+        self.replicas = {r.address: r for r in self.targets + self.drafts}
+        self.sees_targets = [[self.replicas[a] for a in s["target"]] for s in shares]
+        self.sees_drafts = [[self.replicas[a] for a in s["draft"]] for s in shares]
         self.lanes = {(i, t.address): [Lane(i, t) for _ in range(config.pipeline_depth)]
                       for i in range(routers) for t in self.sees_targets[i]}
         self.in_iteration = {key: 0 for key in self.lanes}  # lanes inside an iteration (the overlap flag)
-        self.replicas = {r.address: r for r in self.targets + self.drafts}
         self.truth: dict[str, Truth] = {}
         self.finished: list[Finished] = []
         self.estimates: list[tuple[float, float, int]] = []  # LAPS-SD's (estimate, with the true length, actual)
@@ -222,20 +226,21 @@ class Simulation:
             compute = sum(self.profile.draft(n + (missed if j == 0 else 0), context) for j, n in enumerate(fed))
             done = draft.call(self.now, compute, self.profile.rpc_s)
             # as a worker reports it: every token fed over the passes, the first pass's catch-up included
-            observations.append(((sum(fed) + missed) / passes, passes, compute, done - self.now))
+            observations.append(((sum(fed) + missed) / passes, passes, compute, done - self.now, context))
             drafted_at = max(drafted_at, done)
         self.at(drafted_at, self._verify, lane, batch, ks, observations)
 
     def _verify(self, lane: Lane, batch: list[Request], ks: list[int], observations: list) -> None:
         d = self.routers[lane.router]
-        for tokens_per_pass, passes, compute, round_trip in observations:
-            d.observe_draft(tokens_per_pass, passes, compute, round_trip, self.now)
-        tokens = sum(k + 1 for k in ks)
-        compute = self.profile.target(tokens, sum(len(r.committed) for r in batch))
+        for tokens_per_pass, passes, compute, round_trip, context in observations:
+            d.observe_draft(tokens_per_pass, passes, compute, round_trip, self.now, context)
+        tokens, context = sum(k + 1 for k in ks), sum(len(r.committed) for r in batch)
+        compute = self.profile.target(tokens, context)
         done = lane.target.call(self.now, compute, self.profile.rpc_s)
-        self.at(done, self._commit, lane, batch, ks, (tokens, compute, done - self.now))
+        self.at(done, self._commit, lane, batch, ks, (tokens, compute, done - self.now, context))
 
-    def _commit(self, lane: Lane, batch: list[Request], ks: list[int], cost: tuple[int, float, float]) -> None:
+    def _commit(self, lane: Lane, batch: list[Request], ks: list[int],
+                cost: tuple[int, float, float, int]) -> None:
         d, target = self.routers[lane.router], lane.target
         d.costs.observe_target(*cost)
         for r, k in zip(batch, ks):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from specd.proto.v1 import common_pb2
@@ -73,6 +75,32 @@ def test_linear_fit_recovers_a_line_and_forgets_old_costs():
     for tokens in [1, 5, 9, 2, 8, 4] * 60:  # the machine got twice as slow
         fit.add(tokens, 2 * (0.004 + 0.001 * tokens))
     assert fit(5) == pytest.approx(0.018, rel=0.05)
+
+
+def test_linear_fit_separates_context_from_tokens():
+    """SmartSpec's cost model: pass time linear in tokens fed and in context read. A batch's context
+    varies apart from its size, and the fit tells the two apart; a tokens-only fit (the control)
+    cannot, and mispredicts a long-context batch."""
+    rng = random.Random(0)
+    fit, tokens_only = LinearFit(0.005, 0.0005), LinearFit(0.005, 0.0005)
+    for _ in range(300):
+        tokens, context = rng.choice([8, 16, 24]), rng.uniform(1_000, 20_000)
+        seconds = 0.010 + 3e-5 * tokens + 2e-7 * context
+        fit.add(tokens, seconds, context)
+        tokens_only.add(tokens, seconds)
+    assert (fit.base, fit.per_token, fit.per_context) == pytest.approx((0.010, 3e-5, 2e-7), rel=1e-3)
+    truth = 0.010 + 3e-5 * 8 + 2e-7 * 20_000
+    assert fit(8, 20_000) == pytest.approx(truth, rel=1e-3)
+    assert abs(tokens_only(8) - truth) > 0.1 * truth
+
+
+def test_linear_fit_keeps_what_the_data_do_not_vary():
+    """One batch size and no context so far: the line is scaled through the one point seen."""
+    fit = LinearFit(0.005, 0.0005)
+    for _ in range(3000):
+        fit.add(8, 0.010)
+    assert fit(8) == pytest.approx(0.010, rel=1e-6) and fit.per_context == 0.0
+    assert fit.base > 0 and fit.per_token > 0
 
 
 def test_cost_model_learns_from_worker_measurements():
