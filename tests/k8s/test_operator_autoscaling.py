@@ -92,24 +92,43 @@ def cluster(dev_cluster: DevCluster) -> Iterator[DevCluster]:
     dev_cluster.kubectl("delete", "crd", "specdecodingservices.specd.io", check=False)
 
 
+class Operator:
+    """`specd operator` in a subprocess, watching NS and polling the scripted router."""
+
+    def __init__(self, cluster: DevCluster, router_address: str, log: Path) -> None:
+        self.args = [sys.executable, "-m", "specd.cli", "operator", "--kubeconfig",
+                     str(cluster.kubeconfig), "--namespace", NS, "--image", "specd:e2e",
+                     "--resync-seconds", "30", "--stats-seconds", str(POLL_S),
+                     "--router-address", router_address]
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
+                                         env=env, cwd=REPO)
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text().splitlines()[-40:])
+
+
 @pytest.fixture(scope="module")
 def operator(cluster: DevCluster, router: tuple[StatsRouter, str],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "specd.cli", "operator", "--kubeconfig", str(cluster.kubeconfig),
-             "--namespace", NS, "--image", "specd:e2e", "--resync-seconds", "30",
-             "--stats-seconds", str(POLL_S), "--router-address", router[1]],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    yield log
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    proc = Operator(cluster, router[1], tmp_path_factory.mktemp("operator") / "operator.log")
+    proc.start()
+    yield proc
+    proc.stop()
 
 
 def example(**autoscaling: Any) -> str:
@@ -213,12 +232,12 @@ def column(cluster: DevCluster, name: str) -> str:
 
 
 def test_off_the_scale_subresource_owns_the_target_replicas(
-        cluster: DevCluster, operator: Path, router: tuple[StatsRouter, str]) -> None:
+        cluster: DevCluster, operator: Operator, router: tuple[StatsRouter, str]) -> None:
     router[0].stats = IDLE
     cluster.kubectl("apply", "-n", NS, "-f", "-",
                     input=example(enabled=False, scaleUpWindowSeconds=UP_S,
                                   scaleDownWindowSeconds=DOWN_S))
-    b = wait_for("Ready with autoscaling off", lambda: settled(cluster), 90, operator.read_text)
+    b = wait_for("Ready with autoscaling off", lambda: settled(cluster), 90, operator.tail)
     assert (condition(b, "Autoscaling")["status"], condition(b, "Autoscaling")["reason"]) == (
         "False", "Disabled")
     assert "autoscaling" not in b["status"] and column(cluster, "SCALING") == "Disabled"
@@ -229,7 +248,7 @@ def test_off_the_scale_subresource_owns_the_target_replicas(
     wait_for("TARGET column 2", lambda: column(cluster, "TARGET") == "2", 30)
 
 
-def test_on_the_operator_owns_both_pools(cluster: DevCluster, operator: Path,
+def test_on_the_operator_owns_both_pools(cluster: DevCluster, operator: Operator,
                                          router: tuple[StatsRouter, str]) -> None:
     def scaled_to(target: int, draft: int) -> dict | None:
         b = body(cluster)
@@ -243,11 +262,11 @@ def test_on_the_operator_owns_both_pools(cluster: DevCluster, operator: Path,
     cluster.kubectl("patch", "sds", NAME, "-n", NS, "--type=merge",
                     "-p", json.dumps({"spec": {"autoscaling": {"enabled": True}}}))
     b = wait_for("Autoscaling True", lambda: condition(body(cluster), "Autoscaling").get(
-        "status") == "True" and body(cluster), 30, operator.read_text)
+        "status") == "True" and body(cluster), 30, operator.tail)
     assert "ignored" in condition(b, "Autoscaling")["message"]
     # a light load: the target pool shrinks from the spec's 2 once the down window has passed
     b = wait_for("target pool shrunk to 1", lambda: scaled_to(1, 1), DOWN_S + 15,
-                 operator.read_text)
+                 operator.tail)
     (shrunk,) = decision_events(cluster, before)
     assert b["status"]["autoscaling"]["lastScaleTime"]
 
@@ -259,7 +278,7 @@ def test_on_the_operator_owns_both_pools(cluster: DevCluster, operator: Path,
     before = decisions(cluster)
     loaded_at = time.monotonic()
     wait_for("loaded target pool grown to 2", lambda: scaled_to(2, 1), UP_S + 15,
-             operator.read_text)
+             operator.tail)
     took = time.monotonic() - loaded_at
     assert UP_S - 2 * POLL_S <= took <= UP_S + 10, took  # held for the up window, not longer
     (grown,) = decision_events(cluster, before)
@@ -279,6 +298,14 @@ def test_on_the_operator_owns_both_pools(cluster: DevCluster, operator: Path,
     before = decisions(cluster)
     idle_at = time.monotonic()
     wait_for("both pools at their minimum", lambda: scaled_to(1, 0), DOWN_S + 15,
-             operator.read_text)
+             operator.tail)
     assert time.monotonic() - idle_at >= DOWN_S - 2 * POLL_S
     assert 1 <= len(decision_events(cluster, before)) <= 2  # one decision per pool at most
+
+    # a restarted operator starts from the recorded decision (1, 0), not from the spec's (2, 1):
+    # the same figures change nothing
+    operator.stop()
+    before = decisions(cluster)
+    operator.start()
+    time.sleep(8 * POLL_S + 3)  # start-up, then polls
+    assert replicas(cluster) == (1, 0) and not decision_events(cluster, before), operator.tail()
