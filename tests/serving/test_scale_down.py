@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,11 +21,13 @@ import pytest
 from serving_support import PROMPTS
 
 from specd.client import Client
+from specd.ports import LOOPBACK, free_port
 from specd.proto.v1 import worker_pb2, worker_pb2_grpc
 from specd.router.config import RouterConfig
 from specd.router.local import LocalStack, Process
 
 N = 160  # tokens per stream: long enough that every stream outlives the scale-down
+LONG = 440  # and outlives a 3 s grace period (the models' context is 512)
 PROPAGATION_S = 0.5  # SIGTERM comes first, the endpoint change this much later
 EXIT_S = 20.0  # a drained worker exits within this (far below its 30 s grace)
 
@@ -104,8 +108,8 @@ def active_requests(worker: Process) -> int:
 class Load:
     """`streams` concurrent greedy streams of N tokens; `started` once each has its first tokens."""
 
-    def __init__(self, address: str, streams: int) -> None:
-        self.address = address
+    def __init__(self, address: str, streams: int, tokens: int = N) -> None:
+        self.address, self.tokens = address, tokens
         self.started = threading.Barrier(streams + 1, timeout=120)
         self.outputs: dict[int, list[int]] = {}
         self.errors: list[BaseException] = []
@@ -118,7 +122,7 @@ class Load:
         tokens: list[int] = []
         try:
             with Client(self.address, timeout=180) as client:
-                for chunk in client.stream(PROMPTS[slot], N, ignore_eos=True):
+                for chunk in client.stream(PROMPTS[slot], self.tokens, ignore_eos=True):
                     if not tokens:
                         self.started.wait()
                     tokens += chunk.tokens
@@ -166,6 +170,37 @@ def test_a_leaving_target_moves_its_requests_without_losing_a_token(two_targets,
         assert client.stats().live_targets == 1
         assert client.generate(PROMPTS[6], 12, ignore_eos=True).tokens == reference(
             tokenizer.encode(PROMPTS[6]), 12)
+
+
+def test_a_worker_the_router_keeps_calling_stops_at_its_grace_period(models, router, reference, tokenizer,
+                                                                      tmp_path):
+    """Without discovery (fixed addresses) the router never stops calling a worker that got
+    SIGTERM: the worker answers for its --grace seconds, then stops, and the router moves the
+    streams to the other target (a failed call, the failover path): still no token lost."""
+    target = models[0]
+    stack = LocalStack()
+    try:
+        port = free_port()
+        with open(tmp_path / "graceful.log", "ab") as log:  # a worker with a short grace period
+            popen = subprocess.Popen([sys.executable, "-m", "specd.cli", "worker", "--role", "target", "--model",
+                                      str(target), "--host", LOOPBACK, "--port", str(port), "--grace", "3"],
+                                     stdout=log, stderr=log, start_new_session=True)
+        victim = Process("target-graceful", f"{LOOPBACK}:{port}", popen)
+        stack.workers.append(victim)  # stopped with the stack
+        stack.start_worker("target", target, log_dir=tmp_path)
+        for worker in stack.workers:
+            stack.wait_serving(worker, 120)
+        discovery = Endpoints(stack.addresses("target"), [])
+        address = router(RouterConfig(policy="fcfs").with_speculation("none"), discovery)
+        load = Load(address, streams=4, tokens=LONG)
+        assert active_requests(victim) > 0
+        victim.popen.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert victim.popen.wait(EXIT_S) == 0
+        assert 3 <= time.monotonic() - signalled  # it kept answering for its whole grace period
+        assert load.finish() == {i: reference(tokenizer.encode(PROMPTS[i]), LONG) for i in range(4)}
+    finally:
+        stack.stop(grace_s=5)
 
 
 def test_leaving_drafts_repin_their_requests_then_k_is_zero(two_drafts, router, reference, tokenizer, tmp_path,
