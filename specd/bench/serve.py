@@ -221,6 +221,8 @@ def summarize(policy: str, speculation: str, rate: float, runs: list[list[Outcom
         "mean_latency_s": round(statistics.fmean(latencies), 4),
         # one figure per repeat (each repeat replays its own workload): the goals' medians and spreads
         "mean_latency_s_by_repeat": [round(statistics.fmean(o.end - o.sent for o in run), 4) for run in runs],
+        # per request of each repeat, in workload order: what the simulator's validation replays
+        "usage_by_repeat": [[[o.accepted, o.proposed, o.iterations] for o in run] for run in runs],
         "p50_latency_s": round(_quantile(latencies, 0.50), 4),
         "p99_latency_s": round(_quantile(latencies, 0.99), 4),
         "mean_ttft_s": round(statistics.fmean(o.ttft for o in outcomes), 4),

@@ -17,6 +17,23 @@ from specd.sim.profiles import Profile
 from specd.sim.workloads import Arrival
 
 
+def acceptance_from_usage(accepted: int, proposed: int, iterations: int) -> float | None:
+    """The per-token acceptance rate a whose expected accepted drafts per iteration at the request's
+    mean k, a (1 - a^k) / (1 - a), equals its measured one (None when it never drafted)."""
+    if not proposed or not iterations:
+        return None
+    k, per_iteration = proposed / iterations, accepted / iterations
+
+    def expected(a: float) -> float:
+        return k if a >= 1.0 else a * (1 - a ** k) / (1 - a)
+
+    low, high = 0.0, 1.0  # expected() rises with a: bisection
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if expected(middle) < per_iteration else (low, middle)
+    return round((low + high) / 2, 4)
+
+
 def validate(profile_file: Path, serve_report_file: Path) -> dict[str, Any]:
     from specd.bench import serve as bench
     from specd.worker.tokenizer import Tokenizer
@@ -35,14 +52,18 @@ def validate(profile_file: Path, serve_report_file: Path) -> dict[str, Any]:
     for real in report["results"]:
         config = RouterConfig(policy=real["policy"], max_batch_size=settings.max_batch_size)
         config = config.with_speculation(real["speculation"])
+        usage = real.get("usage_by_repeat")
         latencies: list[float] = []
         for rep, items in enumerate(workloads):
             rng = random.Random(settings.seed + rep)
             t, arrivals = 0.0, []
-            for item in items:
+            for i, item in enumerate(items):
                 t += item.gap / real["rate"]
+                # each request's own acceptance in this very run where it drafted; else its kind's
+                measured = acceptance_from_usage(*usage[rep][i]) if usage else None
+                alpha = measured if measured is not None else rng.choice(acceptance[item.kind])
                 arrivals.append(Arrival(t, item.kind, prompt_tokens[item.prompt], item.max_new_tokens,
-                                        item.max_new_tokens, rng.choice(acceptance[item.kind])))
+                                        item.max_new_tokens, alpha))
             sim = Simulation(Setup(config, profile, settings.targets, settings.drafts, seed=settings.seed + rep))
             sim.run(arrivals)
             latencies += [f.finished - f.arrival for f in sim.finished]

@@ -33,3 +33,25 @@ def test_simulator_against_the_real_stack(tmp_path):
     for row in checked["rows"]:
         ratio = row["simulated_mean_latency_s"] / row["real_mean_latency_s"]
         assert 1 / 3 < ratio < 3.0, checked["rows"]
+
+
+def test_acceptance_is_recovered_from_a_requests_usage():
+    """The validation replays each request's own acceptance, read back from its usage (accepted and
+    proposed drafts, iterations) by inverting the expected accepted drafts per iteration at its k."""
+    import random
+
+    from specd.sim.validate import acceptance_from_usage
+
+    rng = random.Random(0)
+    for alpha, k in ((0.3, 4), (0.6, 2), (0.9, 6)):
+        accepted, iterations = 0, 3000
+        for _ in range(iterations):
+            n = 0
+            while n < k and rng.random() < alpha:
+                n += 1
+            accepted += n
+        recovered = acceptance_from_usage(accepted, k * iterations, iterations)
+        assert abs(recovered - alpha) < 0.02, (alpha, recovered)
+        # the control: accepted / proposed is not the per-token rate
+        assert abs(accepted / (k * iterations) - alpha) > 0.03
+    assert acceptance_from_usage(0, 0, 5) is None  # never drafted: the kind's figures stand in
