@@ -4,7 +4,8 @@ It starts a target and a draft worker on loopback (the demo models by default) a
 as the router does (Prefill, then Propose -> Verify iterations) over the serving benchmark's
 prompts at several batch sizes and speculation lengths. Each reply carries the worker's own
 measured compute time (StepCost); a least-squares fit of seconds = base + per_token * tokens +
-per_context * context gives each role's PassCost, and the median of round trip minus compute the
+per_context * context gives each role's PassCost (the target's Prefill calls a cost of their own:
+they compute logits for the last token only), and the median of round trip minus compute the
 round trip. It also records each request's acceptance rate per kind of prompt (code, prose):
 the simulator replays the benchmark's workload with them (`specd bench simulate --validate`).
 """
@@ -56,6 +57,7 @@ def calibrate(target_dir: Path, draft_dir: Path, batch_sizes: tuple[int, ...] = 
     items = [item for pair in zip(*([i for i in drawn if i.kind == kind] for kind in ("code", "prose")))
              for item in pair]
     target_samples: list[tuple[float, float, float]] = []
+    prefill_samples: list[tuple[float, float, float]] = []  # apart: no logits but the last, no drafts
     draft_samples: list[tuple[float, float, float]] = []
     overheads: list[float] = []
     acceptance: dict[str, list[float]] = {"code": [], "prose": []}
@@ -75,7 +77,7 @@ def calibrate(target_dir: Path, draft_dir: Path, batch_sizes: tuple[int, ...] = 
                 trials = {rid: [0, 0] for rid in ids}  # accepted, accepted + rejections
                 prefill = t_stub.Prefill(worker_pb2.PrefillRequest(items=[
                     worker_pb2.CommittedDelta(request_id=rid, tokens=committed[rid]) for rid in ids]))
-                target_samples.append((sum(map(len, committed.values())), 0.0, prefill.cost.compute_seconds))
+                prefill_samples.append((sum(map(len, committed.values())), 0.0, prefill.cost.compute_seconds))
                 sent = {rid: len(committed[rid]) for rid in ids}
                 drafted = {rid: 0 for rid in ids}
                 # prompts as they are generate to the benchmark's lengths (acceptance changes as a generation
@@ -134,6 +136,7 @@ def calibrate(target_dir: Path, draft_dir: Path, batch_sizes: tuple[int, ...] = 
     finally:
         stack.stop()
     profile = Profile(name="calibrated", target=fit(target_samples), draft=fit(draft_samples),
+                      prefill=fit(prefill_samples),
                       rpc_s=max(statistics.median(overheads), 0.0),
                       source=f"specd bench calibrate on this machine: {target_dir.name} / {draft_dir.name}, "
                              f"{len(target_samples)} target and {len(draft_samples)} draft calls")

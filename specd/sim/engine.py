@@ -193,7 +193,7 @@ class Simulation:
             for r in fresh:
                 r.sent[target.address] = len(r.committed)
             tokens = sum(len(r.committed) for r in fresh)
-            done = target.call(self.now, self.profile.target(tokens, 0), self.profile.rpc_s)
+            done = target.call(self.now, self.profile.prefill_seconds(tokens), self.profile.rpc_s)
             self.at(done, self._draft, lane, batch)
         else:
             self._draft(lane, batch)

@@ -34,6 +34,12 @@ class Profile:
     draft: PassCost
     rpc_s: float  # round trip of one call beyond the worker's compute
     source: str
+    # the target's Prefill (prompt tokens, logits of the last only), where it was measured apart from
+    # decoding; None: the target's pass cost (GPUs: both are weight-streaming plus per-token compute)
+    prefill: PassCost | None = None
+
+    def prefill_seconds(self, tokens: int) -> float:
+        return (self.prefill or self.target)(tokens, 0)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -41,7 +47,8 @@ class Profile:
     @classmethod
     def from_dict(cls, raw: dict) -> "Profile":
         return cls(name=raw["name"], target=PassCost(**raw["target"]), draft=PassCost(**raw["draft"]),
-                   rpc_s=raw["rpc_s"], source=raw.get("source", ""))
+                   rpc_s=raw["rpc_s"], source=raw.get("source", ""),
+                   prefill=PassCost(**raw["prefill"]) if raw.get("prefill") else None)
 
 
 def _hbm(bytes_: float, bandwidth: float, efficiency: float = 0.7) -> float:
