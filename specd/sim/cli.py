@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from specd.contract import MAX_BATCH_SIZE
+from specd.contract import CLUSTER_MAX_BATCH_SIZE_DEFAULT, MAX_BATCH_SIZE
 from specd.errors import SpecdError
 
 
@@ -54,6 +54,36 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     p.add_argument("--jobs", type=int, help="processes for independent runs (default: the CPUs)")
     p.set_defaults(func=_simulate)
 
+    a = bench_subparsers.add_parser(
+        "autoscale", help="autoscaling simulator: fixed pools, queue-only and speculation-aware autoscaling",
+        description="On a load that rises and falls (piecewise-constant Poisson rates), the simulated router's "
+                    "own figures drive three ways of sizing the target and draft pools: fixed at their maxima, "
+                    "queue-only (targets on queue per replica, drafts in proportion), and speculation-aware "
+                    "(operator/autoscaling.py). Replicas start after --startup-seconds; removed ones drain. "
+                    "Reports goodput, mean/p99 latency and replica-seconds per pool (docs/autoscaling.md).")
+    a.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    a.add_argument("--profile", default="h100-70b-tp8", help="step-time profile (default: h100-70b-tp8)")
+    a.add_argument("--workload", default="paper", choices=list(MIXES), help="request mix (default: paper)")
+    a.add_argument("--max-batch-size", type=bounded("--max-batch-size", MAX_BATCH_SIZE),
+                   default=CLUSTER_MAX_BATCH_SIZE_DEFAULT, help=f"router batch size (default: "
+                                                                f"{CLUSTER_MAX_BATCH_SIZE_DEFAULT}, a resource's)")
+    a.add_argument("--targets", type=int, default=3, help="target pool maximum (fixed: always) (default: 3)")
+    a.add_argument("--drafts", type=int, default=3, help="draft pool maximum (fixed: always) (default: 3)")
+    a.add_argument("--peak-load", type=float, default=0.8,
+                   help="peak rate as a share of the capacity of --targets targets (default: 0.8)")
+    a.add_argument("--phases", default="90:0.2,90:0.5,180:1,90:0.5,150:0.2",
+                   help="the load: seconds:share-of-peak, ... (default: 90:0.2,90:0.5,180:1,90:0.5,150:0.2)")
+    a.add_argument("--queue-per-target", type=float, default=16.0,
+                   help="target pool aim, requests per target (default: 16; a batch of 32 in 2 lanes holds 64)")
+    a.add_argument("--up-window", type=float, default=15.0, help="scale-up window, seconds (default: 15)")
+    a.add_argument("--down-window", type=float, default=60.0, help="scale-down window, seconds (default: 60)")
+    a.add_argument("--startup-seconds", type=float, default=20.0, help="a new replica's start-up (default: 20)")
+    a.add_argument("--poll-seconds", type=float, default=5.0, help="seconds between polls (default: 5)")
+    a.add_argument("--ratios", default="1,0.5", help="queue-only's drafts per target, compared (default: 1,0.5)")
+    a.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+    a.add_argument("--jobs", type=int, default=2, help="processes for the runs (default: 2)")
+    a.set_defaults(func=_autoscale)
+
     c = bench_subparsers.add_parser(
         "calibrate", help="step-time profile of this machine's workers, for `specd bench simulate --profile`",
         description="Start a target and a draft worker on loopback, drive Prefill/Propose/Verify at several batch "
@@ -92,6 +122,44 @@ def _simulate(args: argparse.Namespace) -> int:
         return 0
     result = report.run(settings, progress=lambda text: print(text, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=2) if args.json else report.format_report(result))
+    return 0
+
+
+def _autoscale(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from specd.contract import MAX_QUEUED_REQUESTS
+    from specd.flags import positive_floats
+    from specd.router.config import RouterConfig
+    from specd.sim import autoscale
+    from specd.sim.engine import Setup
+    from specd.sim.experiments import capacity
+    from specd.sim.profiles import load_profile
+    from specd.sim.workloads import MIXES, Workload
+
+    try:
+        phases = tuple((float(d), float(s)) for d, s in (p.split(":") for p in args.phases.split(",")))
+    except ValueError:
+        raise SpecdError(f"--phases: seconds:share pairs separated by commas, got {args.phases!r}") from None
+    profile = load_profile(args.profile)
+    # admission never refuses here: the comparison is on latency (a refusal would count as a failure)
+    config = RouterConfig(max_batch_size=args.max_batch_size, max_queued_requests=MAX_QUEUED_REQUESTS.maximum)
+    per_target = capacity(Setup(config, profile), Workload(MIXES[args.workload], 400, args.seed))
+    policy = dataclasses.replace(autoscale.default_policy(args.targets, args.drafts, args.queue_per_target),
+                                 scale_up_window_s=args.up_window, scale_down_window_s=args.down_window)
+    bench = autoscale.Bench(profile, config, policy, args.peak_load * per_target * args.targets,
+                            MIXES[args.workload], phases, args.startup_seconds, args.poll_seconds, args.seed)
+    result = autoscale.compare(bench, tuple(positive_floats("--ratios", args.ratios)), jobs=args.jobs)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print("| config | goodput tok/s | mean s | p99 s | target replica-s | draft replica-s | failed | lost tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        print(f"| {r['config']} | {r['goodput_tokens_per_s']:.0f} | {r['mean_latency_s']:.2f} | "
+              f"{r['p99_latency_s']:.1f} | {r['target_replica_seconds']:.0f} | {r['draft_replica_seconds']:.0f} | "
+              f"{r['failed_requests']} | {r['lost_tokens']} |")
+    print({k: v for k, v in result.items() if k not in ("rows", "settings")})
     return 0
 
 

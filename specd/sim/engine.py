@@ -278,6 +278,7 @@ class Simulation:
         """A new replica of `role`, serving from now (each router sees it: no partitions)."""
         replica = SimReplica(role, f"{role}-{len(self.replicas)}")
         self.replicas[replica.address] = replica
+        (self.targets if role == "target" else self.drafts).append(replica)
         for i in range(len(self.routers)):
             (self.sees_targets if role == "target" else self.sees_drafts)[i].append(replica)
         if role == "target":
@@ -291,6 +292,7 @@ class Simulation:
         requests move to other targets (prefilled there from their committed tokens, as the live
         router moves them), a draft's requests draft with k = 0 until they are pinned to another."""
         replica.leaving = True
+        (self.targets if replica.role == "target" else self.drafts).remove(replica)
         for i in range(len(self.routers)):
             seen = self.sees_targets[i] if replica.role == "target" else self.sees_drafts[i]
             if replica in seen:
