@@ -87,3 +87,14 @@ def plain_greedy(prompt: str, new_tokens: int) -> list[int]:
 def router_address(cluster: DevCluster, instance: str = "demo") -> str:
     service = get(cluster, "service", f"{instance}-router", "-n", NS)
     return f"{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+
+
+def cell(table: str, row: str, column: str) -> str:
+    """One cell of `kubectl get` output: the row whose first cell is `row`, cut at the header's
+    offsets (an empty cell is blanks, so splitting on whitespace would shift the others)."""
+    header, *rows = table.splitlines()
+    line = next(r for r in rows if r.split()[0] == row)
+    start = f" {header} ".index(f" {column} ")
+    after = header[start + len(column):]
+    gap = len(after) - len(after.lstrip())
+    return line[start:start + len(column) + gap if after.strip() else None].strip()

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from k8s_support import condition, get, wait_for
+from k8s_support import cell, condition, get, wait_for
 
 from specd.devcluster.cluster import DevCluster
 from specd.proto.v1 import serving_pb2, serving_pb2_grpc
@@ -87,9 +87,9 @@ def cluster(dev_cluster: DevCluster) -> Iterator[DevCluster]:
     wait_for("the namespace's default ServiceAccount", lambda: dev_cluster.kubectl(
         "get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0)
     yield dev_cluster
+    # the CRD stays (the same as the chart's, which other modules of the session install)
     dev_cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
     dev_cluster.kubectl("delete", "pv", NS, "--wait=false", check=False)
-    dev_cluster.kubectl("delete", "crd", "specdecodingservices.specd.io", check=False)
 
 
 class Operator:
@@ -223,12 +223,7 @@ def decision_events(cluster: DevCluster, before: dict[str, dict]) -> list[dict]:
 
 
 def column(cluster: DevCluster, name: str) -> str:
-    """One cell of `kubectl get sds` (by the header's offsets: empty cells are blanks)."""
-    header, row = cluster.kubectl("get", "sds", NAME, "-n", NS).stdout.splitlines()[:2]
-    start = header.index(f" {name} ") + 1
-    after = header[start + len(name):]
-    end = start + len(name) + len(after) - len(after.lstrip())  # where the next column starts
-    return row[start:end].strip()
+    return cell(cluster.kubectl("get", "sds", NAME, "-n", NS).stdout, NAME, name)
 
 
 def test_off_the_scale_subresource_owns_the_target_replicas(

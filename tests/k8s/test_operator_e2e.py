@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s_support import condition, get, wait_for
+from k8s_support import cell, condition, get, wait_for
 
 from specd.devcluster import kwok
 from specd.devcluster.cluster import DevCluster
@@ -294,9 +294,10 @@ def test_kubectl_get_sds_shows_the_useful_columns(cluster: DevCluster, operator:
     lines = cluster.kubectl("get", "sds", "-n", NS).stdout.splitlines()
     assert lines[0].split() == ["NAME", "READY", "TARGET", "AVAILABLE", "DRAFT", "METHOD",
                                 "ACCEPTANCE", "SCALING", "AGE"]
-    demo = next(line.split() for line in lines if line.startswith("demo "))
-    assert demo[1:6] == ["True", "1", "1", "1", "model"]
-    assert demo[-2] == "Disabled"  # SCALING (ACCEPTANCE may be an empty cell)
+    table = "\n".join(lines)
+    assert [cell(table, "demo", c) for c in ("READY", "TARGET", "AVAILABLE", "DRAFT", "METHOD",
+                                             "SCALING")] == ["True", "1", "1", "1", "model",
+                                                             "Disabled"]
     wide = cluster.kubectl("get", "sds", "demo", "-n", NS, "-o", "wide").stdout.splitlines()
     assert {"TP", "K", "ENDPOINT"} <= set(wide[0].split())
 
@@ -460,9 +461,8 @@ def test_live_router_figures_reach_the_status(cluster: DevCluster, operator: Ope
     status = wait_for("the router's acceptanceRate in the status", reported, 30, operator.tail)
     assert 0 < status["acceptanceRate"] <= 1
     assert status["goodput"] > 0 and 0 <= status["currentK"] <= 16
-    lines = cluster.kubectl("get", "sds", "demo", "-n", NS).stdout.splitlines()
-    acceptance = lines[1].split()[lines[0].split().index("ACCEPTANCE")]
-    assert float(acceptance) == status["acceptanceRate"]
+    table = cluster.kubectl("get", "sds", "demo", "-n", NS).stdout
+    assert float(cell(table, "demo", "ACCEPTANCE")) == status["acceptanceRate"]
 
 
 def test_operator_restart_keeps_children_and_status(cluster: DevCluster, operator: Operator
