@@ -143,6 +143,7 @@ def _autoscale(args: argparse.Namespace) -> int:
         raise SpecdError(f"--phases: seconds:share pairs separated by commas, got {args.phases!r}") from None
     profile = load_profile(args.profile)
     # admission never refuses here: the comparison is on latency (a refusal would count as a failure)
+    assert MAX_QUEUED_REQUESTS.maximum is not None
     config = RouterConfig(max_batch_size=args.max_batch_size, max_queued_requests=MAX_QUEUED_REQUESTS.maximum)
     per_target = capacity(Setup(config, profile), Workload(MIXES[args.workload], 400, args.seed))
     policy = dataclasses.replace(autoscale.default_policy(args.targets, args.drafts, args.queue_per_target),
