@@ -98,8 +98,14 @@ class ReplicaPool:
             if address not in self.replicas:
                 channel = grpc.aio.insecure_channel(address, options=grpc_server.CHANNEL_OPTIONS)
                 stub_type = worker_pb2_grpc.DraftWorkerStub if role == "draft" else worker_pb2_grpc.TargetWorkerStub
-                self.replicas[address] = Replica(role, address, channel, stub_type(channel))
-                self._probe(self.replicas[address])
+                replica = Replica(role, address, channel, stub_type(channel))
+                # back after a drop (e.g. a readiness flap): the requests it held then have moved
+                # away, and their caches there are released before it serves again
+                for gone in self._draining:
+                    if gone.address == address:
+                        replica.orphans |= gone.pinned | gone.orphans
+                self.replicas[address] = replica
+                self._probe(replica)
         self.changed.set()
         return dropped
 

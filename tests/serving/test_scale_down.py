@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from serving_support import PROMPTS
+from serving_support import PROMPTS, assert_released
 
 from specd.client import Client
 from specd.ports import LOOPBACK, free_port
@@ -47,6 +47,13 @@ class Endpoints:
 
     def remove(self, role: str, address: str) -> None:
         self.endpoints[role].remove(address)
+        self._publish()
+
+    def add(self, role: str, address: str) -> None:
+        self.endpoints[role].append(address)
+        self._publish()
+
+    def _publish(self) -> None:
         for callback in self.callbacks:
             callback(self.current())
 
@@ -228,3 +235,28 @@ def test_leaving_drafts_repin_their_requests_then_k_is_zero(two_drafts, router, 
         result = client.generate(PROMPTS[5], 12, ignore_eos=True)
     assert result.tokens == reference(tokenizer.encode(PROMPTS[5]), 12)
     assert result.usage.draft_tokens_proposed == 0
+
+
+def test_a_target_back_after_a_drop_releases_the_caches_of_requests_that_moved(worker_pool, router, models,
+                                                                               reference, tokenizer):
+    """An endpoint that leaves and comes back (a readiness flap, not a deletion): the request it
+    held moved to the other target, so its cache on the returning worker is released before that
+    worker serves again (else it would hold the memory until it restarts)."""
+    addresses = {name: worker_pool.start(name, "target", models[0]) for name in ("a", "b")}
+    cores = worker_pool.cores
+    discovery = Endpoints(list(addresses.values()), [])
+    address = router(RouterConfig(policy="fcfs").with_speculation("none"), discovery)
+    tokens: list[int] = []
+    with Client(address, timeout=60) as client:
+        for chunk in client.stream(PROMPTS[0], N, ignore_eos=True):
+            if not tokens:
+                holder, other = ("a", "b") if cores["a"].mirrors else ("b", "a")
+                discovery.remove("target", addresses[holder])
+                deadline = time.monotonic() + 10
+                while not cores[other].mirrors and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert cores[other].mirrors and cores[holder].mirrors  # moved; its old cache is still there
+                discovery.add("target", addresses[holder])
+            tokens += chunk.tokens
+    assert tokens == reference(tokenizer.encode(PROMPTS[0]), N)
+    assert_released(cores["a"], cores["b"])
