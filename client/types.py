@@ -73,12 +73,19 @@ class RouterStats:
     live_drafts: int
     policy: str
     speculation: str
+    # the last minute's figures the autoscaler decides on (docs/autoscaling.md)
+    speculating_fraction: float  # share of request-iterations that drafted (k > 0)
+    drafted_tokens_per_s: float
+    draft_busy_fraction: float  # mean share of the time a live draft replica spent drafting
+    mean_ttft_s: float  # 0 while no first token came
+    mean_tpot_s: float  # 0 while no request finished
 
 
 def router_stats(msg: serving_pb2.RouterStats) -> RouterStats:
     return RouterStats(msg.acceptance_rate if msg.drafted_tokens else None, msg.goodput_tokens_per_s, msg.current_k,
                        msg.queued_requests, msg.running_requests, msg.finished_requests, msg.live_targets,
-                       msg.live_drafts, msg.policy, msg.speculation)
+                       msg.live_drafts, msg.policy, msg.speculation, msg.speculating_fraction,
+                       msg.drafted_tokens_per_s, msg.draft_busy_fraction, msg.mean_ttft_s, msg.mean_tpot_s)
 
 
 def request_message(prompt: str | list[int], max_new_tokens: int, temperature: float, top_p: float, top_k: int,
