@@ -4,6 +4,10 @@ any test module of the suite once conftest.py put this folder on sys.path)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +41,41 @@ def get(cluster: DevCluster, *args: str) -> dict | None:
 
 def condition(body: dict, type_: str) -> dict:
     return next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+class OperatorProcess:
+    """`specd operator` in a subprocess on the dev cluster, logging to a file. `router_address`:
+    where it polls every router's Stats (pods of kwok nodes run nothing: a local router, real or
+    scripted); `namespaces`: those it watches (empty: all), read at each start."""
+
+    def __init__(self, kubeconfig: Path, log: Path, router_address: str, *, namespaces: list[str] | None = None,
+                 resync_seconds: float = 15, stats_seconds: float = 2) -> None:
+        self.kubeconfig, self.log, self.router_address = kubeconfig, log, router_address
+        self.namespaces = list(namespaces or [])
+        self.resync_seconds, self.stats_seconds = resync_seconds, stats_seconds
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "specd.cli", "operator", "--kubeconfig", str(self.kubeconfig),
+                 "--resync-seconds", str(self.resync_seconds), "--image", "specd:e2e",
+                 "--stats-seconds", str(self.stats_seconds), "--router-address", self.router_address,
+                 *[arg for ns in self.namespaces for arg in ("--namespace", ns)]],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text().splitlines()[-40:])
 
 
 # --- the real node: the chart's release, the demo namespace, and what its tests look at -----------

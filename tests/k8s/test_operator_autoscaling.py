@@ -12,11 +12,8 @@ change an event, the reason in the status).
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -26,7 +23,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from k8s_support import cell, condition, get, wait_for
+from k8s_support import OperatorProcess, cell, condition, get, wait_for
 
 from specd.devcluster.cluster import DevCluster
 from specd.proto.v1 import serving_pb2, serving_pb2_grpc
@@ -92,40 +89,11 @@ def cluster(dev_cluster: DevCluster) -> Iterator[DevCluster]:
     dev_cluster.kubectl("delete", "pv", NS, "--wait=false", check=False)
 
 
-class Operator:
-    """`specd operator` in a subprocess, watching NS and polling the scripted router."""
-
-    def __init__(self, cluster: DevCluster, router_address: str, log: Path) -> None:
-        self.args = [sys.executable, "-m", "specd.cli", "operator", "--kubeconfig",
-                     str(cluster.kubeconfig), "--namespace", NS, "--image", "specd:e2e",
-                     "--resync-seconds", "30", "--stats-seconds", str(POLL_S),
-                     "--router-address", router_address]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        with open(self.log, "a") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                         env=env, cwd=REPO)
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text().splitlines()[-40:])
-
-
 @pytest.fixture(scope="module")
 def operator(cluster: DevCluster, router: tuple[StatsRouter, str],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    proc = Operator(cluster, router[1], tmp_path_factory.mktemp("operator") / "operator.log")
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", router[1],
+                           namespaces=[NS], resync_seconds=30, stats_seconds=POLL_S)
     proc.start()
     yield proc
     proc.stop()
@@ -227,7 +195,7 @@ def column(cluster: DevCluster, name: str) -> str:
 
 
 def test_off_the_scale_subresource_owns_the_target_replicas(
-        cluster: DevCluster, operator: Operator, router: tuple[StatsRouter, str]) -> None:
+        cluster: DevCluster, operator: OperatorProcess, router: tuple[StatsRouter, str]) -> None:
     router[0].stats = IDLE
     cluster.kubectl("apply", "-n", NS, "-f", "-",
                     input=example(enabled=False, scaleUpWindowSeconds=UP_S,
@@ -243,7 +211,7 @@ def test_off_the_scale_subresource_owns_the_target_replicas(
     wait_for("TARGET column 2", lambda: column(cluster, "TARGET") == "2", 30)
 
 
-def test_on_the_operator_owns_both_pools(cluster: DevCluster, operator: Operator,
+def test_on_the_operator_owns_both_pools(cluster: DevCluster, operator: OperatorProcess,
                                          router: tuple[StatsRouter, str]) -> None:
     def scaled_to(target: int, draft: int) -> dict | None:
         b = body(cluster)

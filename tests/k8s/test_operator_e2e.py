@@ -11,17 +11,14 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from k8s_support import cell, condition, get, wait_for
+from k8s_support import OperatorProcess, cell, condition, get, wait_for
 
 from specd.devcluster import kwok
 from specd.devcluster.cluster import DevCluster
@@ -40,7 +37,7 @@ CLAIMS = ["specd-models", "llama-models"]  # the PVCs the examples' model URIs n
 KINDS = "deployments,services,configmaps,serviceaccounts,roles,rolebindings,poddisruptionbudgets"
 
 
-def diagnose(cluster: DevCluster, operator: Operator) -> str:
+def diagnose(cluster: DevCluster, operator: OperatorProcess) -> str:
     state = cluster.kubectl("get", "sds,deployments,pods", "-n", NS, "-o", "wide",
                             check=False).stdout
     statuses = cluster.kubectl("get", "sds", "-n", NS, "-o", "yaml", check=False).stdout
@@ -92,38 +89,6 @@ def running(cluster: DevCluster, name: str, role: str, count: int) -> bool:
 
 def example(name: str) -> str:
     return (EXAMPLES / f"{name}.yaml").read_text()
-
-
-class Operator:
-    """`specd operator` in a subprocess, logging to a file."""
-
-    def __init__(self, kubeconfig: Path, log: Path, router_address: str) -> None:
-        self.kubeconfig, self.log = kubeconfig, log
-        self.router_address = router_address  # pods of kwok nodes run nothing: a real local router
-        self.proc: subprocess.Popen | None = None
-        self.namespaces: list[str] = []  # empty: all namespaces
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        with open(self.log, "a") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "specd.cli", "operator", "--kubeconfig",
-                 str(self.kubeconfig), "--resync-seconds", "15", "--image", "specd:e2e",
-                 "--stats-seconds", "2", "--router-address", self.router_address,
-                 *[arg for ns in self.namespaces for arg in ("--namespace", ns)]],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text().splitlines()[-40:])
 
 
 def service_account_kubeconfig(cluster: DevCluster, path: Path) -> Path:
@@ -216,10 +181,10 @@ def live_router() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def operator(cluster: DevCluster, live_router: str, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Operator]:
+             ) -> Iterator[OperatorProcess]:
     directory = tmp_path_factory.mktemp("operator")
     kubeconfig = service_account_kubeconfig(cluster, directory / "kubeconfig")
-    proc = Operator(kubeconfig, directory / "operator.log", live_router)
+    proc = OperatorProcess(kubeconfig, directory / "operator.log", live_router)
     proc.start()
     yield proc
     proc.stop()
@@ -250,7 +215,7 @@ def test_chart_installed_the_operator_with_least_privilege(cluster: DevCluster) 
 
 
 @pytest.mark.parametrize("name,file", [("demo", "demo"), ("llama-70b", "llama-70b")])
-def test_example_becomes_ready_with_all_children(cluster: DevCluster, operator: Operator,
+def test_example_becomes_ready_with_all_children(cluster: DevCluster, operator: OperatorProcess,
                                                  name: str, file: str) -> None:
     cluster.kubectl("apply", "-n", NS, "-f", "-", input=example(file))
     body = wait_for(f"{name} Ready", lambda: settled(cluster, name), 120,
@@ -288,7 +253,7 @@ def events(cluster: DevCluster, name: str) -> list[dict]:
                f"involvedObject.kind=SpecDecodingService,involvedObject.name={name}")["items"]
 
 
-def test_kubectl_get_sds_shows_the_useful_columns(cluster: DevCluster, operator: Operator
+def test_kubectl_get_sds_shows_the_useful_columns(cluster: DevCluster, operator: OperatorProcess
                                                   ) -> None:
     wait_for("demo Ready", lambda: settled(cluster, "demo"))
     lines = cluster.kubectl("get", "sds", "-n", NS).stdout.splitlines()
@@ -303,7 +268,7 @@ def test_kubectl_get_sds_shows_the_useful_columns(cluster: DevCluster, operator:
 
 
 def test_scale_subresource_and_k_change_are_rolled_out(cluster: DevCluster,
-                                                       operator: Operator) -> None:
+                                                       operator: OperatorProcess) -> None:
     before = get(cluster, "deployment", "demo-router", "-n", NS)
     old_hash = before["spec"]["template"]["metadata"]["annotations"]["specd.io/config-hash"]
     old_router_pods = {p["metadata"]["name"] for p in pods(cluster, "demo", "router")}
@@ -335,7 +300,7 @@ DELETED = [("deployment", "demo-target"), ("configmap", "demo-router-config"),
            ("poddisruptionbudget", "demo-router")]
 
 
-def test_deleted_children_are_restored(cluster: DevCluster, operator: Operator) -> None:
+def test_deleted_children_are_restored(cluster: DevCluster, operator: OperatorProcess) -> None:
     old = {(kind, name): get(cluster, kind, name, "-n", NS)["metadata"]["uid"]
            for kind, name in DELETED}
     for kind, name in DELETED:
@@ -349,7 +314,7 @@ def test_deleted_children_are_restored(cluster: DevCluster, operator: Operator) 
     assert any(e["reason"] == "ChildRestored" for e in events(cluster, "demo"))
 
 
-def test_edited_children_are_reverted(cluster: DevCluster, operator: Operator) -> None:
+def test_edited_children_are_reverted(cluster: DevCluster, operator: OperatorProcess) -> None:
     cluster.kubectl("scale", "deployment", "demo-target", "-n", NS, "--replicas=5")
     cluster.kubectl("patch", "configmap", "demo-router-config", "-n", NS, "--type=merge",
                     "-p", json.dumps({"data": {"router.yaml": "policy: fcfs\n"}}))
@@ -360,7 +325,7 @@ def test_edited_children_are_reverted(cluster: DevCluster, operator: Operator) -
         "policy") == "laps-sd", 60)
 
 
-def test_draft_method_change_prunes_the_draft_pool(cluster: DevCluster, operator: Operator
+def test_draft_method_change_prunes_the_draft_pool(cluster: DevCluster, operator: OperatorProcess
                                                    ) -> None:
     cluster.kubectl("patch", "sds", "demo", "-n", NS, "--type=merge", "-p", json.dumps(
         {"spec": {"draft": {"method": "none"}, "scheduling": {"speculation": {"mode": "none"}}}}))
@@ -419,7 +384,7 @@ def test_invalid_resources_are_refused_naming_the_field(cluster: DevCluster, nam
 
 
 def test_a_child_refused_by_the_api_server_is_reported_then_fixed(
-        cluster: DevCluster, operator: Operator) -> None:
+        cluster: DevCluster, operator: OperatorProcess) -> None:
     """A spec the CRD accepts but a child's validation refuses: Degraded/ApplyFailed."""
     bad = {"key": "gpu", "operator": "Exists", "effect": "Sometimes"}  # no such effect
     cluster.kubectl("create", "-n", NS, "-f", "-", input=yaml.safe_dump({
@@ -442,7 +407,7 @@ def test_a_child_refused_by_the_api_server_is_reported_then_fixed(
     cluster.kubectl("delete", "sds", "refused", "-n", NS)
 
 
-def test_live_router_figures_reach_the_status(cluster: DevCluster, operator: Operator,
+def test_live_router_figures_reach_the_status(cluster: DevCluster, operator: OperatorProcess,
                                               live_router: str) -> None:
     from specd.client import Client
 
@@ -465,7 +430,7 @@ def test_live_router_figures_reach_the_status(cluster: DevCluster, operator: Ope
     assert float(cell(table, "demo", "ACCEPTANCE")) == status["acceptanceRate"]
 
 
-def test_operator_restart_keeps_children_and_status(cluster: DevCluster, operator: Operator
+def test_operator_restart_keeps_children_and_status(cluster: DevCluster, operator: OperatorProcess
                                                     ) -> None:
     names_ = ["demo", "llama-70b"]
     bodies = {n: wait_for(f"{n} settled", lambda n=n: settled(cluster, n), 120) for n in names_}
@@ -490,7 +455,7 @@ def test_operator_restart_keeps_children_and_status(cluster: DevCluster, operato
 
 
 def test_deleting_the_resource_garbage_collects_every_child(cluster: DevCluster,
-                                                            operator: Operator) -> None:
+                                                            operator: OperatorProcess) -> None:
     assert child_keys(cluster, "llama-70b")
     cluster.kubectl("delete", "sds", "llama-70b", "-n", NS, "--wait=true", "--timeout=60s")
     wait_for("llama-70b children garbage-collected",
@@ -500,7 +465,7 @@ def test_deleting_the_resource_garbage_collects_every_child(cluster: DevCluster,
     assert settled(cluster, "demo")
 
 
-def test_operator_limited_to_watched_namespaces(cluster: DevCluster, operator: Operator) -> None:
+def test_operator_limited_to_watched_namespaces(cluster: DevCluster, operator: OperatorProcess) -> None:
     """watchNamespaces: RoleBindings in those namespaces only, and the operator still works."""
     upgraded = subprocess.run(
         [str(cluster.helm), "--kubeconfig", str(cluster.kubeconfig), "upgrade", RELEASE,
