@@ -3,6 +3,7 @@ the prompts, and a check that workers released every cache."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,3 +49,35 @@ def assert_released(*cores, timeout_s: float = 5.0) -> None:
 PROMPTS = ["def fibonacci(n):\n    ", "import os\nimport sys\n\n", "The quick brown fox", "class Parser:\n",
            "    return self._value", "# Copyright 2001 Python Software Foundation\n", "for i in range(10):",
            "if __name__ == '__main__':\n"]
+
+
+class Endpoints:
+    """Discovery whose endpoints the test sets, as EndpointSlices change when a pod is deleted (the
+    pod may still be serving while it terminates)."""
+
+    def __init__(self, targets: list[str], drafts: list[str]) -> None:
+        self.endpoints = {"target": list(targets), "draft": list(drafts)}
+        self.callbacks: list[Callable[[dict[str, list[str]]], None]] = []
+
+    def current(self) -> dict[str, list[str]]:
+        return {role: list(addresses) for role, addresses in self.endpoints.items()}
+
+    def subscribe(self, callback: Callable[[dict[str, list[str]]], None]) -> None:
+        self.callbacks.append(callback)
+
+    def remove(self, role: str, address: str) -> None:
+        self.set(role, [a for a in self.endpoints[role] if a != address])
+
+    def add(self, role: str, address: str) -> None:
+        self.set(role, [*self.endpoints[role], address])
+
+    def set(self, role: str, addresses: list[str]) -> None:
+        self.endpoints[role] = list(addresses)
+        for callback in self.callbacks:
+            callback(self.current())
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

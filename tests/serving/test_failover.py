@@ -7,7 +7,7 @@ import signal
 
 import grpc
 import pytest
-from serving_support import PROMPTS
+from serving_support import PROMPTS, Endpoints
 
 from specd.client import Client, Unavailable
 from specd.proto.v1 import worker_pb2, worker_pb2_grpc
@@ -92,32 +92,6 @@ def test_killed_draft_falls_back_to_plain_decoding(stack, start_router, referenc
     assert result.usage.draft_tokens_proposed == 0
 
 
-class MovingDiscovery:
-    """Discovery whose endpoints the test changes, as EndpointSlices change when a pod is
-    deleted (the pod may still be serving while it terminates)."""
-
-    def __init__(self, targets: list[str], drafts: list[str]) -> None:
-        self.endpoints = {"target": list(targets), "draft": list(drafts)}
-        self.callbacks = []
-
-    def current(self):
-        return {role: list(addresses) for role, addresses in self.endpoints.items()}
-
-    def subscribe(self, callback) -> None:
-        self.callbacks.append(callback)
-
-    def publish(self, targets: list[str]) -> None:
-        self.endpoints["target"] = list(targets)
-        for callback in self.callbacks:
-            callback(self.current())
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 def test_target_dropped_by_discovery_mid_iteration_loses_no_token(stack, loop, reference, tokenizer):
     """Found on the real node: a target pod deleted under a stream left discovery while an
     iteration had already picked it, and the router's next call on the closed channel failed the
@@ -131,7 +105,7 @@ def test_target_dropped_by_discovery_mid_iteration_loses_no_token(stack, loop, r
 
     targets = [w.address for w in stack.workers if w.name.startswith("target")]
     drafts = [w.address for w in stack.workers if w.name.startswith("draft")]
-    discovery = MovingDiscovery(targets, drafts)
+    discovery = Endpoints(targets, drafts)
     router = loop.run(start_router(RouterConfig(), discovery, ready_timeout_s=30))
     try:
         done = threading.Event()
@@ -139,9 +113,9 @@ def test_target_dropped_by_discovery_mid_iteration_loses_no_token(stack, loop, r
         def churn() -> None:  # drop each target in turn: every other drop hits the stream's
             while not done.is_set():
                 for dropped in targets:
-                    discovery.publish([a for a in targets if a != dropped])
+                    discovery.set("target", [a for a in targets if a != dropped])
                     time.sleep(0.05)
-                    discovery.publish(targets)
+                    discovery.set("target", targets)
                     time.sleep(0.15)
 
         prompt = PROMPTS[0]

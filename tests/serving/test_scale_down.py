@@ -14,11 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
-from serving_support import PROMPTS, assert_released
+from serving_support import PROMPTS, Endpoints, assert_released
 
 from specd.client import Client
 from specd.ports import LOOPBACK, free_port
@@ -30,38 +30,6 @@ N = 160  # tokens per stream: long enough that every stream outlives the scale-d
 LONG = 440  # and outlives a 3 s grace period (the models' context is 512)
 PROPAGATION_S = 0.5  # SIGTERM comes first, the endpoint change this much later
 EXIT_S = 20.0  # a drained worker exits within this (far below its 30 s grace)
-
-
-class Endpoints:
-    """Discovery whose endpoints the test sets, as EndpointSlices change when a pod is deleted."""
-
-    def __init__(self, targets: list[str], drafts: list[str]) -> None:
-        self.endpoints = {"target": list(targets), "draft": list(drafts)}
-        self.callbacks: list[Callable[[dict[str, list[str]]], None]] = []
-
-    def current(self) -> dict[str, list[str]]:
-        return {role: list(addresses) for role, addresses in self.endpoints.items()}
-
-    def subscribe(self, callback: Callable[[dict[str, list[str]]], None]) -> None:
-        self.callbacks.append(callback)
-
-    def remove(self, role: str, address: str) -> None:
-        self.endpoints[role].remove(address)
-        self._publish()
-
-    def add(self, role: str, address: str) -> None:
-        self.endpoints[role].append(address)
-        self._publish()
-
-    def _publish(self) -> None:
-        for callback in self.callbacks:
-            callback(self.current())
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 def stack_of(models, log_dir, targets: int, drafts: int) -> Iterator[LocalStack]:
