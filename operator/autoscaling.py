@@ -15,7 +15,8 @@ a recommendation must hold for a whole window before it is applied.
   queuePerReplica, and, with a TTFT objective, the last minute's mean TTFT against it (the
   larger recommendation wins);
 - draft pool: sustained k = 0 (the goodput control found drafting does not pay) shrinks it to
-  its minimum; otherwise the drafts' busy share against the utilisation aimed for sizes it.
+  its minimum; otherwise one draft per target at least (a new target's draft starts with it), and
+  more when the drafts' busy share exceeds the utilisation aimed for.
   A pool at zero drafts cannot show whether speculation would pay again: it gets one draft
   back (a probe) when the load per target has fallen to PROBE_LOAD_FRACTION of the load at
   which speculation was last idle (or was never seen idle).
@@ -156,11 +157,13 @@ class Autoscaler:
     def observe(self, figures: Figures) -> Decision:
         p, f = self.policy, figures
         target_rec, target_why = self._recommend_targets(f)
-        draft_rec, draft_why = self._recommend_drafts(f)
+        draft_rec, draft_why, per_target = self._recommend_drafts(f)
         target = p.target.clamp(self._targets.stabilise(f.at_s, p.target.clamp(target_rec), self.target_replicas,
                                                         p.scale_up_window_s, p.scale_down_window_s))
         draft = p.draft.clamp(self._drafts.stabilise(f.at_s, p.draft.clamp(draft_rec), self.draft_replicas,
                                                      p.scale_up_window_s, p.scale_down_window_s))
+        if per_target:  # a target's draft starts with it (the target's own windows already held the count)
+            draft = p.draft.clamp(max(draft, target))
         reasons = []
         if target != self.target_replicas:
             reasons.append("TargetScaleUp" if target > self.target_replicas else "TargetScaleDown")
@@ -186,22 +189,26 @@ class Autoscaler:
                 return by_ttft, "TTFT"
         return by_queue, "queue"
 
-    def _recommend_drafts(self, f: Figures) -> tuple[int, str]:
-        """(replicas, the reason when it is not plain utilisation: SpeculationIdle, SpeculationProbe)."""
+    def _recommend_drafts(self, f: Figures) -> tuple[int, str, bool]:
+        """(replicas, the reason when it is not plain utilisation: SpeculationIdle, SpeculationProbe;
+        whether the pool keeps a draft per target, as it does while speculation pays)."""
         p, current = self.policy, self.draft_replicas
         if not f.live_targets or (not f.live_drafts and current > 0):
-            return current, ""  # replicas starting: nothing to judge yet
+            return current, "", False  # replicas starting: nothing to judge yet
         per_target = f.load / f.live_targets
         if not f.live_drafts:  # a pool at zero: probe when the load fell well below where k = 0 won
             if f.load and (self._idle_load is None or per_target < PROBE_LOAD_FRACTION * self._idle_load):
-                return max(1, p.draft.min_replicas), "SpeculationProbe"
-            return p.draft.min_replicas, ""
+                return max(1, p.draft.min_replicas), "SpeculationProbe", False
+            return p.draft.min_replicas, "", False
         if f.speculating_fraction < IDLE_SPECULATION:
             if f.load or f.speculating_fraction:  # k = 0 under load (without any load: nothing to learn)
                 self._idle_load = per_target
-            return p.draft.min_replicas, "SpeculationIdle"
+            return p.draft.min_replicas, "SpeculationIdle", False
+        # While speculation pays, every target gets a draft at least: the goodput control shortens the
+        # drafts to what the pool can propose, so a draft shared by two targets' pipelines reads about as
+        # busy as one with a target of its own (both near 1) although it starves them (docs/autoscaling.md)
         ratio = f.draft_busy_fraction / p.draft_utilisation
-        return max(1, proportional(f.live_drafts, ratio, current)), ""
+        return max(f.live_targets, proportional(f.live_drafts, ratio, current)), "", True
 
     # -- the figures of a decision's message ----------------------------------------------------
 

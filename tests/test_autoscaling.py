@@ -1,5 +1,5 @@
 """The autoscaling decision function on recorded figure traces: steady, step up, step down,
-oscillating, sustained k = 0, drafting demand, bounds; each with a control that moves."""
+oscillating, sustained k = 0, drafting demand, a draft per target, bounds; each with a control."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from specd.proto.v1 import serving_pb2
 POLL_S = 15.0
 POLICY = AutoscalingPolicy(target=PoolLimits(1, 8), draft=PoolLimits(0, 8), queue_per_target=4.0, ttft_seconds=0.0,
                            draft_utilisation=0.6, scale_up_window_s=30.0, scale_down_window_s=300.0)
+NO_DRAFTS = dataclasses.replace(POLICY, draft=PoolLimits(0, 0))  # the target rule's traces, drafts out of the way
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,17 +60,17 @@ def changes(decisions: list[tuple[float, Decision]], start: tuple[int, int]) -> 
 
 def test_steady_noisy_load_changes_nothing_and_the_control_moves():
     noisy = [10, 12, 14, 11, 13, 12]  # 3.3-4.7 per target on 3 targets: within the tolerance or not held
-    decisions = replay(Autoscaler(POLICY, 3, 1), lambda t: Load(noisy[int(t / POLL_S) % len(noisy)]), 3600)
-    assert changes(decisions, (3, 1)) == []
+    decisions = replay(Autoscaler(POLICY, 3, 3), lambda t: Load(noisy[int(t / POLL_S) % len(noisy)]), 3600)
+    assert changes(decisions, (3, 3)) == []
     assert {d.reason for _, d in decisions} == {"Steady"}
-    control = replay(Autoscaler(POLICY, 3, 1), lambda t: Load(24), 600)  # 8 per target: it must grow
-    assert changes(control, (3, 1))[0][1] == 6
+    control = replay(Autoscaler(POLICY, 3, 3), lambda t: Load(24), 600)  # 8 per target: it must grow
+    assert changes(control, (3, 3))[0][1] == 6
 
 
 def test_step_up_grows_after_the_up_window_not_before():
     step_at = 300.0
-    decisions = replay(Autoscaler(POLICY, 2, 1), lambda t: Load(8 if t < step_at else 24), 900)
-    [(when, targets, _)] = changes(decisions, (2, 1))
+    decisions = replay(Autoscaler(NO_DRAFTS, 2, 0), lambda t: Load(8 if t < step_at else 24), 900)
+    [(when, targets, _)] = changes(decisions, (2, 0))
     assert targets == 6  # ceil(24 / 4)
     assert step_at + POLICY.scale_up_window_s <= when < step_at + POLICY.scale_up_window_s + POLL_S
     assert dict(decisions)[when].reason == "TargetScaleUp"
@@ -78,8 +79,8 @@ def test_step_up_grows_after_the_up_window_not_before():
 
 def test_step_down_shrinks_only_after_the_down_window():
     step_at = 300.0
-    decisions = replay(Autoscaler(POLICY, 6, 1), lambda t: Load(24 if t < step_at else 8), 1200)
-    [(when, targets, _)] = changes(decisions, (6, 1))
+    decisions = replay(Autoscaler(NO_DRAFTS, 6, 0), lambda t: Load(24 if t < step_at else 8), 1200)
+    [(when, targets, _)] = changes(decisions, (6, 0))
     assert targets == 2
     assert step_at + POLICY.scale_down_window_s <= when < step_at + POLICY.scale_down_window_s + POLL_S
     assert dict(decisions)[when].reason == "TargetScaleDown"
@@ -89,11 +90,11 @@ def test_oscillating_load_does_not_flap():
     def oscillating(t: float) -> Load:
         return Load(24 if int(t // 60) % 2 else 8)  # a period of 2 minutes, inside the down window
 
-    decisions = replay(Autoscaler(POLICY, 2, 1), oscillating, 3600)
-    assert [targets for _, targets, _ in changes(decisions, (2, 1))] == [6]  # grows once, then holds
+    decisions = replay(Autoscaler(POLICY, 2, 2), oscillating, 3600)
+    assert changes(decisions, (2, 2)) == [(90.0, 6, 6)]  # grows once (a draft per target with it), then holds
     no_windows = dataclasses.replace(POLICY, scale_up_window_s=0.0, scale_down_window_s=0.0)
-    control = replay(Autoscaler(no_windows, 2, 1), oscillating, 3600)
-    assert len(changes(control, (2, 1))) > 40  # without stabilisation it follows every swing
+    control = replay(Autoscaler(no_windows, 2, 2), oscillating, 3600)
+    assert len(changes(control, (2, 2))) > 40  # without stabilisation it follows every swing
 
 
 def test_sustained_k0_shrinks_drafts_to_the_minimum_and_the_control_keeps_them():
@@ -123,21 +124,43 @@ def test_an_idle_pool_stays_empty_on_the_same_load_and_probes_when_load_falls():
 
 def test_high_acceptance_at_moderate_load_grows_the_drafts():
     # drafting needs 1.4 replicas' worth of time: one draft is saturated
-    decisions = replay(Autoscaler(POLICY, 2, 1), lambda t: Load(8, speculating=0.95, draft_demand=1.4), 600)
-    grown = changes(decisions, (2, 1))
+    # one target on its queue aim; drafting needs 1.4 replicas' worth of time: one draft is saturated
+    decisions = replay(Autoscaler(POLICY, 1, 1), lambda t: Load(4, speculating=0.95, draft_demand=1.4), 600)
+    grown = changes(decisions, (1, 1))
     assert grown and grown[0][2] == 2 and grown[0][0] >= POLICY.scale_up_window_s
     assert decisions[-1][1].draft_replicas == 3  # 1.4 / 3 = 47% busy, within the aim; 2 were 70%
     assert dict(decisions)[grown[0][0]].reason == "DraftScaleUp"
-    control = replay(Autoscaler(POLICY, 2, 1), lambda t: Load(8, speculating=0.95, draft_demand=0.6), 600)
-    assert changes(control, (2, 1)) == []
+    control = replay(Autoscaler(POLICY, 1, 1), lambda t: Load(4, speculating=0.95, draft_demand=0.6), 600)
+    assert changes(control, (1, 1)) == []
+
+
+def test_drafts_start_with_the_targets_while_speculation_pays():
+    # the goodput control shortens drafts to what the pool proposes: they read 95% busy, near an aim of 0.9,
+    # which alone would keep 2 drafts for 6 targets
+    high_aim = dataclasses.replace(POLICY, draft_utilisation=0.9)
+    step_at = 300.0
+
+    def load_at(t: float) -> Load:
+        return Load(8 if t < step_at else 24, speculating=0.9, draft_demand=0.95 * 2)
+
+    decisions = replay(Autoscaler(high_aim, 2, 2), load_at, 900)
+    [(when, targets, drafts)] = changes(decisions, (2, 2))
+    assert (targets, drafts) == (6, 6) and when >= step_at + POLICY.scale_up_window_s
+    assert dict(decisions)[when].reason == "TargetScaleUpAndDraftScaleUp"
+
+    def idle_at(t: float) -> Load:  # the control: k = 0 under the same load, no draft per target
+        return Load(8 if t < step_at else 24, speculating=0.05, draft_demand=0.1)
+
+    idle = replay(Autoscaler(high_aim, 2, 2), idle_at, 900)
+    assert idle[-1][1].target_replicas == 6 and idle[-1][1].draft_replicas == POLICY.draft.min_replicas
 
 
 def test_ttft_objective_grows_the_targets_beyond_the_queue_figure():
     slo = dataclasses.replace(POLICY, ttft_seconds=1.0)
-    decisions = replay(Autoscaler(slo, 2, 1), lambda t: Load(8, ttft_s=2.0), 300)
-    assert changes(decisions, (2, 1))[0][1] == 4  # queue per target is on aim; TTFT is twice the objective
-    control = replay(Autoscaler(POLICY, 2, 1), lambda t: Load(8, ttft_s=2.0), 300)  # no objective
-    assert changes(control, (2, 1)) == []
+    decisions = replay(Autoscaler(slo, 2, 2), lambda t: Load(8, ttft_s=2.0), 300)
+    assert changes(decisions, (2, 2))[0][1] == 4  # queue per target is on aim; TTFT is twice the objective
+    control = replay(Autoscaler(POLICY, 2, 2), lambda t: Load(8, ttft_s=2.0), 300)  # no objective
+    assert changes(control, (2, 2)) == []
 
 
 @pytest.mark.parametrize("requests,expected", [(400, 8), (0, 1)])

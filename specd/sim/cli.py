@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 
-from specd.contract import CLUSTER_MAX_BATCH_SIZE_DEFAULT, MAX_BATCH_SIZE
+from specd.contract import MAX_BATCH_SIZE
 from specd.errors import SpecdError
 
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
     from specd.flags import add_model_flags, bounded
+    from specd.sim import autoscale
     from specd.sim.profiles import NAMED
     from specd.sim.workloads import MIXES
 
@@ -65,21 +66,26 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     a.add_argument("--profile", default="h100-70b-tp8", help="step-time profile (default: h100-70b-tp8)")
     a.add_argument("--workload", default="paper", choices=list(MIXES), help="request mix (default: paper)")
     a.add_argument("--max-batch-size", type=bounded("--max-batch-size", MAX_BATCH_SIZE),
-                   default=CLUSTER_MAX_BATCH_SIZE_DEFAULT, help=f"router batch size (default: "
-                                                                f"{CLUSTER_MAX_BATCH_SIZE_DEFAULT}, a resource's)")
-    a.add_argument("--targets", type=int, default=3, help="target pool maximum (fixed: always) (default: 3)")
-    a.add_argument("--drafts", type=int, default=3, help="draft pool maximum (fixed: always) (default: 3)")
+                   default=autoscale.MAX_BATCH_SIZE,
+                   help=f"router batch size (default: {autoscale.MAX_BATCH_SIZE}, vLLM's default max_num_seqs)")
+    a.add_argument("--targets", type=int, default=2, help="target pool maximum (fixed: always) (default: 2)")
+    a.add_argument("--drafts", type=int, default=2, help="draft pool maximum (fixed: always) (default: 2)")
     a.add_argument("--peak-load", type=float, default=0.8,
                    help="peak rate as a share of the capacity of --targets targets (default: 0.8)")
-    a.add_argument("--phases", default="90:0.2,90:0.5,180:1,90:0.5,150:0.2",
-                   help="the load: seconds:share-of-peak, ... (default: 90:0.2,90:0.5,180:1,90:0.5,150:0.2)")
-    a.add_argument("--queue-per-target", type=float, default=16.0,
-                   help="target pool aim, requests per target (default: 16; a batch of 32 in 2 lanes holds 64)")
+    phases = ",".join(f"{seconds:g}:{share:g}" for seconds, share in autoscale.PHASES)
+    a.add_argument("--phases", default=phases, help=f"the load: seconds:share-of-peak, ... (default: {phases})")
+    a.add_argument("--queue-per-target", type=float, default=128.0,
+                   help="target pool aim, requests per target (default: 128, half a batch of 256; a target's "
+                        "2 lanes hold 512)")
+    a.add_argument("--draft-utilisation", type=float, default=None,
+                   help="draft pool aim, busy share per draft replica (default: the resource's, "
+                        "draft.utilisation)")
     a.add_argument("--up-window", type=float, default=15.0, help="scale-up window, seconds (default: 15)")
     a.add_argument("--down-window", type=float, default=60.0, help="scale-down window, seconds (default: 60)")
     a.add_argument("--startup-seconds", type=float, default=20.0, help="a new replica's start-up (default: 20)")
     a.add_argument("--poll-seconds", type=float, default=5.0, help="seconds between polls (default: 5)")
-    a.add_argument("--ratios", default="1,0.5", help="queue-only's drafts per target, compared (default: 1,0.5)")
+    a.add_argument("--ratios", default="0.5,1,2",
+                   help="queue-only's drafts per target, its latency curve (default: 0.5,1,2)")
     a.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
     a.add_argument("--jobs", type=int, default=2, help="processes for the runs (default: 2)")
     a.set_defaults(func=_autoscale)
@@ -148,6 +154,8 @@ def _autoscale(args: argparse.Namespace) -> int:
     per_target = capacity(Setup(config, profile), Workload(MIXES[args.workload], 400, args.seed))
     policy = dataclasses.replace(autoscale.default_policy(args.targets, args.drafts, args.queue_per_target),
                                  scale_up_window_s=args.up_window, scale_down_window_s=args.down_window)
+    if args.draft_utilisation is not None:
+        policy = dataclasses.replace(policy, draft_utilisation=args.draft_utilisation)
     bench = autoscale.Bench(profile, config, policy, args.peak_load * per_target * args.targets,
                             MIXES[args.workload], phases, args.startup_seconds, args.poll_seconds, args.seed)
     result = autoscale.compare(bench, tuple(positive_floats("--ratios", args.ratios)), jobs=args.jobs)

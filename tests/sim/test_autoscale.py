@@ -76,3 +76,14 @@ def test_the_load_rises_and_falls_as_its_phases_say():
     expected = [seconds * share * BENCH.peak_rate for seconds, share in BENCH.phases]
     assert counts[1] > 3 * counts[0] and counts[1] > 3 * counts[2]
     assert all(abs(c - e) < 4 * e ** 0.5 + 2 for c, e in zip(counts, expected))  # Poisson: within 4 sigma
+
+
+def test_queue_only_latency_is_read_off_its_curve_at_equal_draft_replica_seconds():
+    def row(config: str, draft_s: float, latency: float) -> dict:
+        return {"config": config, "draft_replica_seconds": draft_s, "mean_latency_s": latency}
+
+    curve = [row("queue-only:2", 700.0, 6.0), row("queue-only:0.5", 300.0, 10.0), row("queue-only:1", 500.0, 7.0)]
+    latency, bracket = autoscale.queue_only_at(curve, 400.0)
+    assert latency == pytest.approx(8.5) and bracket == ["queue-only:0.5", "queue-only:1"]  # halfway, sorted
+    assert autoscale.queue_only_at(curve, 700.0) == (6.0, ["queue-only:1", "queue-only:2"])
+    assert autoscale.queue_only_at(curve, 250.0) is None  # outside the runs: no extrapolation
