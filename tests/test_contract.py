@@ -37,6 +37,18 @@ INTEGERS = {
     "router.replicas": (c.ROUTER_REPLICAS, None),
     "router.service.port": (c.ROUTER_PORT, None),
     "router.service.httpPort": (c.HTTP_PORT, None),
+    "autoscaling.scaleUpWindowSeconds": (c.AUTOSCALE_SCALE_UP_WINDOW_SECONDS, None),
+    "autoscaling.scaleDownWindowSeconds": (c.AUTOSCALE_SCALE_DOWN_WINDOW_SECONDS, None),
+    "autoscaling.target.minReplicas": (c.AUTOSCALE_TARGET_MIN_REPLICAS, None),
+    "autoscaling.target.maxReplicas": (c.AUTOSCALE_TARGET_MAX_REPLICAS, None),
+    "autoscaling.draft.minReplicas": (c.AUTOSCALE_DRAFT_MIN_REPLICAS, None),
+    "autoscaling.draft.maxReplicas": (c.AUTOSCALE_DRAFT_MAX_REPLICAS, None),
+}
+# every non-integer number of the spec, the same way
+NUMBERS = {
+    "autoscaling.target.queuePerReplica": c.AUTOSCALE_QUEUE_PER_TARGET,
+    "autoscaling.target.ttftSeconds": c.AUTOSCALE_TTFT_SECONDS,
+    "autoscaling.draft.utilisation": c.AUTOSCALE_DRAFT_UTILISATION,
 }
 ENUMS = {
     "draft.method": (c.DRAFT_METHODS, c.DEFAULT_DRAFT_METHOD),
@@ -66,6 +78,12 @@ def test_every_integer_and_enum_of_the_schema_comes_from_the_contract() -> None:
     enums = {p for p, n in _walk(SPEC) if "enum" in n}
     assert integers == set(INTEGERS), "declare the new field's bounds in specd/contract.py"
     assert enums == set(ENUMS), "declare the new enum in specd/contract.py"
+    numbers = {p for p, n in _walk(SPEC) if n.get("type") == "number"}
+    assert numbers == set(NUMBERS), "declare the new field's bounds in specd/contract.py"
+    for path, bounds in NUMBERS.items():
+        node = _node(path)
+        assert (node["minimum"], node.get("maximum"), node.get("default")) == (
+            bounds.minimum, bounds.maximum, bounds.default), path
     for path, (bounds, default) in INTEGERS.items():
         node = _node(path)
         expected = bounds.default if default is None else default
