@@ -73,9 +73,10 @@ def test_registry_has_handlers_for_the_resource_and_every_child_kind() -> None:
 
 
 def test_the_command_line_builds_without_torch() -> None:
-    """The operator's image has no torch (docker/operator.Dockerfile), and its entry point builds
-    the whole `specd` parser: no command module may import torch when it is registered."""
-    code = ("import sys; sys.modules['torch'] = None\n"
+    """The operator's image has no torch, numpy or grpc health service (docker/operator.Dockerfile),
+    and its entry point builds the whole `specd` parser: no command module may import them when it
+    is registered (the simulator's engine does, through the router's replicas)."""
+    code = ("import sys; sys.modules.update(dict.fromkeys(['torch', 'numpy', 'grpc_health'], None))\n"
             "from specd.cli import build_parser\n"
             "build_parser().parse_args(['operator', '--help'])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

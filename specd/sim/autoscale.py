@@ -28,14 +28,7 @@ from specd.router.config import RouterConfig
 from specd.router.replicas import least_pinned
 from specd.sim.engine import Setup, SimReplica, Simulation
 from specd.sim.profiles import Profile
-from specd.sim.workloads import Arrival, Workload
-
-# (seconds, share of the peak rate): up in steps, a peak, down in steps; six minutes, so that the five
-# runs of a default `specd bench autoscale` fit ten minutes on two cores at a batch of 256
-PHASES: tuple[tuple[float, float], ...] = ((60, 0.2), (60, 0.5), (120, 1.0), (60, 0.5), (60, 0.2))
-# the router batch of the benchmark: vLLM's max_num_seqs default of its V0 engine (newer engines pick
-# per device, not less on 80 GB GPUs); the resource's 32 keeps a 70B verify pass weight-streaming-bound
-MAX_BATCH_SIZE = 256
+from specd.sim.workloads import RISE_AND_FALL, Arrival, Workload
 
 
 @dataclass(frozen=True)
@@ -45,7 +38,7 @@ class Bench:
     policy: AutoscalingPolicy
     peak_rate: float  # requests/s at share 1.0
     mix: dict[str, float]
-    phases: tuple[tuple[float, float], ...] = PHASES
+    phases: tuple[tuple[float, float], ...] = RISE_AND_FALL
     startup_s: float = 60.0
     poll_s: float = 15.0
     seed: int = 0

@@ -12,9 +12,10 @@ from specd.errors import SpecdError
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse._SubParsersAction) -> None:
     from specd.flags import add_model_flags, bounded
-    from specd.sim import autoscale
+
+    # the operator's image builds this parser: nothing here may import the simulator's engine
     from specd.sim.profiles import NAMED
-    from specd.sim.workloads import MIXES
+    from specd.sim.workloads import MIXES, RISE_AND_FALL, SERVED_BATCH_SIZE
 
     p = bench_subparsers.add_parser(
         "simulate", help="scheduling simulator: LAPS-SD and SmartSpec reproduced on the router's own code",
@@ -66,13 +67,13 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     a.add_argument("--profile", default="h100-70b-tp8", help="step-time profile (default: h100-70b-tp8)")
     a.add_argument("--workload", default="paper", choices=list(MIXES), help="request mix (default: paper)")
     a.add_argument("--max-batch-size", type=bounded("--max-batch-size", MAX_BATCH_SIZE),
-                   default=autoscale.MAX_BATCH_SIZE,
-                   help=f"router batch size (default: {autoscale.MAX_BATCH_SIZE}, vLLM's default max_num_seqs)")
+                   default=SERVED_BATCH_SIZE,
+                   help=f"router batch size (default: {SERVED_BATCH_SIZE}, vLLM's default max_num_seqs)")
     a.add_argument("--targets", type=int, default=2, help="target pool maximum (fixed: always) (default: 2)")
     a.add_argument("--drafts", type=int, default=2, help="draft pool maximum (fixed: always) (default: 2)")
     a.add_argument("--peak-load", type=float, default=0.8,
                    help="peak rate as a share of the capacity of --targets targets (default: 0.8)")
-    phases = ",".join(f"{seconds:g}:{share:g}" for seconds, share in autoscale.PHASES)
+    phases = ",".join(f"{seconds:g}:{share:g}" for seconds, share in RISE_AND_FALL)
     a.add_argument("--phases", default=phases, help=f"the load: seconds:share-of-peak, ... (default: {phases})")
     a.add_argument("--queue-per-target", type=float, default=128.0,
                    help="target pool aim, requests per target (default: 128, half a batch of 256; a target's "

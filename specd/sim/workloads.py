@@ -59,6 +59,15 @@ MIXES = {
 }
 
 
+# `specd bench autoscale`'s load, (seconds, share of the peak rate): up in steps, a peak, down in
+# steps; six minutes, so that the five runs of a default benchmark fit ten minutes on two cores
+RISE_AND_FALL: tuple[tuple[float, float], ...] = ((60, 0.2), (60, 0.5), (120, 1.0), (60, 0.5), (60, 0.2))
+# the router batch of served large models, as `specd bench autoscale` runs them: vLLM's max_num_seqs
+# default of its V0 engine (newer engines pick per device, not less on 80 GB GPUs); the resource's
+# 32 keeps a 70B verify pass weight-streaming-bound
+SERVED_BATCH_SIZE = 256
+
+
 @dataclass(frozen=True)
 class Arrival:
     at: float  # seconds
