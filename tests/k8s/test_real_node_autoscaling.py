@@ -8,8 +8,9 @@ operator polls the router every 2 s (the chart's statsSeconds). Phases:
   pool grows to 2 no sooner than the up window after the step and soon after it; once both
   targets serve, nothing changes any more.
 - light: 2 looping streams (1 per target). The target pool shrinks to 1 no sooner than the down
-  window after the step: one target pod is deleted under a stream, which moves to the other
-  target (drain: SIGTERM, terminating endpoint, re-prefill) without a failed request.
+  window after the step: one target pod is deleted while the streams run; a request on it moves
+  to the other target (drain: SIGTERM, terminating endpoint, re-prefill) without a failed request
+  (whether a stream is on it at that moment is up to timing).
 - idle: no load. k = 0 is sustained (no iteration drafts), so the draft pool goes to its minimum
   (0) once the last minute's figures show it and the down window passed; then nothing changes.
 
@@ -171,8 +172,11 @@ def test_pools_follow_a_load_step_up_and_down_without_flapping_or_failed_request
     phases.end("light")
     (router,) = serving(cluster, "router", 1, NAME)
     log = cluster.kubectl("logs", "-n", NS, router["metadata"]["name"]).stdout
-    assert "moves to target" in log, log[-3000:]  # the leaving target's stream moved at an iteration boundary
-    assert not re.search(r"target worker \S+ is down", log), log[-3000:]  # and no call to it failed
+    # Whether one of the two light streams was on the leaving target when it left is up to timing (in
+    # one CI run neither was); what must hold either way: no call to it failed, and every output above
+    # equals plain decoding. The move of a stream under way is tested deterministically on real
+    # worker processes in tests/serving/test_scale_down.py.
+    assert not re.search(r"target worker \S+ is down", log), log[-3000:]
 
     # idle: sustained k = 0 takes the draft pool to its minimum, then nothing changes
     wait_for("the draft pool at its minimum (0)", lambda: replicas(cluster, "draft") == 0, 60 + DOWN_S + SLACK_S,
