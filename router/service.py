@@ -23,6 +23,7 @@ from specd.router.openai_http import HttpServer, OpenAIFrontend
 from specd.router.replicas import ReplicaPool
 from specd.router.request import Request
 from specd.router.scheduler import RequestFailed, Scheduler
+from specd.router.speculation import CostModel, LinearFit
 from specd.worker.tokenizer import StreamDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,15 @@ def _timing(r: Request) -> serving_pb2.Timing:
                               total_seconds=since(r.finished_at))
 
 
+def cost_fit(costs: CostModel) -> serving_pb2.CostFit:
+    """The goodput cost model as it stands (what `specd bench serve` replays the run's step costs from)."""
+    def fit(f: LinearFit) -> serving_pb2.PassFit:
+        return serving_pb2.PassFit(base=f.base, per_token=f.per_token, per_context=f.per_context)
+
+    return serving_pb2.CostFit(target=fit(costs.target_pass), draft=fit(costs.draft_pass),
+                               target_overhead_s=costs.target_overhead, draft_overhead_s=costs.draft_overhead)
+
+
 class SpecdServicer(serving_pb2_grpc.SpecdServicer):
     def __init__(self, builder: RequestBuilder, scheduler: Scheduler) -> None:
         self.builder = builder
@@ -128,7 +138,9 @@ class SpecdServicer(serving_pb2_grpc.SpecdServicer):
                                            timing=_timing(r), request_id=request.request_id)
 
     async def Stats(self, request, context):
-        return self.scheduler.stats()
+        stats = self.scheduler.stats()
+        stats.costs.CopyFrom(cost_fit(self.scheduler.decisions.costs))
+        return stats
 
     async def GenerateUnary(self, request, context):
         r = await self._start(request, context)

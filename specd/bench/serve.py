@@ -168,6 +168,58 @@ async def drive(address: str, items: list[Item], rate: float) -> list[Outcome]:
         return await asyncio.gather(*(one(item, a) for item, a in zip(items, arrivals)))
 
 
+# the router's cost model forgets with a window of about 50 calls (speculation.LinearFit's decay), about
+# half a second at these loads: sampled this often, each sample reflects the calls since the last one
+COST_POLL_S = 0.5
+
+
+async def poll_costs(address: str, until: asyncio.Event) -> list:
+    """The router's cost model (RouterStats.costs) every COST_POLL_S while it has requests, until `until`."""
+    import grpc
+
+    from specd.proto.v1 import serving_pb2, serving_pb2_grpc
+
+    samples = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = serving_pb2_grpc.SpecdStub(channel)
+        while not until.is_set():
+            try:
+                await asyncio.wait_for(until.wait(), COST_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+            stats = await stub.Stats(serving_pb2.RouterStatsRequest())
+            if stats.queued_requests + stats.running_requests or until.is_set():
+                samples.append(stats.costs)
+    return samples
+
+
+async def measured(address: str, items: list[Item], rate: float) -> tuple[list[Outcome], list]:
+    """`drive`, and the router's cost model sampled meanwhile: the step costs under this very run's load."""
+    done = asyncio.Event()
+    poller = asyncio.ensure_future(poll_costs(address, done))
+    try:
+        outcomes = await drive(address, items, rate)
+    finally:
+        done.set()
+    return outcomes, await poller
+
+
+def mean_costs(samples: list) -> dict | None:
+    """The mean of sampled cost models (a mean of linear models: its prediction anywhere is the mean of
+    theirs), as a profile's fields: target, draft (PassCost's), and the round trips beyond compute."""
+    if not samples:
+        return None
+
+    def mean(get) -> float:
+        return round(statistics.fmean(get(c) for c in samples), 7)
+
+    def fit(role: str) -> dict:
+        return {name: mean(lambda c: getattr(getattr(c, role), name)) for name in ("base", "per_token", "per_context")}
+
+    return {"target": fit("target"), "draft": fit("draft"), "target_overhead_s": mean(lambda c: c.target_overhead_s),
+            "draft_overhead_s": mean(lambda c: c.draft_overhead_s), "samples": len(samples)}
+
+
 def busy_seconds(outcomes: list[Outcome]) -> float:
     """Length of the union of the requests' [sent, end] intervals: time with work in the system."""
     total, cover_end = 0.0, float("-inf")
@@ -396,12 +448,17 @@ def sweep(schedule: dict[float, list[Config]], workloads: list[list[Item]], addr
     results = []
     for rate, configs in schedule.items():
         runs: dict[Config, list[list[Outcome]]] = {config: [] for config in configs}
+        costs: dict[Config, list] = {config: [] for config in configs}
         for rep, items in enumerate(workloads):
             shift = rep % len(configs)
             for config in configs[shift:] + configs[:shift]:
-                runs[config].append(asyncio.run(drive(addresses[config], items, rate)))
+                outcomes, samples = asyncio.run(measured(addresses[config], items, rate))
+                runs[config].append(outcomes)
+                costs[config] += samples
         for config in configs:
             r = summarize(*config, rate, runs[config], slo_ttft_ms, slo_tpot_ms)
+            # the step costs this configuration's runs met (what `specd bench simulate --validate` replays)
+            r["step_costs"] = mean_costs(costs[config])
             results.append(r)
             _progress(f"rate {rate:g}/s {r['policy']:8s} {r['speculation']:9s} mean {r['mean_latency_s']:.3f}s "
                       f"(short {r['short_mean_latency_s']}s, long {r['long_mean_latency_s']}s) "

@@ -5,8 +5,8 @@ as the router does (Prefill, then Propose -> Verify iterations) over the serving
 prompts at several batch sizes and speculation lengths. Each reply carries the worker's own
 measured compute time (StepCost); a least-squares fit of seconds = base + per_token * tokens +
 per_context * context gives each role's PassCost (the target's Prefill calls a cost of their own:
-they compute logits for the last token only), and the median of round trip minus compute the
-round trip. It also records each request's acceptance rate per kind of prompt (code, prose):
+they compute logits for the last token only), and the median of round trip minus compute each
+role's round trip. It also records each request's acceptance rate per kind of prompt (code, prose):
 the simulator replays the benchmark's workload with them (`specd bench simulate --validate`).
 """
 
@@ -59,7 +59,7 @@ def calibrate(target_dir: Path, draft_dir: Path, batch_sizes: tuple[int, ...] = 
     target_samples: list[tuple[float, float, float]] = []
     prefill_samples: list[tuple[float, float, float]] = []  # apart: no logits but the last, no drafts
     draft_samples: list[tuple[float, float, float]] = []
-    overheads: list[float] = []
+    overheads: dict[str, list[float]] = {"target": [], "draft": []}
     acceptance: dict[str, list[float]] = {"code": [], "prose": []}
     stack = LocalStack()
     try:
@@ -106,7 +106,7 @@ def calibrate(target_dir: Path, draft_dir: Path, batch_sizes: tuple[int, ...] = 
                         # the simulator charges a draft's catch-up the same way, so the fit spans both
                         draft_samples.append((cost.tokens / cost.forward_passes, context,
                                               cost.compute_seconds / cost.forward_passes))
-                        overheads.append(trip - cost.compute_seconds)
+                        overheads["draft"].append(trip - cost.compute_seconds)
                         proposals = dict(zip(drafting, reply.proposals))
                         for rid in drafting:
                             drafted[rid] = len(committed[rid])  # the committed tokens it holds
@@ -119,7 +119,7 @@ def calibrate(target_dir: Path, draft_dir: Path, batch_sizes: tuple[int, ...] = 
                     reply = t_stub.Verify(verify)
                     trip = time.perf_counter() - started
                     target_samples.append((reply.cost.tokens, context, reply.cost.compute_seconds))
-                    overheads.append(trip - reply.cost.compute_seconds)
+                    overheads["target"].append(trip - reply.cost.compute_seconds)
                     for rid, verdict in zip(active, reply.verdicts):
                         sent[rid] = len(committed[rid])
                         committed[rid].extend(verdict.tokens)
@@ -137,7 +137,8 @@ def calibrate(target_dir: Path, draft_dir: Path, batch_sizes: tuple[int, ...] = 
         stack.stop()
     profile = Profile(name="calibrated", target=fit(target_samples), draft=fit(draft_samples),
                       prefill=fit(prefill_samples),
-                      rpc_s=max(statistics.median(overheads), 0.0),
+                      rpc_s=max(statistics.median(overheads["target"]), 0.0),
+                      draft_rpc_s=max(statistics.median(overheads["draft"]), 0.0),
                       source=f"specd bench calibrate on this machine: {target_dir.name} / {draft_dir.name}, "
                              f"{len(target_samples)} target and {len(draft_samples)} draft calls")
     return {**json.loads(profile.to_json()), "acceptance": acceptance}

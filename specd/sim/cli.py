@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers: argparse.
     p.add_argument("--validate", metavar="SERVE_JSON",
                    help="instead of the reproductions, replay this `specd bench serve --json` report on --profile (a "
                         "file from `specd bench calibrate`): the simulator's error against each measured mean latency")
+    p.add_argument("--validate-costs", default="run",
+                   help="with --validate, the step costs replayed: those each configuration's router measured during "
+                        "its own runs (default), or the calibration's (the workers driven alone)")
     p.add_argument("--seed", type=int, default=0, help="first workload seed (default: 0)")
     p.add_argument("--seeds", type=int, default=3,
                    help="workloads the policy comparison runs on (seed, seed+1, ...); its ratios are their median "
@@ -124,7 +127,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
         from specd.sim.validate import validate
 
-        checked = validate(Path(args.profile), Path(args.validate))
+        checked = validate(Path(args.profile), Path(args.validate), args.validate_costs)
         print(json.dumps(checked, indent=2) if args.json else report.format_validation(checked))
         return 0
     result = report.run(settings, progress=lambda text: print(text, file=sys.stderr, flush=True))

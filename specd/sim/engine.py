@@ -193,7 +193,7 @@ class Simulation:
             for r in fresh:
                 r.sent[target.address] = len(r.committed)
             tokens = sum(len(r.committed) for r in fresh)
-            done = target.call(self.now, self.profile.prefill_seconds(tokens), self.profile.rpc_s)
+            done = target.call(self.now, self.profile.prefill_seconds(tokens), self.profile.round_trip("target"))
             self.at(done, self._draft, lane, batch)
         else:
             self._draft(lane, batch)
@@ -224,7 +224,7 @@ class Simulation:
             context = sum(len(r.committed) for r, _ in members)
             fed = [sum(1 for _, k in members if k > j) for j in range(passes)]
             compute = sum(self.profile.draft(n + (missed if j == 0 else 0), context) for j, n in enumerate(fed))
-            done = draft.call(self.now, compute, self.profile.rpc_s)
+            done = draft.call(self.now, compute, self.profile.round_trip("draft"))
             # as a worker reports it: every token fed over the passes, the first pass's catch-up included
             observations.append(((sum(fed) + missed) / passes, passes, compute, done - self.now, context))
             drafted_at = max(drafted_at, done)
@@ -236,7 +236,7 @@ class Simulation:
             d.observe_draft(tokens_per_pass, passes, compute, round_trip, self.now, context)
         tokens, context = sum(k + 1 for k in ks), sum(len(r.committed) for r in batch)
         compute = self.profile.target(tokens, context)
-        done = lane.target.call(self.now, compute, self.profile.rpc_s)
+        done = lane.target.call(self.now, compute, self.profile.round_trip("target"))
         self.at(done, self._commit, lane, batch, ks, (tokens, compute, done - self.now, context))
 
     def _commit(self, lane: Lane, batch: list[Request], ks: list[int],

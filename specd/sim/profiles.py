@@ -2,8 +2,9 @@
 
 One forward pass costs `base + per_token * tokens fed + per_context * context tokens read`
 (SmartSpec's cost model: linear in batched tokens and in context), and every call adds a round
-trip `rpc_s`. A profile is either named (below, coefficients derived from data sheets, each with
-its source) or calibrated on this machine's workers (`specd bench calibrate` writes it as JSON).
+trip `rpc_s` (a Propose `draft_rpc_s` where it was measured apart). A profile is either named
+(below, coefficients derived from data sheets, each with its source) or calibrated on this
+machine's workers (`specd bench calibrate` writes it as JSON).
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ class Profile:
     # the target's Prefill (prompt tokens, logits of the last only), where it was measured apart from
     # decoding; None: the target's pass cost (GPUs: both are weight-streaming plus per-token compute)
     prefill: PassCost | None = None
+    draft_rpc_s: float | None = None  # a Propose's round trip where measured apart (None: rpc_s)
 
     def prefill_seconds(self, tokens: int) -> float:
         return (self.prefill or self.target)(tokens, 0)
+
+    def round_trip(self, role: str) -> float:
+        return self.draft_rpc_s if role == "draft" and self.draft_rpc_s is not None else self.rpc_s
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -48,7 +53,8 @@ class Profile:
     def from_dict(cls, raw: dict) -> "Profile":
         return cls(name=raw["name"], target=PassCost(**raw["target"]), draft=PassCost(**raw["draft"]),
                    rpc_s=raw["rpc_s"], source=raw.get("source", ""),
-                   prefill=PassCost(**raw["prefill"]) if raw.get("prefill") else None)
+                   prefill=PassCost(**raw["prefill"]) if raw.get("prefill") else None,
+                   draft_rpc_s=raw.get("draft_rpc_s"))
 
 
 def _hbm(bytes_: float, bandwidth: float, efficiency: float = 0.7) -> float:

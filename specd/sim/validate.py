@@ -1,9 +1,17 @@
 """The simulator against the real stack: replay a `specd bench serve --json` report's runs (same
 workload items, seeds, rates and router settings) on a calibrated profile, and compare each
-configuration's mean latency with the measured one."""
+configuration's mean latency with the measured one.
+
+The step costs replayed are, by default, those the configuration's own router met during its runs
+(`step_costs`: its goodput cost model sampled while it served, bench.serve.mean_costs): on a shared
+machine the workers' costs under the benchmark's load (routers, client, draft and target on the
+same cores) differ from the calibration's, which drives the two workers alone. Prefill, which the
+router does not time, keeps the calibrated cost.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import statistics
@@ -13,7 +21,7 @@ from typing import Any
 from specd.errors import SpecdError
 from specd.router.config import RouterConfig
 from specd.sim.engine import Setup, Simulation
-from specd.sim.profiles import Profile
+from specd.sim.profiles import PassCost, Profile
 from specd.sim.workloads import Arrival
 
 
@@ -34,7 +42,19 @@ def acceptance_from_usage(accepted: int, proposed: int, iterations: int) -> floa
     return round((low + high) / 2, 4)
 
 
-def validate(profile_file: Path, serve_report_file: Path) -> dict[str, Any]:
+COSTS = ("run", "calibrated")  # the step costs replayed: the run's own (measured under its load) or the calibration's
+
+
+def in_run_profile(calibrated: Profile, step_costs: dict[str, Any]) -> Profile:
+    """`calibrated` with the passes and round trips a configuration's router measured during its runs."""
+    return dataclasses.replace(
+        calibrated, name="in-run", target=PassCost(**step_costs["target"]), draft=PassCost(**step_costs["draft"]),
+        rpc_s=step_costs["target_overhead_s"], draft_rpc_s=step_costs["draft_overhead_s"],
+        source=f"the router's cost model sampled {step_costs['samples']} times during the run; "
+               f"prefill from {calibrated.source}")
+
+
+def validate(profile_file: Path, serve_report_file: Path, costs: str = "run") -> dict[str, Any]:
     from specd.bench import serve as bench
     from specd.worker.tokenizer import Tokenizer
 
@@ -48,8 +68,14 @@ def validate(profile_file: Path, serve_report_file: Path) -> dict[str, Any]:
     tokenizer = Tokenizer(Path(report["models"]["target"]))
     workloads = [bench.workload(settings, settings.seed + rep) for rep in range(settings.repeats)]
     prompt_tokens = {item.prompt: len(tokenizer.encode(item.prompt)) for items in workloads for item in items}
+    if costs not in COSTS:
+        raise SpecdError(f"costs {costs!r}: one of {', '.join(COSTS)}")
     rows = []
     for real in report["results"]:
+        if costs == "run" and not real.get("step_costs"):
+            raise SpecdError(f"{serve_report_file}: no step costs measured during the runs (a report of an older "
+                             "`specd bench serve`): validate on the calibrated costs instead")
+        replayed = in_run_profile(profile, real["step_costs"]) if costs == "run" else profile
         config = RouterConfig(policy=real["policy"], max_batch_size=settings.max_batch_size)
         config = config.with_speculation(real["speculation"])
         usage = real.get("usage_by_repeat")
@@ -64,13 +90,14 @@ def validate(profile_file: Path, serve_report_file: Path) -> dict[str, Any]:
                 alpha = measured if measured is not None else rng.choice(acceptance[item.kind])
                 arrivals.append(Arrival(t, item.kind, prompt_tokens[item.prompt], item.max_new_tokens,
                                         item.max_new_tokens, alpha))
-            sim = Simulation(Setup(config, profile, settings.targets, settings.drafts, seed=settings.seed + rep))
+            sim = Simulation(Setup(config, replayed, settings.targets, settings.drafts, seed=settings.seed + rep))
             sim.run(arrivals)
             latencies += [f.finished - f.arrival for f in sim.finished]
         simulated = statistics.fmean(latencies)
         rows.append({"policy": real["policy"], "speculation": real["speculation"], "rate": real["rate"],
                      "load": real.get("load"), "real_mean_latency_s": real["mean_latency_s"],
                      "simulated_mean_latency_s": round(simulated, 4),
-                     "error": round(abs(simulated - real["mean_latency_s"]) / real["mean_latency_s"], 4)})
-    return {"validation_max_error": max(row["error"] for row in rows),
+                     "error": round(abs(simulated - real["mean_latency_s"]) / real["mean_latency_s"], 4),
+                     "signed_error": round(simulated / real["mean_latency_s"] - 1, 4)})
+    return {"costs": costs, "validation_max_error": max(row["error"] for row in rows),
             "validation_mean_error": round(statistics.fmean(row["error"] for row in rows), 4), "rows": rows}

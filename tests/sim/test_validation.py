@@ -1,18 +1,21 @@
-"""A small validation run: the simulator on this machine's calibrated profile against the real
-stack (`specd bench serve`) on the same workload. The goal (within 15%) needs a quiet machine and
-a long run (docs/scheduling.md); here the check is coarse but real: the simulated mean latency
-lies within a factor of three of the measured one at a light load (on a quiet machine it was
-1.2-1.6x high; a draft cost reported without its catch-up tokens, a bug this caught, put it 3.4x
-off)."""
+"""A small validation run: the simulator against the real stack (`specd bench serve`) on the same
+workload, replaying the step costs each configuration's router met during its own runs (its cost
+model, sampled while it served). The goal is within 15% on the default benchmark
+(docs/scheduling.md); this run is small (16 requests, one repeat), so the check is looser: within
+35%. On a loaded machine the calibrated costs (the workers driven alone) were 38-49% fast on
+such a run where the run's own costs were 2-8% off; a draft cost reported without its catch-up
+tokens, a bug an earlier version of this test caught, put the simulation 3.4x off."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from specd.bench import serve
 from specd.demo.paths import resolve_model_dirs
+from specd.router.speculation import CostModel
 from specd.sim.calibrate import calibrate
 from specd.sim.validate import validate
 
@@ -27,12 +30,15 @@ def test_simulator_against_the_real_stack(tmp_path):
     report = serve.run(settings, target, draft)
     (tmp_path / "profile.json").write_text(json.dumps(profile))
     (tmp_path / "serve.json").write_text(json.dumps(report))
+    for real in report["results"]:  # the router's cost model, sampled during the run: fitted to what it met
+        costs = real["step_costs"]
+        assert costs["samples"] >= 1 and costs["target"]["base"] != CostModel().target_pass.base, costs
     checked = validate(tmp_path / "profile.json", tmp_path / "serve.json")
+    assert checked["costs"] == "run"
     assert [(r["policy"], r["speculation"], r["rate"]) for r in checked["rows"]] == \
         [(r["policy"], r["speculation"], r["rate"]) for r in report["results"]]
     for row in checked["rows"]:
-        ratio = row["simulated_mean_latency_s"] / row["real_mean_latency_s"]
-        assert 1 / 3 < ratio < 3.0, checked["rows"]
+        assert row["error"] < 0.35, checked["rows"]
 
 
 def test_acceptance_is_recovered_from_a_requests_usage():
@@ -55,3 +61,38 @@ def test_acceptance_is_recovered_from_a_requests_usage():
         # the control: accepted / proposed is not the per-token rate
         assert abs(accepted / (k * iterations) - alpha) > 0.03
     assert acceptance_from_usage(0, 0, 5) is None  # never drafted: the kind's figures stand in
+
+
+def test_the_in_run_profile_replays_the_runs_costs():
+    """The validation's in-run profile takes the passes and both round trips the run's router
+    measured (Prefill keeps the calibration's), and the simulator charges each role its own round
+    trip: one request alone, no drafts, takes exactly prefill + one verify per token, each with the
+    target's round trip; drafting one token per iteration adds the Propose round trip per call."""
+    from specd.router.config import RouterConfig
+    from specd.sim.engine import Setup, Simulation
+    from specd.sim.profiles import PassCost, Profile
+    from specd.sim.validate import in_run_profile
+    from specd.sim.workloads import Arrival
+
+    calibrated = Profile("calibrated", PassCost(1e-3, 1e-4, 1e-6), PassCost(2e-4, 1e-5, 1e-7), rpc_s=5e-4,
+                         source="test", prefill=PassCost(2e-3, 5e-5, 0.0))
+    costs = {"target": {"base": 3e-3, "per_token": 2e-4, "per_context": 2e-6},
+             "draft": {"base": 6e-4, "per_token": 3e-5, "per_context": 0.0},
+             "target_overhead_s": 2e-3, "draft_overhead_s": 1e-3, "samples": 4}
+    profile = in_run_profile(calibrated, costs)
+    assert (profile.target, profile.draft) == (PassCost(3e-3, 2e-4, 2e-6), PassCost(6e-4, 3e-5, 0.0))
+    assert (profile.round_trip("target"), profile.round_trip("draft"), profile.prefill) == (2e-3, 1e-3,
+                                                                                            calibrated.prefill)
+
+    def latency(p: Profile, speculation: str) -> tuple[float, int]:
+        sim = Simulation(Setup(RouterConfig(max_batch_size=2).with_speculation(speculation), p))
+        sim.run([Arrival(0.0, "code", 40, 6, 6, acceptance=0.0)])
+        done = sim.finished[0]
+        return done.finished - done.arrival, done.proposed
+
+    alone, _ = latency(profile, "none")
+    assert alone == pytest.approx(profile.prefill_seconds(40) + 2e-3
+                                  + sum(profile.target(1, 40 + i) + 2e-3 for i in range(6)))
+    slower_drafts = dataclasses.replace(profile, draft_rpc_s=profile.round_trip("draft") + 0.01)
+    (drafting, proposed), (slower, _) = latency(profile, "fixed:1"), latency(slower_drafts, "fixed:1")
+    assert proposed > 0 and slower - drafting == pytest.approx(0.01 * proposed)
