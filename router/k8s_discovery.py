@@ -203,8 +203,10 @@ class EndpointSliceWatcher:
             return
         self._current = endpoints
         if self.peers is not None:
-            log.info("router %s schedules %s of the workers (routers: %s)", self.peers.pod,
-                     {role: len(a) for role, a in endpoints.items()}, sorted({*routers, self.peers.pod}))
+            # the addresses, not only their counts: which router owns which worker is what an
+            # operator (and the real-node test) reads to check the routers' shares
+            log.info("router %s schedules %s (routers: %s)", self.peers.pod, endpoints,
+                     sorted({*routers, self.peers.pod}))
         for callback in list(self._callbacks):
             try:
                 callback({role: list(a) for role, a in endpoints.items()})
