@@ -14,6 +14,8 @@ rotating order, so that a burst of load from elsewhere on a shared machine does 
 configuration only; a configuration's figures pool the requests of all its repeats, and the
 goals' ratios are medians over the repeats with their spread (min, max). Outputs
 ignore the end-of-text token so that every run generates exactly the same number of tokens.
+During each run the router's cost model (its fits of the workers' step costs and the round trips)
+is sampled: the costs under that run's load, which `specd bench simulate --validate` replays.
 """
 
 from __future__ import annotations
@@ -448,17 +450,18 @@ def sweep(schedule: dict[float, list[Config]], workloads: list[list[Item]], addr
     results = []
     for rate, configs in schedule.items():
         runs: dict[Config, list[list[Outcome]]] = {config: [] for config in configs}
-        costs: dict[Config, list] = {config: [] for config in configs}
+        costs: dict[Config, list[dict | None]] = {config: [] for config in configs}
         for rep, items in enumerate(workloads):
             shift = rep % len(configs)
             for config in configs[shift:] + configs[:shift]:
                 outcomes, samples = asyncio.run(measured(addresses[config], items, rate))
                 runs[config].append(outcomes)
-                costs[config] += samples
+                costs[config].append(mean_costs(samples))
         for config in configs:
             r = summarize(*config, rate, runs[config], slo_ttft_ms, slo_tpot_ms)
-            # the step costs this configuration's runs met (what `specd bench simulate --validate` replays)
-            r["step_costs"] = mean_costs(costs[config])
+            # the step costs each run met (a shared machine's load moves between runs): what
+            # `specd bench simulate --validate` replays each run on
+            r["step_costs_by_repeat"] = costs[config]
             results.append(r)
             _progress(f"rate {rate:g}/s {r['policy']:8s} {r['speculation']:9s} mean {r['mean_latency_s']:.3f}s "
                       f"(short {r['short_mean_latency_s']}s, long {r['long_mean_latency_s']}s) "

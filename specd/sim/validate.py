@@ -43,6 +43,7 @@ def acceptance_from_usage(accepted: int, proposed: int, iterations: int) -> floa
 
 
 COSTS = ("run", "calibrated")  # the step costs replayed: the run's own (measured under its load) or the calibration's
+MATCH_ROUNDS = 4  # simulations of a run that set its round trips (the error shrinks about tenfold per round)
 
 
 def in_run_profile(calibrated: Profile, step_costs: dict[str, Any]) -> Profile:
@@ -52,6 +53,52 @@ def in_run_profile(calibrated: Profile, step_costs: dict[str, Any]) -> Profile:
         rpc_s=step_costs["target_overhead_s"], draft_rpc_s=step_costs["draft_overhead_s"],
         source=f"the router's cost model sampled {step_costs['samples']} times during the run; "
                f"prefill from {calibrated.source}")
+
+
+def simulate(setup: Setup, arrivals: list[Arrival], poll_s: float,
+             warm: tuple[float, float]) -> tuple[Simulation, tuple[float, float]]:
+    """Run `arrivals`; with the simulated router's round-trip estimates (target, draft) averaged over
+    samples taken as `specd bench serve` takes the real router's (bench.serve.poll_costs): every
+    `poll_s` while requests are in the system, and at the end. They start at `warm`: the real router
+    starts each run with the estimates the runs before left it."""
+    sim = Simulation(setup)
+    costs, samples = sim.routers[0].costs, []
+    costs.target_overhead, costs.draft_overhead = warm
+
+    def sample() -> None:
+        if sim.in_system:
+            samples.append((costs.target_overhead, costs.draft_overhead))
+        if sim.in_system or sim.now < arrivals[-1].at:
+            sim.at(sim.now + poll_s, sample)
+
+    sim.at(poll_s, sample)
+    sim.run(arrivals)
+    samples.append((costs.target_overhead, costs.draft_overhead))
+    return sim, (statistics.fmean(t for t, _ in samples), statistics.fmean(d for _, d in samples))
+
+
+def replay_run(setup: Setup, arrivals: list[Arrival], step_costs: dict[str, Any], poll_s: float) -> Simulation:
+    """A run replayed on its own step costs. The round trips the router measured include what the
+    simulation models itself (a call that waited behind the other lane's on the same worker measures
+    that wait too), so the simulated ones are set, a few rounds, until the simulated router's
+    estimates equal the real router's, sampled alike: the same estimator on both sides."""
+    measured = (step_costs["target_overhead_s"], step_costs["draft_overhead_s"])
+    profile, tried = setup.profile, []  # (round trips set, estimates seen) per round
+    for _ in range(MATCH_ROUNDS - 1):
+        now = (profile.rpc_s, profile.round_trip("draft"))
+        _, estimated = simulate(dataclasses.replace(setup, profile=profile), arrivals, poll_s, measured)
+        tried.append((now, estimated))
+        # secant steps: the estimate rises more slowly than the round trip set, as a shorter round trip
+        # leaves a longer wait behind the other lane's call (most of all without drafts)
+        slopes = [1.0, 1.0]
+        if len(tried) > 1:
+            before, seen_before = tried[-2]
+            slopes = [min(max((e - b) / (n - p), 0.3), 1.0) if n != p else 1.0
+                      for n, p, e, b in zip(now, before, estimated, seen_before)]
+        target, draft = (max(n + (real - seen) / slope, 0.0)
+                         for n, real, seen, slope in zip(now, measured, estimated, slopes))
+        profile = dataclasses.replace(profile, rpc_s=target, draft_rpc_s=draft)
+    return simulate(dataclasses.replace(setup, profile=profile), arrivals, poll_s, measured)[0]
 
 
 def validate(profile_file: Path, serve_report_file: Path, costs: str = "run") -> dict[str, Any]:
@@ -72,10 +119,10 @@ def validate(profile_file: Path, serve_report_file: Path, costs: str = "run") ->
         raise SpecdError(f"costs {costs!r}: one of {', '.join(COSTS)}")
     rows = []
     for real in report["results"]:
-        if costs == "run" and not real.get("step_costs"):
+        step_costs = real.get("step_costs_by_repeat")
+        if costs == "run" and not (step_costs and all(step_costs)):
             raise SpecdError(f"{serve_report_file}: no step costs measured during the runs (a report of an older "
                              "`specd bench serve`): validate on the calibrated costs instead")
-        replayed = in_run_profile(profile, real["step_costs"]) if costs == "run" else profile
         config = RouterConfig(policy=real["policy"], max_batch_size=settings.max_batch_size)
         config = config.with_speculation(real["speculation"])
         usage = real.get("usage_by_repeat")
@@ -90,8 +137,13 @@ def validate(profile_file: Path, serve_report_file: Path, costs: str = "run") ->
                 alpha = measured if measured is not None else rng.choice(acceptance[item.kind])
                 arrivals.append(Arrival(t, item.kind, prompt_tokens[item.prompt], item.max_new_tokens,
                                         item.max_new_tokens, alpha))
-            sim = Simulation(Setup(config, replayed, settings.targets, settings.drafts, seed=settings.seed + rep))
-            sim.run(arrivals)
+            setup = Setup(config, profile, settings.targets, settings.drafts, seed=settings.seed + rep)
+            if costs == "run":
+                setup = dataclasses.replace(setup, profile=in_run_profile(profile, step_costs[rep]))
+                sim = replay_run(setup, arrivals, step_costs[rep], bench.COST_POLL_S)
+            else:
+                sim = Simulation(setup)
+                sim.run(arrivals)
             latencies += [f.finished - f.arrival for f in sim.finished]
         simulated = statistics.fmean(latencies)
         rows.append({"policy": real["policy"], "speculation": real["speculation"], "rate": real["rate"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_simulator_against_the_real_stack(tmp_path):
     (tmp_path / "profile.json").write_text(json.dumps(profile))
     (tmp_path / "serve.json").write_text(json.dumps(report))
     for real in report["results"]:  # the router's cost model, sampled during the run: fitted to what it met
-        costs = real["step_costs"]
+        [costs] = real["step_costs_by_repeat"]
         assert costs["samples"] >= 1 and costs["target"]["base"] != CostModel().target_pass.base, costs
     checked = validate(tmp_path / "profile.json", tmp_path / "serve.json")
     assert checked["costs"] == "run"
@@ -96,3 +97,36 @@ def test_the_in_run_profile_replays_the_runs_costs():
     slower_drafts = dataclasses.replace(profile, draft_rpc_s=profile.round_trip("draft") + 0.01)
     (drafting, proposed), (slower, _) = latency(profile, "fixed:1"), latency(slower_drafts, "fixed:1")
     assert proposed > 0 and slower - drafting == pytest.approx(0.01 * proposed)
+
+
+@pytest.mark.parametrize("speculation", ["none", "goodput"])
+def test_round_trips_are_matched_through_the_routers_estimate(speculation):
+    """The router's round-trip estimate of a run may hold the waits behind the other lane's calls,
+    which the simulation models itself: replay_run sets the simulated round trips until the
+    simulated router's estimate equals the measured one. Replaying a simulated run from its own
+    router's estimates, starting from round trips three times too long, recovers its latency; the
+    start alone does not (the control)."""
+    import random
+
+    from specd.router.config import RouterConfig
+    from specd.sim.engine import Setup
+    from specd.sim.profiles import PassCost, Profile
+    from specd.sim.validate import replay_run, simulate
+    from specd.sim.workloads import Arrival
+
+    truth = Profile("truth", PassCost(8e-3, 4e-4, 4e-6), PassCost(1.7e-3, 4e-5, 1e-6), rpc_s=4e-3, source="test",
+                    prefill=PassCost(1e-2, 2.7e-4, 0.0), draft_rpc_s=3e-3)
+    rng, t, arrivals = random.Random(1), 0.0, []
+    for _ in range(32):
+        t += rng.expovariate(8.0)
+        arrivals.append(Arrival(t, "code", 40, n := rng.randint(8, 60), n, rng.uniform(0.5, 0.9)))
+    setup = Setup(RouterConfig(max_batch_size=2).with_speculation(speculation), truth, seed=1)
+
+    def mean_latency(sim) -> float:
+        return statistics.fmean(f.finished - f.arrival for f in sim.finished)
+
+    real, (target, draft) = simulate(setup, arrivals, 0.5, (truth.rpc_s, truth.round_trip("draft")))
+    start = dataclasses.replace(setup, profile=dataclasses.replace(truth, rpc_s=3 * target, draft_rpc_s=3 * draft))
+    matched = replay_run(start, arrivals, {"target_overhead_s": target, "draft_overhead_s": draft}, 0.5)
+    assert mean_latency(matched) == pytest.approx(mean_latency(real), rel=0.05)
+    assert mean_latency(simulate(start, arrivals, 0.5, (target, draft))[0]) > 1.1 * mean_latency(real)
