@@ -121,13 +121,70 @@ def test_goodput_gives_more_drafts_to_requests_that_get_them_accepted():
     assert control.typical_k == round((k_good + k_poor) / 2)
 
 
-def test_overlapped_drafting_costs_only_what_verification_does_not_hide():
+def test_the_pipeline_period_counts_only_what_the_other_lane_does_not_hide():
+    """Two lanes on one target: A's drafting runs while the target verifies B, and the other way
+    round. The target idles only when a lane's time off it outlasts the other's verify."""
     model = costs(draft_pass=0.002)
-    assert model.iteration([3, 3]) == pytest.approx(0.010 + 0.0005 * 8 + 3 * 0.002)
-    assert model.iteration([3, 3], overlapped=True) == pytest.approx(0.010 + 0.0005 * 8)
-    control = SpeculationControl("goodput", 4, 8, model)
-    batch = [request(alpha=0.6)] * 4
-    assert control.choose(batch, [True] * 4, overlapped=True)[0] >= control.choose(batch, [True] * 4)[0]
+    verify, off = 0.010 + 0.0005 * 8, 3 * 0.002  # two requests drafting 3 each: 8 tokens verified
+    assert model.parts(2)(6, 3) == pytest.approx((verify, off))
+    assert model.iteration([3, 3]) == pytest.approx(verify + off)  # alone: one after the other
+    assert model.iteration([3, 3], partner=(verify, off)) == pytest.approx(2 * verify)  # hidden both ways
+    # B verifies for 5 ms only: A's 6 ms of drafting leaves the target idle for 1 ms
+    assert model.iteration([3, 3], partner=(0.005, 0.001)) == pytest.approx(verify + 0.006)
+    # B drafts for 20 ms: the target waits for it after verifying A
+    assert model.iteration([3, 3], partner=(0.005, 0.020)) == pytest.approx(0.020 + 0.006)
+
+
+def _in_flight(batch: list[Request], target: str = "t") -> list[Request]:
+    for r in batch:
+        r.target, r.in_flight = target, True
+    return batch
+
+
+def test_goodput_drafts_what_the_batch_in_flight_hides_and_no_more():
+    """A draft pass costs 2 ms, a verify 10-15 ms. Alone, drafting delays the verify, so goodput
+    drafts little; beside a batch in flight on the same target, drafting for as long as that
+    batch's verify costs no target time, so goodput drafts more, but not past that verify (a
+    longer draft would idle the target, which also delays the batch in flight)."""
+    model = costs(draft_pass=0.002, target_per_token=0.0001)
+    alone = max(SpeculationControl("goodput", 4, 8, model).choose(_in_flight([request(alpha=0.6)] * 4), [True] * 4))
+    beside = {}
+    for size in (1, 16):  # the batch in flight: its verify is 10 ms + 0.1 ms a token
+        control = SpeculationControl("goodput", 4, 8, model)
+        other = _in_flight([request(alpha=0.6) for _ in range(size)])
+        other_k = control.choose(other, [True] * size)
+        other_verify, _ = model.parts(size)(sum(other_k), max(other_k))
+        beside[size] = max(control.choose(_in_flight([request(alpha=0.6) for _ in range(4)]), [True] * 4,
+                                          overlapped=True))
+        assert 0.002 * beside[size] <= other_verify, (size, beside, other_verify)  # hidden by the verify
+    assert alone < min(beside.values()), (alone, beside)
+
+
+def test_goodput_pairs_a_batch_with_the_one_in_flight_on_its_target():
+    control = SpeculationControl("goodput", 4, 8, costs(draft_pass=0.002))
+    first = _in_flight([request(alpha=0.6)] * 2)
+    control.choose(first, [True] * 2)
+    second = _in_flight([request(alpha=0.6)] * 2)
+    assert control._partner(second)[0] is first[0]
+    assert control._partner(first) is None  # a batch is not its own partner
+    for r in first:
+        r.in_flight = False  # its iteration is over
+    assert control._partner(second) is None
+    assert control._partner(_in_flight([request()], target="other")) is None
+
+
+def test_the_overhead_leaves_out_queueing_behind_the_other_lane():
+    """The round trip of a call that waited behind the other lane's call holds that wait, which the
+    pipeline period predicts itself: the overhead is the queue-free floor (an average would count
+    the wait twice), and it rises again when the network slows."""
+    model = CostModel()
+    for i in range(200):
+        wait = 0.004 if i % 10 else 0.0  # nine calls in ten queued behind another
+        model.observe_target(8, 0.010, round_trip_s=0.010 + 0.0003 + wait)
+    assert model.target_overhead == pytest.approx(0.0003, abs=0.0002)
+    for _ in range(300):
+        model.observe_target(8, 0.010, round_trip_s=0.010 + 0.002)
+    assert model.target_overhead == pytest.approx(0.002, rel=0.05)
 
 
 def test_goodput_explores_when_speculation_looks_useless():
