@@ -176,13 +176,12 @@ COST_POLL_S = 0.5
 
 
 async def poll_costs(address: str, until: asyncio.Event) -> list:
-    """(seconds since the call, the router's cost model: RouterStats.costs) every COST_POLL_S while the
-    router has requests, until `until`."""
+    """The router's cost model (RouterStats.costs) every COST_POLL_S while it has requests, until `until`."""
     import grpc
 
     from specd.proto.v1 import serving_pb2, serving_pb2_grpc
 
-    samples, start = [], asyncio.get_running_loop().time()
+    samples = []
     async with grpc.aio.insecure_channel(address) as channel:
         stub = serving_pb2_grpc.SpecdStub(channel)
         while not until.is_set():
@@ -192,7 +191,7 @@ async def poll_costs(address: str, until: asyncio.Event) -> list:
                 pass
             stats = await stub.Stats(serving_pb2.RouterStatsRequest())
             if stats.queued_requests + stats.running_requests or until.is_set():
-                samples.append((asyncio.get_running_loop().time() - start, stats.costs))
+                samples.append(stats.costs)
     return samples
 
 
@@ -207,27 +206,20 @@ async def measured(address: str, items: list[Item], rate: float) -> tuple[list[O
     return outcomes, await poller
 
 
-PASS_FIELDS = ("base", "per_token", "per_context")
-
-
-def mean_costs(timed: list) -> dict | None:
+def mean_costs(samples: list) -> dict | None:
     """The mean of sampled cost models (a mean of linear models: its prediction anywhere is the mean of
-    theirs), as a profile's fields: target, draft (PassCost's), and the round trips beyond compute;
-    and the timeline of the pass fits: [seconds into the run, target's PASS_FIELDS, draft's]."""
-    if not timed:
+    theirs), as a profile's fields: target, draft (PassCost's), and the round trips beyond compute."""
+    if not samples:
         return None
-    samples = [c for _, c in timed]
 
     def mean(get) -> float:
         return round(statistics.fmean(get(c) for c in samples), 7)
 
     def fit(role: str) -> dict:
-        return {name: mean(lambda c: getattr(getattr(c, role), name)) for name in PASS_FIELDS}
+        return {name: mean(lambda c: getattr(getattr(c, role), name)) for name in ("base", "per_token", "per_context")}
 
-    timeline = [[round(t, 3), *([round(getattr(getattr(c, role), name), 7) for name in PASS_FIELDS]
-                                for role in ("target", "draft"))] for t, c in timed]
     return {"target": fit("target"), "draft": fit("draft"), "target_overhead_s": mean(lambda c: c.target_overhead_s),
-            "draft_overhead_s": mean(lambda c: c.draft_overhead_s), "samples": len(samples), "timeline": timeline}
+            "draft_overhead_s": mean(lambda c: c.draft_overhead_s), "samples": len(samples)}
 
 
 def busy_seconds(outcomes: list[Outcome]) -> float:

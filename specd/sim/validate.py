@@ -55,19 +55,15 @@ def in_run_profile(calibrated: Profile, step_costs: dict[str, Any]) -> Profile:
                f"prefill from {calibrated.source}")
 
 
-def simulate(setup: Setup, arrivals: list[Arrival], poll_s: float, warm: tuple[float, float],
-             timeline: list | None = None) -> tuple[Simulation, tuple[float, float]]:
+def simulate(setup: Setup, arrivals: list[Arrival], poll_s: float,
+             warm: tuple[float, float]) -> tuple[Simulation, tuple[float, float]]:
     """Run `arrivals`; with the simulated router's round-trip estimates (target, draft) averaged over
     samples taken as `specd bench serve` takes the real router's (bench.serve.poll_costs): every
     `poll_s` while requests are in the system, and at the end. They start at `warm`: the real router
-    starts each run with the estimates the runs before left it. timeline (bench.serve.mean_costs):
-    the pass costs change over the run as the real router's fits did, each sample's over the interval
-    up to it (the calls it was fitted to)."""
+    starts each run with the estimates the runs before left it."""
     sim = Simulation(setup)
     costs, samples = sim.routers[0].costs, []
     costs.target_overhead, costs.draft_overhead = warm
-    for since, (_, target, draft) in zip([0.0, *(row[0] for row in timeline or [])], timeline or []):
-        sim.at(since, _set_passes, sim, PassCost(*target), PassCost(*draft))
 
     def sample() -> None:
         if sim.in_system:
@@ -81,21 +77,16 @@ def simulate(setup: Setup, arrivals: list[Arrival], poll_s: float, warm: tuple[f
     return sim, (statistics.fmean(t for t, _ in samples), statistics.fmean(d for _, d in samples))
 
 
-def _set_passes(sim: Simulation, target: PassCost, draft: PassCost) -> None:
-    sim.profile = dataclasses.replace(sim.profile, target=target, draft=draft)
-
-
 def replay_run(setup: Setup, arrivals: list[Arrival], step_costs: dict[str, Any], poll_s: float) -> Simulation:
     """A run replayed on its own step costs. The round trips the router measured include what the
     simulation models itself (a call that waited behind the other lane's on the same worker measures
     that wait too), so the simulated ones are set, a few rounds, until the simulated router's
     estimates equal the real router's, sampled alike: the same estimator on both sides."""
     measured = (step_costs["target_overhead_s"], step_costs["draft_overhead_s"])
-    timeline = step_costs.get("timeline")
     profile, tried = setup.profile, []  # (round trips set, estimates seen) per round
     for _ in range(MATCH_ROUNDS - 1):
         now = (profile.rpc_s, profile.round_trip("draft"))
-        _, estimated = simulate(dataclasses.replace(setup, profile=profile), arrivals, poll_s, measured, timeline)
+        _, estimated = simulate(dataclasses.replace(setup, profile=profile), arrivals, poll_s, measured)
         tried.append((now, estimated))
         # secant steps: the estimate rises more slowly than the round trip set, as a shorter round trip
         # leaves a longer wait behind the other lane's call (most of all without drafts)
@@ -107,7 +98,7 @@ def replay_run(setup: Setup, arrivals: list[Arrival], step_costs: dict[str, Any]
         target, draft = (max(n + (real - seen) / slope, 0.0)
                          for n, real, seen, slope in zip(now, measured, estimated, slopes))
         profile = dataclasses.replace(profile, rpc_s=target, draft_rpc_s=draft)
-    return simulate(dataclasses.replace(setup, profile=profile), arrivals, poll_s, measured, timeline)[0]
+    return simulate(dataclasses.replace(setup, profile=profile), arrivals, poll_s, measured)[0]
 
 
 def validate(profile_file: Path, serve_report_file: Path, costs: str = "run") -> dict[str, Any]:

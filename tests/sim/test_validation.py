@@ -130,24 +130,3 @@ def test_round_trips_are_matched_through_the_routers_estimate(speculation):
     matched = replay_run(start, arrivals, {"target_overhead_s": target, "draft_overhead_s": draft}, 0.5)
     assert mean_latency(matched) == pytest.approx(mean_latency(real), rel=0.05)
     assert mean_latency(simulate(start, arrivals, 0.5, (target, draft))[0]) > 1.1 * mean_latency(real)
-
-
-def test_the_pass_costs_follow_the_runs_timeline():
-    """A run's pass costs change as the real router's fits did: each sample's fit over the interval
-    up to it. A request alone that arrives in the second interval pays the second sample's costs."""
-    from specd.router.config import RouterConfig
-    from specd.sim.engine import Setup
-    from specd.sim.profiles import PassCost, Profile
-    from specd.sim.validate import simulate
-    from specd.sim.workloads import Arrival
-
-    profile = Profile("run", PassCost(1e-3, 1e-4, 0.0), PassCost(2e-4, 1e-5, 0.0), rpc_s=1e-3, source="test",
-                      prefill=PassCost(2e-3, 5e-5, 0.0))
-    later = PassCost(7e-3, 3e-4, 1e-6)
-    timeline = [[1.0, [1e-3, 1e-4, 0.0], [2e-4, 1e-5, 0.0]], [5.0, [later.base, later.per_token, later.per_context],
-                                                               [2e-4, 1e-5, 0.0]]]
-    setup = Setup(RouterConfig(max_batch_size=2).with_speculation("none"), profile)
-    sim, _ = simulate(setup, [Arrival(2.0, "code", 40, 6, 6, acceptance=0.0)], 0.5, (1e-3, 1e-3), timeline)
-    done = sim.finished[0]
-    assert done.finished - done.arrival == pytest.approx(profile.prefill_seconds(40) + 1e-3
-                                                         + sum(later(1, 40 + i) + 1e-3 for i in range(6)))
