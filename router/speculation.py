@@ -6,7 +6,9 @@
   and takes the k that maximises goodput(k) = sum_i E[tokens_i(k)] / T(k), where
   E[tokens_i(k)] = (1 - a_i^(k+1)) / (1 - a_i) and a_i is the request's acceptance estimate
   (seeded with the global one at admission). T(k) comes from `CostModel`, fitted online to the
-  step times the workers measure. k = 0 wins whenever speculation does not pay. The batch-wide
+  step times the workers measure; in the two-lane pipeline it is the period this batch shares with
+  the batch in flight on the same target, whose verify hides this one's drafting, over both
+  batches' tokens (`CostModel.timer`). k = 0 wins whenever speculation does not pay. The batch-wide
   k is then refined per request by +-1 moves while they raise the modelled goodput, so requests
   whose drafts are often accepted draft more than those whose drafts are not.
 """
@@ -17,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
+from operator import mul
 
 from specd.commit_rule import draft_cap
 from specd.contract import speculation_mode
@@ -218,8 +221,11 @@ class SpeculationControl:
         # (the differences of expected_tokens): so every trial below is a few additions and one division.
         alphas, top = [r.acceptance.value for r in batch], max(caps)
         gains = [[1.0] * len(batch)]  # [j][i] = a_i^j: request i's j-th draft's tokens (0 past its cap)
-        for j in range(1, top + 1):
-            gains.append([g * a if cap >= j else 0.0 for g, a, cap in zip(gains[-1], alphas, caps)])
+        for _ in range(top):
+            gains.append(list(map(mul, gains[-1], alphas)))
+        for i, cap in enumerate(caps):
+            for j in range(cap + 1, top + 1):
+                gains[j][i] = 0.0
         drafting_j = [0] * (top + 2)  # [j] = requests that may draft a j-th token
         for cap in caps:
             drafting_j[cap] += 1
