@@ -90,10 +90,11 @@ class LengthPredictor:
         self._sorted: dict[int, tuple[list[int], list[int]]] = {}  # max_new_tokens -> (sorted, suffix sums)
 
     def predict(self, max_new_tokens: int, generated: int = 0) -> float:
-        lengths, suffix = self._table(max_new_tokens)
-        i = bisect_right(lengths, generated)
-        if i < len(lengths):
-            return suffix[i] / (len(lengths) - i)
+        table = self._sorted.get(max_new_tokens)
+        lengths, suffix = table if table is not None else self._table(max_new_tokens)
+        i, n = bisect_right(lengths, generated), len(lengths)
+        if i < n:
+            return suffix[i] / (n - i)
         return max(1.0, generated + 1.0, self.ratio * max_new_tokens)
 
     def observe(self, r: Request) -> None:
@@ -203,20 +204,23 @@ class Decisions:
         mine, queue = len(self._by_target.get(target, {})), self._queue(target)
         if mine == len(queue):  # nothing in flight
             kv_waiting.clear()
-        share = -(-mine // self.config.pipeline_depth)  # ceil
-        batch = queue.first(min(self.config.max_batch_size, share), kv_waiting)
+        config = self.config
+        share = -(-mine // config.pipeline_depth)  # ceil
+        batch = queue.take(min(config.max_batch_size, share), kv_waiting)
         for r in batch:
-            queue.remove(r)
             r.in_flight = True
         return batch
 
     def end(self, batch: list[Request]) -> None:
         """The batch's iteration is over: its unfinished requests wait again (in their new order)."""
+        requests, waiting, predict = self.requests, self._waiting, self.lengths.predict
         for r in batch:
             r.in_flight = False
-            if r.target is not None and r.id in self.requests and not r.done:
-                r.predicted_length = self.lengths.predict(r.max_new_tokens, r.generated)
-                self._queue(r.target).add(r)
+            target = r.target
+            if target is not None and r.id in requests and not r.done:
+                r.predicted_length = predict(r.max_new_tokens, r.generated)
+                queue = waiting.get(target)
+                (queue if queue is not None else self._queue(target)).add(r)
 
     def may_draft(self, r: Request) -> bool:
         """Whether a request needs a draft replica: it may speculate and speculation is on."""

@@ -109,6 +109,8 @@ def decision_time(config: RouterConfig, queued: int, repeats: int = 200, seed: i
         for _ in range(rng.randrange(0, 12)):
             r.acceptance.observe(rng.randrange(0, 5), 4)
             r.acceptance_history.append(r.acceptance.value)
+        d.move(r, None)  # queued again in this state (admitted, it was queued as new: level 0, no acceptance)
+        d.move(r, "target-0")
     waiting: set[str] = set()
     pick_s = choose_s = end_s = 0.0
     for _ in range(repeats):

@@ -167,3 +167,30 @@ def test_wait_queue_takes_the_policys_first_requests(name):
         expected = [r for r in policy.order(waiting) if r.id not in skip][:n]
         assert [r.id for r in queue.first(n, skip)] == [r.id for r in expected]
     assert len(queue) == 200
+
+
+@pytest.mark.parametrize("name", ["fcfs", "las", "sjf", "laps-sd"])
+def test_wait_queue_take_removes_what_first_gives(name):
+    """`take` (a lane's pick) gives what `first` gives and leaves exactly the other requests waiting,
+    in order, the skipped (KV-waiting) ones included; and requests that wait again are placed anew."""
+    rng = random.Random(11)
+    policy = make_policy(name, QUEUES, lambda k: (0.1 + 0.01 * k, 1.0 + 0.05 * k), population)
+    waiting = _random_waiting(rng, 200)
+    queue = WaitQueue(policy)
+    for r in waiting:
+        queue.add(r)
+    for n, skipped in ((8, 0), (8, 5), (32, 0), (1, 3), (0, 0), (300, 10)):
+        skip = {r.id for r in rng.sample(waiting, skipped)}
+        expected = [r.id for r in queue.first(n, skip)]
+        taken = queue.take(n, skip)
+        assert [r.id for r in taken] == expected
+        waiting = [r for r in waiting if r not in taken]
+        assert len(queue) == len(waiting) and all(r in queue for r in waiting)
+        assert not any(r in queue for r in taken)
+        assert [r.id for r in queue.first(len(waiting), set())] == [r.id for r in policy.order(waiting)]
+        for r in taken[: len(taken) // 2]:  # an iteration later, half of them wait again
+            r.iterations += 5
+            r.committed.append(0)
+            queue.add(r)
+            waiting.append(r)
+    assert [r.id for r in queue.first(len(waiting), set())] == [r.id for r in policy.order(waiting)]
