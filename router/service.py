@@ -103,7 +103,9 @@ def cost_fit(costs: CostModel) -> serving_pb2.CostFit:
         return serving_pb2.PassFit(base=f.base, per_token=f.per_token, per_context=f.per_context)
 
     return serving_pb2.CostFit(target=fit(costs.target_pass), draft=fit(costs.draft_pass),
-                               target_overhead_s=costs.target_overhead, draft_overhead_s=costs.draft_overhead)
+                               target_overhead_s=costs.target_overhead, draft_overhead_s=costs.draft_overhead,
+                               target_overhead_mean_s=costs.target_overhead_mean,
+                               draft_overhead_mean_s=costs.draft_overhead_mean)
 
 
 class SpecdServicer(serving_pb2_grpc.SpecdServicer):

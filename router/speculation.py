@@ -113,20 +113,28 @@ class CostModel:
     # (a windowed minimum, as TCP's minimum round-trip estimates): it follows a network that slows.
     target_overhead: float = 0.001
     draft_overhead: float = 0.001
+    # the typical excess, waits and scheduling delays included (EMA): reported, not decided on; a
+    # replay of the run (specd/sim/validate.py) matches its simulated router's to it
+    target_overhead_mean: float = 0.001
+    draft_overhead_mean: float = 0.001
     _target_excess: WindowedMin = field(default_factory=lambda: WindowedMin(OVERHEAD_WINDOW), repr=False)
     _draft_excess: WindowedMin = field(default_factory=lambda: WindowedMin(OVERHEAD_WINDOW), repr=False)
 
     def observe_target(self, tokens: int, compute_s: float, round_trip_s: float, context: float = 0.0) -> None:
         """A Verify call: `tokens` fed, `context` tokens of the batch's requests already cached."""
         self.target_pass.add(tokens, compute_s, context)
-        self.target_overhead = self._target_excess.add(max(round_trip_s - compute_s, 0.0))
+        excess = max(round_trip_s - compute_s, 0.0)
+        self.target_overhead = self._target_excess.add(excess)
+        self.target_overhead_mean = 0.9 * self.target_overhead_mean + 0.1 * excess
 
     def observe_draft(self, tokens_per_pass: float, passes: int, compute_s: float, round_trip_s: float,
                       context: float = 0.0) -> None:
         """A Propose call (or a target's own drafting): `context` tokens of its requests per pass."""
         if passes:
             self.draft_pass.add(tokens_per_pass, compute_s / passes, context)
-        self.draft_overhead = self._draft_excess.add(max(round_trip_s - compute_s, 0.0))
+        excess = max(round_trip_s - compute_s, 0.0)
+        self.draft_overhead = self._draft_excess.add(excess)
+        self.draft_overhead_mean = 0.9 * self.draft_overhead_mean + 0.1 * excess
 
     def iteration(self, ks: list[int], context: float = 0.0, partner: tuple[float, float] = (0.0, 0.0)) -> float:
         """Seconds of one iteration in which request i drafts ks[i] tokens (see `timer`)."""

@@ -219,7 +219,9 @@ def mean_costs(samples: list) -> dict | None:
         return {name: mean(lambda c: getattr(getattr(c, role), name)) for name in ("base", "per_token", "per_context")}
 
     return {"target": fit("target"), "draft": fit("draft"), "target_overhead_s": mean(lambda c: c.target_overhead_s),
-            "draft_overhead_s": mean(lambda c: c.draft_overhead_s), "samples": len(samples)}
+            "draft_overhead_s": mean(lambda c: c.draft_overhead_s),
+            "target_overhead_mean_s": mean(lambda c: c.target_overhead_mean_s),
+            "draft_overhead_mean_s": mean(lambda c: c.draft_overhead_mean_s), "samples": len(samples)}
 
 
 def busy_seconds(outcomes: list[Outcome]) -> float:

@@ -127,6 +127,6 @@ def test_round_trips_are_matched_through_the_routers_estimate(speculation):
 
     real, (target, draft) = simulate(setup, arrivals, 0.5, (truth.rpc_s, truth.round_trip("draft")))
     start = dataclasses.replace(setup, profile=dataclasses.replace(truth, rpc_s=3 * target, draft_rpc_s=3 * draft))
-    matched = replay_run(start, arrivals, {"target_overhead_s": target, "draft_overhead_s": draft}, 0.5)
+    matched = replay_run(start, arrivals, {"target_overhead_mean_s": target, "draft_overhead_mean_s": draft}, 0.5)
     assert mean_latency(matched) == pytest.approx(mean_latency(real), rel=0.05)
     assert mean_latency(simulate(start, arrivals, 0.5, (target, draft))[0]) > 1.1 * mean_latency(real)
