@@ -9,7 +9,7 @@ import pytest
 
 from specd.proto.v1 import common_pb2
 from specd.router.config import QueueSettings
-from specd.router.policies import LAPSSD, WaitQueue, make_policy
+from specd.router.policies import LAPSSD, Policy, WaitQueue, make_policy
 from specd.router.request import Request
 
 QUEUES = QueueSettings()
@@ -149,16 +149,22 @@ def _random_waiting(rng: random.Random, n: int) -> list[Request]:
     return rs
 
 
+def _queued(name: str, rng: random.Random, n: int) -> tuple[Policy, list[Request], WaitQueue]:
+    """`n` random requests waiting in a policy's queue."""
+    policy = make_policy(name, QUEUES, lambda k: (0.1 + 0.01 * k, 1.0 + 0.05 * k), population)
+    waiting = _random_waiting(rng, n)
+    queue = WaitQueue(policy)
+    for r in waiting:
+        queue.add(r)
+    return policy, waiting, queue
+
+
 @pytest.mark.parametrize("name", ["fcfs", "las", "sjf", "laps-sd"])
 def test_wait_queue_takes_the_policys_first_requests(name):
     """The incremental queue a decision reads gives exactly the first n of the policy's full order,
     through additions, removals and skipped (KV-waiting) requests."""
     rng = random.Random(7)
-    policy = make_policy(name, QUEUES, lambda k: (0.1 + 0.01 * k, 1.0 + 0.05 * k), population)
-    waiting = _random_waiting(rng, 300)
-    queue = WaitQueue(policy)
-    for r in waiting:
-        queue.add(r)
+    policy, waiting, queue = _queued(name, rng, 300)
     for r in rng.sample(waiting, 100):
         queue.remove(r)
         waiting.remove(r)
@@ -174,11 +180,7 @@ def test_wait_queue_take_removes_what_first_gives(name):
     """`take` (a lane's pick) gives what `first` gives and leaves exactly the other requests waiting,
     in order, the skipped (KV-waiting) ones included; and requests that wait again are placed anew."""
     rng = random.Random(11)
-    policy = make_policy(name, QUEUES, lambda k: (0.1 + 0.01 * k, 1.0 + 0.05 * k), population)
-    waiting = _random_waiting(rng, 200)
-    queue = WaitQueue(policy)
-    for r in waiting:
-        queue.add(r)
+    policy, waiting, queue = _queued(name, rng, 200)
     for n, skipped in ((8, 0), (8, 5), (32, 0), (1, 3), (0, 0), (300, 10)):
         skip = {r.id for r in rng.sample(waiting, skipped)}
         expected = [r.id for r in queue.first(n, skip)]
